@@ -1,0 +1,324 @@
+//! The self-describing encryption envelope: JWE compact serialization (RFC 7516) with
+//! `alg: dir`, `enc: A256GCM`, and a `kid` naming the backend, key and version that sealed it,
+//! so a decrypt goes to exactly the backend that can open it.
+//!
+//! Caller-supplied associated data is bound the way RFC 7516 §5.1 step 14 defines for the
+//! JSON serialization's `aad` member: the GCM AAD is `ASCII(protected || '.' || BASE64URL(aad))`.
+//! With no caller AAD it is `ASCII(protected)`, as in any compact JWE, so such envelopes
+//! open with any standard JWE library given the key.
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, NONCE_LEN, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::error::{BackendError, Rejection};
+use super::types::{truncate_for_message, validate_name};
+
+/// Largest envelope accepted by [`Envelope::parse`], in bytes. Envelopes hold cache entries
+/// and token-family records: a few KiB. The cap bounds what a hostile input can make us decode.
+pub const MAX_ENVELOPE_LEN: usize = 1024 * 1024;
+/// GCM tag length.
+pub const TAG_LEN: usize = 16;
+
+/// Which backend, key and version sealed an envelope: `backend/namespace/name/version`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EnvelopeKid {
+    /// Backend name (`software`, `pkcs11`...).
+    pub backend: String,
+    /// Key namespace.
+    pub namespace: String,
+    /// Key name.
+    pub name: String,
+    /// Key version.
+    pub version: u32,
+}
+
+impl EnvelopeKid {
+    /// Parses `backend/namespace/name/version`, validating every part.
+    pub fn parse(kid: &str) -> Result<Self, BackendError> {
+        let malformed = || {
+            BackendError::Rejected(Rejection::MalformedEnvelope(format!(
+                "kid `{}` is not backend/namespace/name/version",
+                truncate_for_message(kid)
+            )))
+        };
+        let mut parts = kid.split('/');
+        let (Some(backend), Some(namespace), Some(name), Some(version), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(malformed());
+        };
+        for (what, part) in [
+            ("backend", backend),
+            ("namespace", namespace),
+            ("key name", name),
+        ] {
+            validate_name(what, part).map_err(|_| malformed())?;
+        }
+        // Only canonical decimal: "01" or "+1" would give two spellings of one kid.
+        let canonical = !version.is_empty()
+            && version.bytes().all(|b| b.is_ascii_digit())
+            && !(version.len() > 1 && version.starts_with('0'));
+        let version: u32 = version
+            .parse()
+            .ok()
+            .filter(|v| canonical && *v > 0)
+            .ok_or_else(malformed)?;
+        Ok(Self {
+            backend: backend.to_owned(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            version,
+        })
+    }
+}
+
+impl std::fmt::Display for EnvelopeKid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}/{}",
+            self.backend, self.namespace, self.name, self.version
+        )
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProtectedHeader {
+    alg: String,
+    enc: String,
+    kid: String,
+}
+
+/// A parsed envelope. Parsing checks structure only; [`Envelope::open`] authenticates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    protected_b64: String,
+    kid: EnvelopeKid,
+    nonce: [u8; NONCE_LEN],
+    ciphertext: Vec<u8>,
+    tag: [u8; TAG_LEN],
+}
+
+fn malformed(detail: &str) -> BackendError {
+    BackendError::Rejected(Rejection::MalformedEnvelope(detail.to_owned()))
+}
+
+fn gcm_aad(protected_b64: &str, aad: &[u8]) -> Vec<u8> {
+    let mut out = protected_b64.as_bytes().to_vec();
+    if !aad.is_empty() {
+        out.push(b'.');
+        out.extend_from_slice(B64.encode(aad).as_bytes());
+    }
+    out
+}
+
+impl Envelope {
+    /// Parses a compact envelope. Refuses anything but `dir`/`A256GCM` with exactly our three
+    /// header members (an unknown member such as `zip` or `crit` could change the meaning of
+    /// the ciphertext, so it is refused rather than ignored), an empty encrypted key, a
+    /// 96-bit IV and a 128-bit tag.
+    pub fn parse(compact: &str) -> Result<Self, BackendError> {
+        if compact.len() > MAX_ENVELOPE_LEN {
+            return Err(malformed(&format!(
+                "{} bytes exceeds the {MAX_ENVELOPE_LEN}-byte limit",
+                compact.len()
+            )));
+        }
+        let parts: Vec<&str> = compact.split('.').collect();
+        let [protected_b64, encrypted_key, iv, ciphertext, tag] = parts[..] else {
+            return Err(malformed(&format!(
+                "expected 5 dot-separated parts, found {}",
+                parts.len()
+            )));
+        };
+        let decode = |part: &str, what: &str| {
+            B64.decode(part)
+                .map_err(|_| malformed(&format!("{what} is not base64url without padding")))
+        };
+        let header_json = decode(protected_b64, "protected header")?;
+        let header: ProtectedHeader = serde_json::from_slice(&header_json)
+            .map_err(|_| malformed("protected header is not a JSON object of alg, enc and kid"))?;
+        if header.alg != "dir" || header.enc != "A256GCM" {
+            return Err(malformed(&format!(
+                "alg/enc `{}`/`{}` not supported; expected dir/A256GCM",
+                truncate_for_message(&header.alg),
+                truncate_for_message(&header.enc)
+            )));
+        }
+        if !encrypted_key.is_empty() {
+            return Err(malformed("encrypted key must be empty for alg dir"));
+        }
+        let kid = EnvelopeKid::parse(&header.kid)?;
+        let nonce: [u8; NONCE_LEN] = decode(iv, "IV")?
+            .try_into()
+            .map_err(|_| malformed("IV must be 12 bytes"))?;
+        let tag: [u8; TAG_LEN] = decode(tag, "tag")?
+            .try_into()
+            .map_err(|_| malformed("tag must be 16 bytes"))?;
+        let ciphertext = decode(ciphertext, "ciphertext")?;
+        Ok(Self {
+            protected_b64: protected_b64.to_owned(),
+            kid,
+            nonce,
+            ciphertext,
+            tag,
+        })
+    }
+
+    /// The backend, key and version that sealed this envelope.
+    pub fn kid(&self) -> &EnvelopeKid {
+        &self.kid
+    }
+
+    /// Encrypts `plaintext` under `key`, binding `aad`, into a compact envelope named `kid`.
+    /// The 96-bit nonce is random per message.
+    pub fn seal(
+        kid: &EnvelopeKid,
+        key: &LessSafeKey,
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<String, BackendError> {
+        let header = serde_json::to_vec(&ProtectedHeader {
+            alg: "dir".into(),
+            enc: "A256GCM".into(),
+            kid: kid.to_string(),
+        })
+        .map_err(|e| BackendError::invalid_input(format!("envelope header: {e}")))?;
+        let protected_b64 = B64.encode(header);
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce)
+            .map_err(|_| BackendError::unavailable(&kid.backend, "system RNG failed"))?;
+        let mut in_out = plaintext.to_vec();
+        let tag = key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(gcm_aad(&protected_b64, aad)),
+                &mut in_out,
+            )
+            .map_err(|_| BackendError::invalid_input("plaintext too long for AES-GCM"))?;
+        Ok(format!(
+            "{protected_b64}..{}.{}.{}",
+            B64.encode(nonce),
+            B64.encode(&in_out),
+            B64.encode(tag.as_ref())
+        ))
+    }
+
+    /// Authenticates and decrypts with `key` and the caller's `aad`. Any mismatch (key,
+    /// ciphertext, tag, header or AAD) is [`BackendError::DecryptionFailed`], with no detail
+    /// about which: that detail would be an oracle.
+    pub fn open(&self, key: &LessSafeKey, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        let mut in_out = Zeroizing::new(Vec::with_capacity(self.ciphertext.len() + TAG_LEN));
+        in_out.extend_from_slice(&self.ciphertext);
+        in_out.extend_from_slice(&self.tag);
+        let len = key
+            .open_in_place(
+                Nonce::assume_unique_for_key(self.nonce),
+                Aad::from(gcm_aad(&self.protected_b64, aad)),
+                &mut in_out,
+            )
+            .map_err(|_| BackendError::DecryptionFailed)?
+            .len();
+        in_out.truncate(len);
+        Ok(in_out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lc_rs::aead::{AES_256_GCM, UnboundKey};
+
+    fn key(byte: u8) -> LessSafeKey {
+        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[byte; 32]).unwrap())
+    }
+
+    fn kid() -> EnvelopeKid {
+        EnvelopeKid::parse("software/token-cache/aes/3").unwrap()
+    }
+
+    #[test]
+    fn round_trip_with_and_without_aad() {
+        for aad in [&b""[..], b"family:42"] {
+            let sealed = Envelope::seal(&kid(), &key(1), b"secret payload", aad).unwrap();
+            let env = Envelope::parse(&sealed).unwrap();
+            assert_eq!(env.kid(), &kid());
+            assert_eq!(&env.open(&key(1), aad).unwrap()[..], b"secret payload");
+        }
+    }
+
+    #[test]
+    fn wrong_key_aad_or_tampering_fail_to_authenticate() {
+        let sealed = Envelope::seal(&kid(), &key(1), b"secret payload", b"ctx").unwrap();
+        let env = Envelope::parse(&sealed).unwrap();
+        assert_eq!(env.open(&key(2), b"ctx"), Err(BackendError::DecryptionFailed));
+        assert_eq!(env.open(&key(1), b"other"), Err(BackendError::DecryptionFailed));
+        assert_eq!(env.open(&key(1), b""), Err(BackendError::DecryptionFailed));
+        let mut tampered = env.clone();
+        tampered.ciphertext[0] ^= 1;
+        assert_eq!(tampered.open(&key(1), b"ctx"), Err(BackendError::DecryptionFailed));
+        let mut tampered = env.clone();
+        tampered.tag[15] ^= 0x80;
+        assert_eq!(tampered.open(&key(1), b"ctx"), Err(BackendError::DecryptionFailed));
+    }
+
+    #[test]
+    fn header_is_authenticated() {
+        // Re-point the kid at another version: the header is part of the AAD, so it fails.
+        let sealed = Envelope::seal(&kid(), &key(1), b"x", b"").unwrap();
+        let forged_header = B64.encode(br#"{"alg":"dir","enc":"A256GCM","kid":"software/token-cache/aes/4"}"#);
+        let rest = sealed.split_once('.').unwrap().1;
+        let env = Envelope::parse(&format!("{forged_header}.{rest}")).unwrap();
+        assert_eq!(env.open(&key(1), b""), Err(BackendError::DecryptionFailed));
+    }
+
+    #[test]
+    fn structural_errors_are_typed() {
+        let sealed = Envelope::seal(&kid(), &key(1), b"x", b"").unwrap();
+        let parts: Vec<&str> = sealed.split('.').collect();
+        let cases = [
+            sealed[..sealed.len() - 3].to_owned(),
+            parts[..4].join("."),
+            format!("{}.AAAA.{}.{}.{}", parts[0], parts[2], parts[3], parts[4]),
+            format!("{}..{}.{}.{}", parts[0], "AAAA", parts[3], parts[4]),
+            format!("!!.{}", parts[1..].join(".")),
+            format!(
+                "{}..{}.{}.{}",
+                B64.encode(br#"{"alg":"dir","enc":"A256GCM","kid":"k","zip":"DEF"}"#),
+                parts[2],
+                parts[3],
+                parts[4]
+            ),
+            format!(
+                "{}..{}.{}.{}",
+                B64.encode(br#"{"alg":"RSA-OAEP","enc":"A256GCM","kid":"software/a/b/1"}"#),
+                parts[2],
+                parts[3],
+                parts[4]
+            ),
+            "x".repeat(MAX_ENVELOPE_LEN + 1),
+        ];
+        for case in cases {
+            match Envelope::parse(&case) {
+                Err(BackendError::Rejected(Rejection::MalformedEnvelope(_))) => {}
+                other => panic!("{}: {other:?}", &case[..case.len().min(60)]),
+            }
+        }
+    }
+
+    #[test]
+    fn kid_parsing_is_canonical() {
+        for bad in ["a/b/c", "a/b/c/0", "a/b/c/01", "a/b/c/+1", "a/b/c/1/x", "a/../c/1", "a/b/c/99999999999"] {
+            assert!(EnvelopeKid::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(kid().to_string(), "software/token-cache/aes/3");
+    }
+}

@@ -1,0 +1,647 @@
+//! The software backend: key rings in a local data directory, every primitive from aws-lc-rs.
+//!
+//! It is the embedded default and the last-resort fallback of production chains. Rings are
+//! loaded once and kept parsed in memory, so the sign path is a map lookup and one aws-lc-rs
+//! call. See [`store`] for the on-disk discipline.
+
+pub mod material;
+pub mod store;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use zeroize::Zeroizing;
+
+use self::material::{Material, MaterialError, RsaBits};
+use self::store::{RingRecord, Store, StoreError, VersionRecord};
+use super::clock::{Clock, SystemClock};
+use super::envelope::{Envelope, EnvelopeKid};
+use super::error::{BackendError, Rejection};
+use super::jwk::{self, PublicJwk};
+use super::types::{
+    Algorithm, Capabilities, Health, KeyMetadata, KeyRef, KeyState, Operation, Signature,
+    VerificationKey, VerifyRequest,
+};
+use super::Backend;
+
+/// Settings of the software backend.
+#[derive(Clone, Debug)]
+pub struct SoftwareOptions {
+    /// How long a rotated-out version still verifies and decrypts.
+    pub retention: Duration,
+    /// Modulus size of new RSA keys.
+    pub rsa_bits: RsaBits,
+}
+
+impl Default for SoftwareOptions {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(24 * 3600),
+            rsa_bits: RsaBits::B2048,
+        }
+    }
+}
+
+/// One loaded version: its record and parsed material (absent once destroyed).
+#[derive(Debug)]
+struct LoadedVersion {
+    record: VersionRecord,
+    kid: String,
+    material: Option<Arc<Material>>,
+}
+
+/// A ring as kept in memory.
+#[derive(Debug)]
+struct LoadedRing {
+    key: KeyRef,
+    algorithm: Algorithm,
+    versions: Vec<LoadedVersion>,
+}
+
+/// The software backend. See the module documentation.
+#[derive(Debug)]
+pub struct SoftwareBackend {
+    name: String,
+    store: Store,
+    options: SoftwareOptions,
+    clock: Arc<dyn Clock>,
+    capabilities: Capabilities,
+    rings: RwLock<HashMap<(String, String), Arc<LoadedRing>>>,
+}
+
+fn store_error(backend: &str, key: &KeyRef, e: StoreError) -> BackendError {
+    match e {
+        StoreError::NotFound => BackendError::Rejected(Rejection::UnknownKey(key.ring().to_string())),
+        StoreError::Exists => BackendError::Rejected(Rejection::KeyExists(key.ring().to_string())),
+        // A corrupt or unsafe store is a local fault: this backend cannot serve, another may.
+        other => BackendError::unavailable(backend, other.to_string()),
+    }
+}
+
+fn material_error(backend: &str, key: &KeyRef, e: MaterialError) -> BackendError {
+    BackendError::unavailable(backend, format!("{}: {e}", key.ring()))
+}
+
+impl SoftwareBackend {
+    /// Opens the backend on `data_dir` (created 0700 if missing; refused if group- or
+    /// world-accessible).
+    pub fn open(data_dir: &Path, options: SoftwareOptions) -> Result<Self, BackendError> {
+        Self::open_with_clock(data_dir, options, Arc::new(SystemClock))
+    }
+
+    /// As [`SoftwareBackend::open`], with an injected clock (tests of retention).
+    pub fn open_with_clock(
+        data_dir: &Path,
+        options: SoftwareOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, BackendError> {
+        let store = Store::open(data_dir)
+            .map_err(|e| BackendError::unavailable("software", e.to_string()))?;
+        Ok(Self {
+            name: "software".to_owned(),
+            store,
+            options,
+            clock,
+            capabilities: Capabilities {
+                operations: Operation::ALL.to_vec(),
+                algorithms: Algorithm::ALL.to_vec(),
+            },
+            rings: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.store.root()
+    }
+
+    /// Path of a version's key file (for tooling and benchmarks that need the raw key).
+    pub fn key_file(&self, key: &KeyRef, version: u32) -> std::path::PathBuf {
+        self.store.key_file(key, version)
+    }
+
+    fn effective_state(&self, record: &VersionRecord) -> KeyState {
+        match (record.state, record.rotated_at) {
+            (KeyState::Deprecated, Some(at))
+                if self.clock.now() >= at.saturating_add(self.options.retention.as_secs()) =>
+            {
+                KeyState::Destroyed
+            }
+            (state, _) => state,
+        }
+    }
+
+    fn retained_until(&self, record: &VersionRecord) -> Option<u64> {
+        match (record.state, record.rotated_at) {
+            (KeyState::Deprecated, Some(at)) => {
+                Some(at.saturating_add(self.options.retention.as_secs()))
+            }
+            _ => None,
+        }
+    }
+
+    fn cached(&self, key: &KeyRef) -> Option<Arc<LoadedRing>> {
+        let rings = self.rings.read().unwrap_or_else(|p| p.into_inner());
+        rings
+            .get(&(key.namespace().to_owned(), key.name().to_owned()))
+            .cloned()
+    }
+
+    fn remember(&self, ring: Arc<LoadedRing>) {
+        let mut rings = self.rings.write().unwrap_or_else(|p| p.into_inner());
+        rings.insert(
+            (ring.key.namespace().to_owned(), ring.key.name().to_owned()),
+            ring,
+        );
+    }
+
+    /// Builds the in-memory ring from disk. Blocking: call from a blocking thread.
+    fn load_blocking(store: &Store, backend: &str, key: &KeyRef) -> Result<LoadedRing, BackendError> {
+        let ring_key = key.ring();
+        let record = store.read_ring(&ring_key).map_err(|e| store_error(backend, key, e))?;
+        let mut versions = Vec::with_capacity(record.versions.len());
+        for v in record.versions {
+            let version_key = ring_key.clone().with_version(v.version);
+            let (kid, material) = if v.state == KeyState::Destroyed {
+                (destroyed_kid(backend, &version_key), None)
+            } else {
+                let bytes = store
+                    .read_key(&ring_key, v.version)
+                    .map_err(|e| store_error(backend, key, e))?;
+                let material = Material::parse(record.algorithm, &bytes)
+                    .map_err(|e| material_error(backend, key, e))?;
+                let kid = match material.public_jwk().and_then(|j| j.kid.clone()) {
+                    Some(kid) => kid,
+                    None => EnvelopeKid {
+                        backend: backend.to_owned(),
+                        namespace: ring_key.namespace().to_owned(),
+                        name: ring_key.name().to_owned(),
+                        version: v.version,
+                    }
+                    .to_string(),
+                };
+                (kid, Some(Arc::new(material)))
+            };
+            versions.push(LoadedVersion {
+                record: v,
+                kid,
+                material,
+            });
+        }
+        Ok(LoadedRing {
+            key: ring_key,
+            algorithm: record.algorithm,
+            versions,
+        })
+    }
+
+    async fn ring(&self, key: &KeyRef) -> Result<Arc<LoadedRing>, BackendError> {
+        if let Some(ring) = self.cached(key) {
+            return Ok(ring);
+        }
+        let store = self.store.clone();
+        let backend = self.name.clone();
+        let key_owned = key.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            Self::load_blocking(&store, &backend, &key_owned)
+        })
+        .await
+        .map_err(|e| BackendError::unavailable(&self.name, format!("loader task failed: {e}")))??;
+        let ring = Arc::new(loaded);
+        self.remember(ring.clone());
+        Ok(ring)
+    }
+
+    /// Runs a read-modify-write of one ring under its lock on a blocking thread, then
+    /// reloads the ring into memory.
+    async fn modify<F>(&self, key: &KeyRef, create: bool, change: F) -> Result<Arc<LoadedRing>, BackendError>
+    where
+        F: FnOnce(&Store, &store::RingLock, Option<RingRecord>) -> Result<(), BackendError>
+            + Send
+            + 'static,
+    {
+        let store = self.store.clone();
+        let backend = self.name.clone();
+        let ring_key = key.ring();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let lock = store
+                .lock_ring(&ring_key, create)
+                .map_err(|e| store_error(&backend, &ring_key, e))?;
+            let existing = match store.read_ring(&ring_key) {
+                Ok(r) => Some(r),
+                Err(StoreError::NotFound) => None,
+                Err(e) => return Err(store_error(&backend, &ring_key, e)),
+            };
+            change(&store, &lock, existing)?;
+            Self::load_blocking(&store, &backend, &ring_key)
+        })
+        .await
+        .map_err(|e| BackendError::unavailable(&self.name, format!("key task failed: {e}")))??;
+        let ring = Arc::new(loaded);
+        self.remember(ring.clone());
+        Ok(ring)
+    }
+
+    /// Sets the recorded state of one version (operator action: disable, re-enable, destroy).
+    /// Destroying removes the key file; a destroyed version cannot come back.
+    pub async fn set_version_state(
+        &self,
+        key: &KeyRef,
+        version: u32,
+        state: KeyState,
+    ) -> Result<KeyMetadata, BackendError> {
+        let ring_key = key.ring();
+        let label = key.ring().to_string();
+        let ring = self
+            .modify(key, false, move |store, lock, existing| {
+                let mut record = existing.ok_or_else(|| {
+                    BackendError::Rejected(Rejection::UnknownKey(label.clone()))
+                })?;
+                let v = record
+                    .versions
+                    .iter_mut()
+                    .find(|v| v.version == version)
+                    .ok_or_else(|| {
+                        BackendError::Rejected(Rejection::UnknownKey(format!("{label}#{version}")))
+                    })?;
+                if v.state == KeyState::Destroyed && state != KeyState::Destroyed {
+                    return Err(BackendError::Rejected(Rejection::KeyUnusable {
+                        key: label.clone(),
+                        version,
+                        state: KeyState::Destroyed,
+                    }));
+                }
+                v.state = state;
+                store
+                    .write_ring(lock, &ring_key, &record)
+                    .map_err(|e| store_error("software", &ring_key, e))?;
+                if state == KeyState::Destroyed {
+                    store
+                        .remove_key(lock, &ring_key, version)
+                        .map_err(|e| store_error("software", &ring_key, e))?;
+                }
+                Ok(())
+            })
+            .await?;
+        let v = ring
+            .versions
+            .iter()
+            .find(|v| v.record.version == version)
+            .ok_or_else(|| BackendError::Rejected(Rejection::UnknownKey(key.ring().to_string())))?;
+        Ok(self.metadata_of(&ring, v))
+    }
+
+    fn metadata_of(&self, ring: &LoadedRing, v: &LoadedVersion) -> KeyMetadata {
+        KeyMetadata {
+            backend: self.name.clone(),
+            key: ring.key.clone().with_version(v.record.version),
+            version: v.record.version,
+            algorithm: ring.algorithm,
+            state: self.effective_state(&v.record),
+            created_at: v.record.created_at,
+            rotated_at: v.record.rotated_at,
+            retained_until: self.retained_until(&v.record),
+            kid: v.kid.clone(),
+            public_jwk: v.material.as_ref().and_then(|m| m.public_jwk().cloned()),
+        }
+    }
+
+    /// The version that signs or encrypts: the pinned one if ACTIVE, else the newest ACTIVE.
+    fn producing_version<'r>(
+        &self,
+        ring: &'r LoadedRing,
+        key: &KeyRef,
+        operation: Operation,
+    ) -> Result<(&'r LoadedVersion, &'r Arc<Material>), BackendError> {
+        let chosen = match key.version() {
+            Some(n) => ring
+                .versions
+                .iter()
+                .find(|v| v.record.version == n)
+                .ok_or_else(|| BackendError::Rejected(Rejection::UnknownKey(key.to_string())))?,
+            None => ring
+                .versions
+                .iter()
+                .rev()
+                .find(|v| v.record.state == KeyState::Active)
+                .or_else(|| ring.versions.last())
+                .ok_or_else(|| BackendError::Rejected(Rejection::UnknownKey(key.to_string())))?,
+        };
+        let state = self.effective_state(&chosen.record);
+        match (&chosen.material, state) {
+            (Some(material), KeyState::Active) => Ok((chosen, material)),
+            _ => Err(BackendError::Rejected(Rejection::KeyNotActive {
+                key: ring.key.to_string(),
+                version: chosen.record.version,
+                state,
+                operation,
+            })),
+        }
+    }
+
+    /// A version that may verify or decrypt: ACTIVE, or DEPRECATED within retention.
+    fn consuming_version<'r>(
+        &self,
+        ring: &'r LoadedRing,
+        version: &'r LoadedVersion,
+    ) -> Result<&'r Arc<Material>, BackendError> {
+        let recorded = version.record.state;
+        match (self.effective_state(&version.record), &version.material) {
+            (KeyState::Active | KeyState::Deprecated, Some(m)) => Ok(m),
+            (KeyState::Destroyed, _) if recorded == KeyState::Deprecated => {
+                Err(BackendError::Rejected(Rejection::RetentionExpired {
+                    key: ring.key.to_string(),
+                    version: version.record.version,
+                }))
+            }
+            (state, _) => Err(BackendError::Rejected(Rejection::KeyUnusable {
+                key: ring.key.to_string(),
+                version: version.record.version,
+                state,
+            })),
+        }
+    }
+}
+
+fn destroyed_kid(backend: &str, key: &KeyRef) -> String {
+    format!("destroyed:{backend}/{key}")
+}
+
+fn check_algorithm(ring: &LoadedRing, requested: Algorithm) -> Result<(), BackendError> {
+    if ring.algorithm == requested {
+        Ok(())
+    } else {
+        Err(BackendError::Rejected(Rejection::AlgorithmMismatch {
+            key: ring.key.to_string(),
+            requested: requested.as_str().to_owned(),
+            actual: ring.algorithm,
+        }))
+    }
+}
+
+#[async_trait]
+impl Backend for SoftwareBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    async fn sign(&self, key: &KeyRef, message: &[u8]) -> Result<Signature, BackendError> {
+        let ring = self.ring(key).await?;
+        if !ring.algorithm.is_signing() {
+            return Err(BackendError::Rejected(Rejection::AlgorithmMismatch {
+                key: ring.key.to_string(),
+                requested: "a signature algorithm".into(),
+                actual: ring.algorithm,
+            }));
+        }
+        let (version, material) = self.producing_version(&ring, key, Operation::Sign)?;
+        let bytes = if material.is_slow_to_sign() {
+            // RSA signing takes ~1 ms: keep it off the async worker threads.
+            let material = material.clone();
+            let message = message.to_vec();
+            tokio::task::spawn_blocking(move || material.sign(&message))
+                .await
+                .map_err(|e| BackendError::unavailable(&self.name, format!("sign task failed: {e}")))?
+        } else {
+            material.sign(message)
+        }
+        .map_err(|e| material_error(&self.name, key, e))?;
+        Ok(Signature {
+            bytes,
+            algorithm: ring.algorithm,
+            kid: version.kid.clone(),
+            key_version: version.record.version,
+            backend: self.name.clone(),
+        })
+    }
+
+    async fn verify(&self, request: VerifyRequest<'_>) -> Result<(), BackendError> {
+        match request.key {
+            VerificationKey::Jwk(jwk) => {
+                let verifier = jwk.verifier(request.algorithm)?;
+                jwk::verify_with(&verifier, request.message, request.signature)
+            }
+            VerificationKey::Managed { key, kid } => {
+                let ring = self.ring(key).await?;
+                check_algorithm(&ring, request.algorithm)?;
+                let version = match (key.version(), kid) {
+                    (Some(n), _) => ring.versions.iter().find(|v| v.record.version == n),
+                    (None, Some(kid)) => ring.versions.iter().find(|v| v.kid == kid),
+                    (None, None) => {
+                        return Err(BackendError::invalid_input(
+                            "verifying with a managed key needs a kid or a version",
+                        ));
+                    }
+                }
+                .ok_or_else(|| {
+                    BackendError::Rejected(Rejection::UnknownKid(
+                        kid.map(super::types::truncate_for_message)
+                            .unwrap_or_else(|| key.to_string()),
+                    ))
+                })?;
+                if let Some(kid) = kid
+                    && version.kid != kid
+                {
+                    return Err(BackendError::Rejected(Rejection::UnknownKid(
+                        super::types::truncate_for_message(kid),
+                    )));
+                }
+                let material = self.consuming_version(&ring, version)?;
+                let verifier = material.verifier().ok_or_else(|| {
+                    BackendError::invalid_input("key has no public part to verify with")
+                })?;
+                jwk::verify_with(verifier, request.message, request.signature)
+            }
+        }
+    }
+
+    async fn encrypt(
+        &self,
+        key: &KeyRef,
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<String, BackendError> {
+        let ring = self.ring(key).await?;
+        check_algorithm(&ring, Algorithm::A256Gcm)?;
+        let (version, material) = self.producing_version(&ring, key, Operation::Encrypt)?;
+        let aead = material
+            .aead_key()
+            .ok_or_else(|| material_error(&self.name, key, MaterialError::Parse(Algorithm::A256Gcm)))?;
+        let kid = EnvelopeKid {
+            backend: self.name.clone(),
+            namespace: ring.key.namespace().to_owned(),
+            name: ring.key.name().to_owned(),
+            version: version.record.version,
+        };
+        Envelope::seal(&kid, aead, plaintext, aad)
+    }
+
+    async fn decrypt(
+        &self,
+        envelope: &Envelope,
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        let kid = envelope.kid();
+        if kid.backend != self.name {
+            return Err(BackendError::Rejected(Rejection::UnknownEnvelopeBackend(
+                kid.backend.clone(),
+            )));
+        }
+        let key = KeyRef::new(&kid.namespace, &kid.name)?;
+        let ring = self.ring(&key).await?;
+        check_algorithm(&ring, Algorithm::A256Gcm)?;
+        let version = ring
+            .versions
+            .iter()
+            .find(|v| v.record.version == kid.version)
+            .ok_or_else(|| BackendError::Rejected(Rejection::UnknownKid(kid.to_string())))?;
+        let material = self.consuming_version(&ring, version)?;
+        let aead = material
+            .aead_key()
+            .ok_or_else(|| material_error(&self.name, &key, MaterialError::Parse(Algorithm::A256Gcm)))?;
+        envelope.open(aead, aad)
+    }
+
+    async fn generate_key(
+        &self,
+        key: &KeyRef,
+        algorithm: Algorithm,
+    ) -> Result<KeyMetadata, BackendError> {
+        let ring_key = key.ring();
+        let rsa_bits = self.options.rsa_bits;
+        let now = self.clock.now();
+        let label = ring_key.to_string();
+        let ring = self
+            .modify(key, true, move |store, lock, existing| {
+                if existing.is_some() {
+                    return Err(BackendError::Rejected(Rejection::KeyExists(label)));
+                }
+                let material = material::generate(algorithm, rsa_bits)
+                    .map_err(|e| material_error("software", &ring_key, e))?;
+                let mut record = RingRecord::new(algorithm);
+                record.versions.push(VersionRecord {
+                    version: 1,
+                    state: KeyState::Active,
+                    created_at: now,
+                    rotated_at: None,
+                });
+                store
+                    .write_key(lock, &ring_key, 1, &material)
+                    .and_then(|()| store.write_ring(lock, &ring_key, &record))
+                    .map_err(|e| store_error("software", &ring_key, e))
+            })
+            .await?;
+        let newest = ring.versions.last().ok_or_else(|| {
+            BackendError::unavailable(&self.name, "generated ring has no version")
+        })?;
+        tracing::info!(backend = %self.name, key = %ring.key, algorithm = %algorithm, kid = %newest.kid, "key generated");
+        Ok(self.metadata_of(&ring, newest))
+    }
+
+    async fn rotate_key(&self, key: &KeyRef) -> Result<KeyMetadata, BackendError> {
+        let ring_key = key.ring();
+        let rsa_bits = self.options.rsa_bits;
+        let retention = self.options.retention.as_secs();
+        let now = self.clock.now();
+        let label = ring_key.to_string();
+        let ring = self
+            .modify(key, false, move |store, lock, existing| {
+                let mut record =
+                    existing.ok_or_else(|| BackendError::Rejected(Rejection::UnknownKey(label)))?;
+                let material = material::generate(record.algorithm, rsa_bits)
+                    .map_err(|e| material_error("software", &ring_key, e))?;
+                let version = record.next_version();
+                let mut expired = Vec::new();
+                for v in &mut record.versions {
+                    if v.state == KeyState::Active {
+                        v.state = KeyState::Deprecated;
+                        v.rotated_at = Some(now);
+                    } else if v.state == KeyState::Deprecated
+                        && v.rotated_at.is_some_and(|at| now >= at.saturating_add(retention))
+                    {
+                        // Past retention: destroy for real while the lock is held.
+                        v.state = KeyState::Destroyed;
+                        expired.push(v.version);
+                    }
+                }
+                record.versions.push(VersionRecord {
+                    version,
+                    state: KeyState::Active,
+                    created_at: now,
+                    rotated_at: None,
+                });
+                store
+                    .write_key(lock, &ring_key, version, &material)
+                    .and_then(|()| store.write_ring(lock, &ring_key, &record))
+                    .map_err(|e| store_error("software", &ring_key, e))?;
+                for v in expired {
+                    store
+                        .remove_key(lock, &ring_key, v)
+                        .map_err(|e| store_error("software", &ring_key, e))?;
+                }
+                Ok(())
+            })
+            .await?;
+        let newest = ring.versions.last().ok_or_else(|| {
+            BackendError::unavailable(&self.name, "rotated ring has no version")
+        })?;
+        tracing::info!(backend = %self.name, key = %ring.key, version = newest.record.version, kid = %newest.kid, "key rotated");
+        Ok(self.metadata_of(&ring, newest))
+    }
+
+    async fn key_metadata(&self, key: &KeyRef) -> Result<Vec<KeyMetadata>, BackendError> {
+        let ring = self.ring(key).await?;
+        let all: Vec<KeyMetadata> = ring
+            .versions
+            .iter()
+            .filter(|v| key.version().is_none_or(|n| v.record.version == n))
+            .map(|v| self.metadata_of(&ring, v))
+            .collect();
+        if all.is_empty() {
+            return Err(BackendError::Rejected(Rejection::UnknownKey(key.to_string())));
+        }
+        Ok(all)
+    }
+
+    async fn public_keys(&self, key: &KeyRef) -> Result<Vec<PublicJwk>, BackendError> {
+        let ring = self.ring(key).await?;
+        Ok(ring
+            .versions
+            .iter()
+            .filter(|v| {
+                matches!(
+                    self.effective_state(&v.record),
+                    KeyState::Active | KeyState::Deprecated
+                )
+            })
+            .filter_map(|v| v.material.as_ref().and_then(|m| m.public_jwk().cloned()))
+            .collect())
+    }
+
+    async fn list_keys(&self, namespace: &str) -> Result<Vec<String>, BackendError> {
+        super::types::validate_name("namespace", namespace)?;
+        let store = self.store.clone();
+        let namespace = namespace.to_owned();
+        tokio::task::spawn_blocking(move || store.list(&namespace))
+            .await
+            .map_err(|e| BackendError::unavailable(&self.name, format!("list task failed: {e}")))?
+            .map_err(|e| BackendError::unavailable(&self.name, e.to_string()))
+    }
+
+    async fn health(&self) -> Health {
+        let root = self.store.root().to_path_buf();
+        match tokio::task::spawn_blocking(move || std::fs::metadata(&root)).await {
+            Ok(Ok(m)) if m.is_dir() => Health::ok("data directory readable"),
+            Ok(Ok(_)) => Health::failing("data directory is not a directory"),
+            Ok(Err(e)) => Health::failing(format!("data directory: {e}")),
+            Err(e) => Health::failing(format!("probe task failed: {e}")),
+        }
+    }
+}

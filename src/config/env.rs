@@ -1,0 +1,54 @@
+//! Environment overrides, with the seeds' variable names.
+
+use super::{Config, ConfigError};
+
+/// Where environment variables come from (the process, or a map in tests).
+pub trait EnvSource {
+    /// The variable's value, if set.
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl EnvSource for std::collections::HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        std::collections::HashMap::get(self, name).cloned()
+    }
+}
+
+fn parse_bool(variable: &str, setting: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::invalid(
+            format!("{variable} (overrides {setting})"),
+            format!(
+                "expected true or false, found `{}`",
+                crate::backends::types::truncate_for_message(value)
+            ),
+        )),
+    }
+}
+
+/// Applies every override that is set.
+pub(super) fn apply_overrides(config: &mut Config, env: &dyn EnvSource) -> Result<(), ConfigError> {
+    if let Some(value) = env.get("CRYPTO_FALLBACK_ENABLED") {
+        config.crypto.fallback_enabled =
+            parse_bool("CRYPTO_FALLBACK_ENABLED", "crypto.fallback_enabled", &value)?;
+    }
+    if let Some(value) = env.get("CRYPTO_KEY_NAMESPACE") {
+        crate::backends::types::validate_name("namespace", &value).map_err(|e| {
+            ConfigError::invalid("CRYPTO_KEY_NAMESPACE (overrides crypto.key_namespace)", e.to_string())
+        })?;
+        config.crypto.key_namespace = value;
+    }
+    Ok(())
+}

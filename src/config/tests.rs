@@ -1,0 +1,124 @@
+use std::collections::HashMap;
+
+use super::*;
+
+fn no_env() -> HashMap<String, String> {
+    HashMap::new()
+}
+
+fn load_str(text: &str, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    let mut config = Config::parse(text)?;
+    env::apply_overrides(&mut config, env)?;
+    validate::validate(&config)?;
+    Ok(config)
+}
+
+#[test]
+fn embedded_default_is_valid() {
+    let config = Config::load(None, &no_env()).unwrap();
+    assert_eq!(config.chain.sign, vec!["software".to_owned()]);
+    assert_eq!(config.keys.signing.algorithm, Algorithm::Es256);
+    assert!(config.crypto.fallback_enabled);
+    let software = config.backends.software.unwrap();
+    assert_eq!(software.retention, Duration::from_secs(86400));
+    assert_eq!(software.resilience.breaker.failure_threshold, 5);
+}
+
+#[test]
+fn rendered_config_parses_back_to_the_same() {
+    let config = Config::load(None, &no_env()).unwrap();
+    let text = config.to_redacted_toml().unwrap();
+    assert_eq!(Config::parse(&text).unwrap(), config);
+}
+
+fn expect_setting(result: Result<Config, ConfigError>, setting: &str, needle: &str) {
+    let error = result.expect_err("config should be refused");
+    let shown = error.to_string();
+    assert_eq!(error.setting(), Some(setting), "{shown}");
+    assert!(shown.contains(needle), "{shown} lacks {needle}");
+}
+
+#[test]
+fn each_class_of_bad_config_names_the_setting() {
+    let default = DEFAULT_TOML;
+    expect_setting(
+        load_str(&default.replace("[admin]", "[admin]\nport = 1"), &no_env()),
+        "admin.port",
+        "unknown field",
+    );
+    expect_setting(
+        load_str(&default.replace("fallback_enabled = true", "fallback_enabled = \"yes\""), &no_env()),
+        "crypto.fallback_enabled",
+        "bool",
+    );
+    expect_setting(
+        load_str(&default.replace("data_dir = \"data/keys\"", ""), &no_env()),
+        "backends.software",
+        "data_dir",
+    );
+    expect_setting(
+        load_str(&default.replace("sign = [\"software\"]", "sign = [\"software\", \"hsm\"]"), &no_env()),
+        "chain.sign[1]",
+        "unknown backend `hsm`",
+    );
+    expect_setting(
+        load_str(&default.replace("sign = [\"software\"]", "sign = []"), &no_env()),
+        "chain.sign",
+        "at least one backend",
+    );
+    let env: HashMap<String, String> =
+        [("CRYPTO_FALLBACK_ENABLED".to_owned(), "maybe".to_owned())].into();
+    expect_setting(
+        load_str(default, &env),
+        "CRYPTO_FALLBACK_ENABLED (overrides crypto.fallback_enabled)",
+        "expected true or false",
+    );
+}
+
+#[test]
+fn semantic_checks_name_the_setting() {
+    let default = DEFAULT_TOML;
+    expect_setting(
+        load_str(&default.replace("127.0.0.1:9464", "0.0.0.0:9464"), &no_env()),
+        "admin.listen",
+        "loopback",
+    );
+    expect_setting(
+        load_str(&default.replace("algorithm = \"ES256\"", "algorithm = \"A256GCM\""), &no_env()),
+        "keys.signing.algorithm",
+        "signature algorithm",
+    );
+    expect_setting(
+        load_str(&default.replace("algorithm = \"ES256\"", "algorithm = \"HS256\""), &no_env()),
+        "keys.signing.algorithm",
+        "HS256",
+    );
+    expect_setting(
+        load_str(
+            &format!("{default}\n[backends.software.resilience]\nretry = {{ max_attempts = 0 }}\n"),
+            &no_env(),
+        ),
+        "backends.software.resilience.retry.max_attempts",
+        "at least 1",
+    );
+    expect_setting(
+        load_str(&default.replace("name = \"signing\"", "name = \"../etc\""), &no_env()),
+        "keys.signing.name",
+        "[A-Za-z0-9._-]",
+    );
+}
+
+#[test]
+fn env_overrides_apply() {
+    let env: HashMap<String, String> = [
+        ("CRYPTO_FALLBACK_ENABLED".to_owned(), "false".to_owned()),
+        ("CRYPTO_KEY_NAMESPACE".to_owned(), "tenant-a".to_owned()),
+    ]
+    .into();
+    let config = load_str(DEFAULT_TOML, &env).unwrap();
+    assert!(!config.crypto.fallback_enabled);
+    assert_eq!(config.crypto.key_namespace, "tenant-a");
+    let bad: HashMap<String, String> =
+        [("CRYPTO_KEY_NAMESPACE".to_owned(), "a/b".to_owned())].into();
+    assert!(load_str(DEFAULT_TOML, &bad).is_err());
+}

@@ -1,0 +1,135 @@
+//! Semantic validation of a parsed configuration.
+
+use super::{Config, ConfigError};
+use crate::backends::types::validate_name;
+use crate::resilience::ResilienceConfig;
+
+fn check_name(setting: &str, what: &str, value: &str) -> Result<(), ConfigError> {
+    validate_name(what, value).map_err(|e| ConfigError::invalid(setting, e.to_string()))
+}
+
+fn check_route(setting: &str, names: &[String], configured: &[&str]) -> Result<(), ConfigError> {
+    for (i, name) in names.iter().enumerate() {
+        if !configured.contains(&name.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("{setting}[{i}]"),
+                format!(
+                    "unknown backend `{}`; expected one of the configured backends: {}",
+                    crate::backends::types::truncate_for_message(name),
+                    if configured.is_empty() {
+                        "(none configured)".to_owned()
+                    } else {
+                        configured.join(", ")
+                    }
+                ),
+            ));
+        }
+        if names[..i].contains(name) {
+            return Err(ConfigError::invalid(
+                format!("{setting}[{i}]"),
+                format!("backend `{name}` is listed twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_resilience(prefix: &str, r: &ResilienceConfig) -> Result<(), ConfigError> {
+    let bad = |field: &str, expected: &str| {
+        Err(ConfigError::invalid(format!("{prefix}.{field}"), format!("expected {expected}")))
+    };
+    if r.timeout.is_zero() {
+        return bad("timeout", "a duration above zero, e.g. \"2s\"");
+    }
+    if r.retry.max_attempts == 0 {
+        return bad("retry.max_attempts", "at least 1 (1 = no retry)");
+    }
+    if !(r.retry.multiplier >= 1.0 && r.retry.multiplier.is_finite()) {
+        return bad("retry.multiplier", "a finite number >= 1.0");
+    }
+    if !(0.0..1.0).contains(&r.retry.jitter) {
+        return bad("retry.jitter", "a fraction in [0, 1), e.g. 0.2");
+    }
+    if r.retry.max_backoff < r.retry.initial_backoff {
+        return bad("retry.max_backoff", "a duration >= retry.initial_backoff");
+    }
+    if r.breaker.failure_threshold == 0 {
+        return bad("breaker.failure_threshold", "at least 1");
+    }
+    if r.breaker.half_open_max_probes == 0 {
+        return bad("breaker.half_open_max_probes", "at least 1");
+    }
+    if r.breaker.success_threshold == 0 {
+        return bad("breaker.success_threshold", "at least 1");
+    }
+    if r.breaker.failure_window.is_zero() || r.breaker.open_duration.is_zero() {
+        return bad("breaker.failure_window / breaker.open_duration", "durations above zero");
+    }
+    if let Some(rl) = &r.rate_limit
+        && rl.per_second == 0
+    {
+        return bad("rate_limit.per_second", "at least 1");
+    }
+    if r.max_concurrency == Some(0) {
+        return bad("max_concurrency", "at least 1, or leave it out for no limit");
+    }
+    Ok(())
+}
+
+/// Checks everything the schema alone cannot.
+pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
+    check_name("crypto.key_namespace", "namespace", &config.crypto.key_namespace)?;
+    check_name("keys.signing.name", "key name", &config.keys.signing.name)?;
+    if !config.keys.signing.algorithm.is_signing() {
+        return Err(ConfigError::invalid(
+            "keys.signing.algorithm",
+            "expected a signature algorithm: ES256, ES384, PS256, PS384, PS512 or EdDSA",
+        ));
+    }
+    check_name("keys.encryption.namespace", "namespace", &config.keys.encryption.namespace)?;
+    check_name("keys.encryption.name", "key name", &config.keys.encryption.name)?;
+
+    if !config.admin.listen.ip().is_loopback() {
+        return Err(ConfigError::invalid(
+            "admin.listen",
+            format!(
+                "expected a loopback address (127.0.0.1 or [::1]); `{}` would expose metrics and health beyond this host",
+                config.admin.listen
+            ),
+        ));
+    }
+    if tracing_subscriber::EnvFilter::try_new(&config.logging.level).is_err() {
+        return Err(ConfigError::invalid(
+            "logging.level",
+            "expected a tracing filter such as \"info\" or \"token_service=debug,info\"",
+        ));
+    }
+
+    let configured = config.backends.configured();
+    if configured.is_empty() {
+        return Err(ConfigError::invalid(
+            "backends",
+            "expected at least one backend table, e.g. [backends.software]",
+        ));
+    }
+    if config.chain.sign.is_empty() {
+        return Err(ConfigError::invalid(
+            "chain.sign",
+            "expected at least one backend; the service cannot issue anything without signing",
+        ));
+    }
+    check_route("chain.sign", &config.chain.sign, &configured)?;
+    check_route("chain.verify", &config.chain.verify, &configured)?;
+    check_route("chain.encrypt", &config.chain.encrypt, &configured)?;
+
+    if let Some(software) = &config.backends.software {
+        if software.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid(
+                "backends.software.data_dir",
+                "expected a directory path",
+            ));
+        }
+        check_resilience("backends.software.resilience", &software.resilience)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,347 @@
+//! Circuit breaker: closed → open after `failure_threshold` failures within `failure_window`;
+//! open → half-open once `open_duration` has passed; half-open admits at most
+//! `half_open_max_probes` concurrent calls; `success_threshold` successes close it, any
+//! failure re-opens it.
+//!
+//! Written here rather than taken from `failsafe` (its state is private and its half-open
+//! lets every call through) or a tower layer (our calls are trait methods, not `Service`s).
+//! Time is `tokio::time::Instant`, so tests drive it with the paused clock.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+/// Breaker settings; the defaults are the design brief's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Failures within the window that open the breaker.
+    pub failure_threshold: u32,
+    /// The sliding window failures are counted in.
+    #[serde(with = "humantime_serde")]
+    pub failure_window: Duration,
+    /// How long the breaker stays open before probing.
+    #[serde(with = "humantime_serde")]
+    pub open_duration: Duration,
+    /// Concurrent probe calls admitted while half-open.
+    pub half_open_max_probes: u32,
+    /// Successful probes that close the breaker.
+    pub success_threshold: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            failure_window: Duration::from_secs(60),
+            open_duration: Duration::from_secs(30),
+            half_open_max_probes: 1,
+            success_threshold: 2,
+        }
+    }
+}
+
+/// The breaker's state, with the gauge values the design brief fixes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BreakerState {
+    /// Calls flow.
+    Closed,
+    /// Calls are refused without reaching the backend.
+    Open,
+    /// A bounded number of probe calls are let through.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// Gauge value: 0 closed, 1 open, 2 half-open.
+    pub fn gauge_value(self) -> i64 {
+        match self {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        }
+    }
+
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Inner {
+    Closed { failures: VecDeque<Instant> },
+    Open { until: Instant },
+    HalfOpen { in_flight: u32, successes: u32 },
+}
+
+/// What a finished call tells the breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// The backend answered (including "rejected" and "invalid signature": it is alive).
+    Success,
+    /// The backend was unavailable.
+    Failure,
+}
+
+type Listener = Box<dyn Fn(BreakerState) + Send + Sync>;
+
+/// A circuit breaker. Cheap to share: clone the `Arc`.
+pub struct CircuitBreaker {
+    config: BreakerConfig,
+    inner: Mutex<Inner>,
+    on_transition: Option<Listener>,
+}
+
+impl std::fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("config", &self.config)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// Permission to make one call. Report how it went with [`Permit::record`]; a permit dropped
+/// unrecorded (the call was cancelled) frees its half-open probe slot and counts as nothing.
+#[must_use = "a permit must be recorded or dropped"]
+pub struct Permit {
+    breaker: Arc<CircuitBreaker>,
+    probe: bool,
+    recorded: bool,
+}
+
+/// The breaker refused the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BreakerOpen;
+
+impl CircuitBreaker {
+    /// A closed breaker.
+    pub fn new(config: BreakerConfig) -> Arc<Self> {
+        Self::with_listener(config, None)
+    }
+
+    /// A closed breaker that calls `on_transition` with each new state (for metrics).
+    pub fn with_listener(config: BreakerConfig, on_transition: Option<Listener>) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            inner: Mutex::new(Inner::Closed {
+                failures: VecDeque::new(),
+            }),
+            on_transition,
+        })
+    }
+
+    /// The breaker's settings.
+    pub fn config(&self) -> &BreakerConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The state is always left consistent, so a panic elsewhere cannot poison it
+        // meaningfully: keep going with what is there.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn transition(&self, inner: &mut Inner, to: Inner) {
+        *inner = to;
+        if let Some(listener) = &self.on_transition {
+            listener(Self::state_of(inner));
+        }
+    }
+
+    fn state_of(inner: &Inner) -> BreakerState {
+        match inner {
+            Inner::Closed { .. } => BreakerState::Closed,
+            Inner::Open { .. } => BreakerState::Open,
+            Inner::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Moves open → half-open when the open period is over. Called on every read so the
+    /// state is right even when no call has come in.
+    fn refresh(&self, inner: &mut Inner, now: Instant) {
+        if let Inner::Open { until } = inner
+            && now >= *until
+        {
+            self.transition(
+                inner,
+                Inner::HalfOpen {
+                    in_flight: 0,
+                    successes: 0,
+                },
+            );
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> BreakerState {
+        let mut inner = self.lock();
+        self.refresh(&mut inner, Instant::now());
+        Self::state_of(&inner)
+    }
+
+    /// Asks to make a call.
+    pub fn try_acquire(self: &Arc<Self>) -> Result<Permit, BreakerOpen> {
+        let mut inner = self.lock();
+        self.refresh(&mut inner, Instant::now());
+        let probe = match &mut *inner {
+            Inner::Closed { .. } => false,
+            Inner::Open { .. } => return Err(BreakerOpen),
+            Inner::HalfOpen { in_flight, .. } => {
+                if *in_flight >= self.config.half_open_max_probes {
+                    return Err(BreakerOpen);
+                }
+                *in_flight += 1;
+                true
+            }
+        };
+        Ok(Permit {
+            breaker: self.clone(),
+            probe,
+            recorded: false,
+        })
+    }
+
+    fn open(&self, inner: &mut Inner, now: Instant) {
+        self.transition(
+            inner,
+            Inner::Open {
+                until: now + self.config.open_duration,
+            },
+        );
+    }
+
+    fn finish(&self, probe: bool, outcome: Option<CallOutcome>) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        match &mut *inner {
+            Inner::Closed { failures } => {
+                if outcome == Some(CallOutcome::Failure) {
+                    failures.push_back(now);
+                    while failures
+                        .front()
+                        .is_some_and(|t| now.duration_since(*t) >= self.config.failure_window)
+                    {
+                        failures.pop_front();
+                    }
+                    if failures.len() >= self.config.failure_threshold as usize {
+                        self.open(&mut inner, now);
+                    }
+                }
+            }
+            Inner::HalfOpen {
+                in_flight,
+                successes,
+            } => {
+                if probe {
+                    *in_flight = in_flight.saturating_sub(1);
+                }
+                match outcome {
+                    Some(CallOutcome::Failure) => self.open(&mut inner, now),
+                    Some(CallOutcome::Success) if probe => {
+                        *successes += 1;
+                        if *successes >= self.config.success_threshold {
+                            self.transition(
+                                &mut inner,
+                                Inner::Closed {
+                                    failures: VecDeque::new(),
+                                },
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            // A call admitted before the breaker opened finished late: its outcome changes
+            // nothing (the breaker is already open).
+            Inner::Open { .. } => {}
+        }
+    }
+}
+
+impl Permit {
+    /// Reports the call's outcome.
+    pub fn record(mut self, outcome: CallOutcome) {
+        self.recorded = true;
+        self.breaker.finish(self.probe, Some(outcome));
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.breaker.finish(self.probe, None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> BreakerConfig {
+        BreakerConfig {
+            failure_threshold: 3,
+            failure_window: Duration::from_secs(10),
+            open_duration: Duration::from_secs(5),
+            half_open_max_probes: 1,
+            success_threshold: 2,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_outside_the_window_do_not_add_up() {
+        let b = CircuitBreaker::new(config());
+        for _ in 0..2 {
+            b.try_acquire().unwrap().record(CallOutcome::Failure);
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        b.try_acquire().unwrap().record(CallOutcome::Failure);
+        assert_eq!(b.state(), BreakerState::Closed);
+        b.try_acquire().unwrap().record(CallOutcome::Failure);
+        b.try_acquire().unwrap().record(CallOutcome::Failure);
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelled_probe_frees_its_slot() {
+        let b = CircuitBreaker::new(config());
+        for _ in 0..3 {
+            b.try_acquire().unwrap().record(CallOutcome::Failure);
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let probe = b.try_acquire().unwrap();
+        assert!(b.try_acquire().is_err());
+        drop(probe);
+        assert!(b.try_acquire().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transitions_reach_the_listener() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let b = CircuitBreaker::with_listener(
+            config(),
+            Some(Box::new(move |s| sink.lock().unwrap().push(s))),
+        );
+        for _ in 0..3 {
+            b.try_acquire().unwrap().record(CallOutcome::Failure);
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        for _ in 0..2 {
+            b.try_acquire().unwrap().record(CallOutcome::Success);
+        }
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![BreakerState::Open, BreakerState::HalfOpen, BreakerState::Closed]
+        );
+    }
+}
