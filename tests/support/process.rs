@@ -1,0 +1,213 @@
+//! Runs the real `token-service` binary: one-shot CLI commands, and `serve` as a child
+//! process on a free loopback port (port 0; the bound address is read from its log).
+//! Processes are killed when their handle drops.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_token-service")
+}
+
+/// Whether a missing external dependency must fail the test (CI) rather than skip it.
+pub fn strict() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Returns the path of `tool` on PATH. Without it: panics under CI=true, otherwise prints
+/// why the test is skipped and returns None.
+pub fn require_tool(tool: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(tool))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            !strict(),
+            "{tool} is required with CI=true; scripts/test.sh installs it"
+        );
+        eprintln!("SKIPPED: {tool} not found (run scripts/test.sh to install test dependencies)");
+    }
+    found
+}
+
+/// A temporary directory holding a config file and the key data directory.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    /// A sandbox with the default configuration, its data directory inside the sandbox and
+    /// the admin endpoint on a free port. `extra` is appended to the TOML.
+    pub fn new(extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sandbox = Self { dir };
+        let config = default_config(&sandbox.data_dir(), extra);
+        sandbox.write_config(&config);
+        sandbox
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("keys")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.config_path(), text).expect("write config");
+    }
+
+    /// Runs a CLI command with this sandbox's config (no CI/RUST_LOG leaking in).
+    pub fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        self.run_with_env(args, stdin, &[])
+    }
+
+    pub fn run_with_env(&self, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Output {
+        run_cli(Some(&self.config_path()), self.dir.path(), args, stdin, env)
+    }
+}
+
+/// The embedded default with the data dir and admin port replaced.
+pub fn default_config(data_dir: &Path, extra: &str) -> String {
+    let base = include_str!("../../config/default.toml")
+        .replace("data/keys", &data_dir.display().to_string())
+        .replace("127.0.0.1:9464", "127.0.0.1:0");
+    format!("{base}\n{extra}\n")
+}
+
+/// Runs the binary once.
+pub fn run_cli(
+    config: Option<&Path>,
+    cwd: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    env: &[(&str, &str)],
+) -> Output {
+    let mut command = Command::new(binary());
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    command
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .env_remove("CRYPTO_FALLBACK_ENABLED")
+        .env_remove("CRYPTO_KEY_NAMESPACE")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("spawn token-service");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(input).expect("write stdin");
+    }
+    child.wait_with_output().expect("wait token-service")
+}
+
+/// A running `token-service serve`.
+pub struct ServiceProcess {
+    child: Child,
+    pub admin: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl ServiceProcess {
+    /// Starts `serve` with `config` in `cwd` (or the embedded default when `config` is None)
+    /// and waits until the admin endpoint listens.
+    pub fn start(config: Option<&Path>, cwd: &Path) -> Self {
+        let mut command = Command::new(binary());
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
+            .arg("serve")
+            .current_dir(cwd)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn token-service serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(rest.trim().to_owned());
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let admin = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(addr) => addr.parse().expect("admin address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("service did not start; log:\n{}", log.lock().unwrap());
+            }
+        };
+        Self { child, admin, log }
+    }
+
+    /// The service's log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..200 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("service did not exit after SIGTERM; log:\n{}", self.log());
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 GET over a real socket: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
