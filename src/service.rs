@@ -66,6 +66,7 @@ pub fn open_backends(config: &Config) -> Result<Vec<(Arc<dyn Backend>, Resilienc
             SoftwareOptions {
                 retention: software.retention,
                 rsa_bits: software.rsa_bits,
+                refresh_interval: software.refresh_interval,
             },
         )
         .map_err(|source| ServiceError::Backend {

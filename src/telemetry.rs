@@ -13,6 +13,8 @@ pub fn init(config: &LoggingConfig) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: never in files, journald or a log shipper.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     let _ = match config.format {
         LogFormat::Json => builder.json().try_init(),

@@ -50,5 +50,16 @@ pub(super) fn apply_overrides(config: &mut Config, env: &dyn EnvSource) -> Resul
         })?;
         config.crypto.key_namespace = value;
     }
+    if let Some(value) = env.get("ADMIN_LISTEN") {
+        config.admin.listen = value.trim().parse().map_err(|_| {
+            ConfigError::invalid(
+                "ADMIN_LISTEN (overrides admin.listen)",
+                format!(
+                    "expected an address such as 127.0.0.1:9464, found `{}`",
+                    crate::backends::types::truncate_for_message(&value)
+                ),
+            )
+        })?;
+    }
     Ok(())
 }

@@ -227,6 +227,9 @@ pub struct SoftwareConfig {
     /// Modulus size of new RSA keys: "2048", "3072" or "4096".
     #[serde(default = "default_rsa_bits")]
     pub rsa_bits: RsaBits,
+    /// How often a cached key ring is checked for changes made by another process.
+    #[serde(default = "default_refresh_interval", with = "humantime_serde")]
+    pub refresh_interval: Duration,
     /// Policies around the backend.
     #[serde(default)]
     pub resilience: ResilienceConfig,
@@ -234,6 +237,10 @@ pub struct SoftwareConfig {
 
 fn default_retention() -> Duration {
     Duration::from_secs(24 * 3600)
+}
+
+fn default_refresh_interval() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_rsa_bits() -> RsaBits {

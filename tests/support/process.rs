@@ -127,7 +127,15 @@ impl ServiceProcess {
     /// Starts `serve` with `config` in `cwd` (or the embedded default when `config` is None)
     /// and waits until the admin endpoint listens.
     pub fn start(config: Option<&Path>, cwd: &Path) -> Self {
+        Self::start_with_env(config, cwd, &[])
+    }
+
+    /// As [`ServiceProcess::start`], with extra environment variables for the child.
+    pub fn start_with_env(config: Option<&Path>, cwd: &Path, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(binary());
+        for (k, v) in env {
+            command.env(k, v);
+        }
         if let Some(config) = config {
             command.arg("--config").arg(config);
         }
@@ -150,7 +158,8 @@ impl ServiceProcess {
                 if let Some(rest) = line.split("listening on http://").nth(1)
                     && let Some(tx) = tx.take()
                 {
-                    let _ = tx.send(rest.trim().to_owned());
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = tx.send(addr.to_owned());
                 }
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);

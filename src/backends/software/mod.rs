@@ -9,8 +9,9 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use zeroize::Zeroizing;
@@ -34,6 +35,10 @@ pub struct SoftwareOptions {
     pub retention: Duration,
     /// Modulus size of new RSA keys.
     pub rsa_bits: RsaBits,
+    /// How often a cached ring is checked against its file, so that a change made by
+    /// another process (a key disabled or rotated with the CLI) takes effect without a
+    /// restart. Zero checks on every use.
+    pub refresh_interval: Duration,
 }
 
 impl Default for SoftwareOptions {
@@ -41,6 +46,7 @@ impl Default for SoftwareOptions {
         Self {
             retention: Duration::from_secs(24 * 3600),
             rsa_bits: RsaBits::B2048,
+            refresh_interval: Duration::from_secs(1),
         }
     }
 }
@@ -59,6 +65,10 @@ struct LoadedRing {
     key: KeyRef,
     algorithm: Algorithm,
     versions: Vec<LoadedVersion>,
+    /// Identity of the `ring.json` it was loaded from (see [`store::FileStamp`]).
+    stamp: store::FileStamp,
+    /// When the file was last compared with `stamp`, in ms since the backend opened.
+    checked_ms: AtomicU64,
 }
 
 /// The software backend. See the module documentation.
@@ -70,6 +80,7 @@ pub struct SoftwareBackend {
     clock: Arc<dyn Clock>,
     capabilities: Capabilities,
     rings: RwLock<HashMap<(String, String), Arc<LoadedRing>>>,
+    opened: Instant,
 }
 
 fn store_error(backend: &str, key: &KeyRef, e: StoreError) -> BackendError {
@@ -110,6 +121,7 @@ impl SoftwareBackend {
                 algorithms: Algorithm::ALL.to_vec(),
             },
             rings: RwLock::new(HashMap::new()),
+            opened: Instant::now(),
         })
     }
 
@@ -161,6 +173,8 @@ impl SoftwareBackend {
     /// Builds the in-memory ring from disk. Blocking: call from a blocking thread.
     fn load_blocking(store: &Store, backend: &str, key: &KeyRef) -> Result<LoadedRing, BackendError> {
         let ring_key = key.ring();
+        // Stamp before reading: if the file changes in between, the next check reloads.
+        let stamp = store.ring_stamp(&ring_key).map_err(|e| store_error(backend, key, e))?;
         let record = store.read_ring(&ring_key).map_err(|e| store_error(backend, key, e))?;
         let mut versions = Vec::with_capacity(record.versions.len());
         for v in record.versions {
@@ -195,11 +209,39 @@ impl SoftwareBackend {
             key: ring_key,
             algorithm: record.algorithm,
             versions,
+            stamp,
+            checked_ms: AtomicU64::new(0),
         })
     }
 
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// True if the cached ring may be used as is. At most once per refresh interval (and by
+    /// one caller at a time), the file's stamp is compared with the cached one.
+    fn still_current(&self, ring: &LoadedRing) -> bool {
+        let now = self.elapsed_ms();
+        let last = ring.checked_ms.load(Ordering::Relaxed);
+        let interval = u64::try_from(self.options.refresh_interval.as_millis()).unwrap_or(u64::MAX);
+        if now.saturating_sub(last) < interval && last != 0 {
+            return true;
+        }
+        if ring
+            .checked_ms
+            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return true; // another caller is checking right now
+        }
+        // One stat call (~1 µs), at most once per interval per ring.
+        matches!(self.store.ring_stamp(&ring.key), Ok(stamp) if stamp == ring.stamp)
+    }
+
     async fn ring(&self, key: &KeyRef) -> Result<Arc<LoadedRing>, BackendError> {
-        if let Some(ring) = self.cached(key) {
+        if let Some(ring) = self.cached(key)
+            && self.still_current(&ring)
+        {
             return Ok(ring);
         }
         let store = self.store.clone();
@@ -211,6 +253,7 @@ impl SoftwareBackend {
         .await
         .map_err(|e| BackendError::unavailable(&self.name, format!("loader task failed: {e}")))??;
         let ring = Arc::new(loaded);
+        ring.checked_ms.store(self.elapsed_ms().max(1), Ordering::Relaxed);
         self.remember(ring.clone());
         Ok(ring)
     }
@@ -241,6 +284,7 @@ impl SoftwareBackend {
         .await
         .map_err(|e| BackendError::unavailable(&self.name, format!("key task failed: {e}")))??;
         let ring = Arc::new(loaded);
+        ring.checked_ms.store(self.elapsed_ms().max(1), Ordering::Relaxed);
         self.remember(ring.clone());
         Ok(ring)
     }

@@ -178,6 +178,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         .map_err(|e| io_err(dir, e))
 }
 
+/// Identity of a file version: inode, size and modification time. Every write of
+/// `ring.json` is a rename of a new file, so its inode changes even when the clock does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    inode: u64,
+    len: u64,
+    modified_ns: i128,
+}
+
 /// An exclusive advisory lock on one ring, released on drop.
 #[derive(Debug)]
 pub struct RingLock {
@@ -227,6 +236,22 @@ impl Store {
             });
         }
         Ok(ring)
+    }
+
+    /// The stamp of a ring's `ring.json`.
+    pub fn ring_stamp(&self, key: &KeyRef) -> Result<FileStamp, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let path = self.ring_dir(key).join("ring.json");
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(StoreError::NotFound),
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        Ok(FileStamp {
+            inode: meta.ino(),
+            len: meta.len(),
+            modified_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        })
     }
 
     /// Reads one version's key material.
