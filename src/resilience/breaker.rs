@@ -79,7 +79,13 @@ impl BreakerState {
 enum Inner {
     Closed { failures: VecDeque<Instant> },
     Open { until: Instant },
-    HalfOpen { in_flight: u32, successes: u32 },
+    HalfOpen {
+        in_flight: u32,
+        successes: u32,
+        /// Identifies this half-open period: a probe admitted in an earlier one (and still
+        /// running across a re-open) must not count in this one.
+        episode: u64,
+    },
 }
 
 /// What a finished call tells the breaker.
@@ -97,6 +103,7 @@ type Listener = Box<dyn Fn(BreakerState) + Send + Sync>;
 pub struct CircuitBreaker {
     config: BreakerConfig,
     inner: Mutex<Inner>,
+    episodes: std::sync::atomic::AtomicU64,
     on_transition: Option<Listener>,
 }
 
@@ -114,7 +121,8 @@ impl std::fmt::Debug for CircuitBreaker {
 #[must_use = "a permit must be recorded or dropped"]
 pub struct Permit {
     breaker: Arc<CircuitBreaker>,
-    probe: bool,
+    /// The half-open episode this permit probes, if it is a probe.
+    probe: Option<u64>,
     recorded: bool,
 }
 
@@ -135,6 +143,7 @@ impl CircuitBreaker {
             inner: Mutex::new(Inner::Closed {
                 failures: VecDeque::new(),
             }),
+            episodes: std::sync::atomic::AtomicU64::new(0),
             on_transition,
         })
     }
@@ -171,11 +180,15 @@ impl CircuitBreaker {
         if let Inner::Open { until } = inner
             && now >= *until
         {
+            let episode = self
+                .episodes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.transition(
                 inner,
                 Inner::HalfOpen {
                     in_flight: 0,
                     successes: 0,
+                    episode,
                 },
             );
         }
@@ -193,14 +206,16 @@ impl CircuitBreaker {
         let mut inner = self.lock();
         self.refresh(&mut inner, Instant::now());
         let probe = match &mut *inner {
-            Inner::Closed { .. } => false,
+            Inner::Closed { .. } => None,
             Inner::Open { .. } => return Err(BreakerOpen),
-            Inner::HalfOpen { in_flight, .. } => {
+            Inner::HalfOpen {
+                in_flight, episode, ..
+            } => {
                 if *in_flight >= self.config.half_open_max_probes {
                     return Err(BreakerOpen);
                 }
                 *in_flight += 1;
-                true
+                Some(*episode)
             }
         };
         Ok(Permit {
@@ -219,7 +234,7 @@ impl CircuitBreaker {
         );
     }
 
-    fn finish(&self, probe: bool, outcome: Option<CallOutcome>) {
+    fn finish(&self, probe: Option<u64>, outcome: Option<CallOutcome>) {
         let now = Instant::now();
         let mut inner = self.lock();
         match &mut *inner {
@@ -240,13 +255,18 @@ impl CircuitBreaker {
             Inner::HalfOpen {
                 in_flight,
                 successes,
+                episode,
             } => {
-                if probe {
-                    *in_flight = in_flight.saturating_sub(1);
+                // A call admitted before this episode (while closed, or as a probe of an
+                // earlier one) is a late call: its failure still re-opens, its success
+                // proves nothing about this episode.
+                let current_probe = probe == Some(*episode);
+                if current_probe {
+                    *in_flight -= 1;
                 }
                 match outcome {
                     Some(CallOutcome::Failure) => self.open(&mut inner, now),
-                    Some(CallOutcome::Success) if probe => {
+                    Some(CallOutcome::Success) if current_probe => {
                         *successes += 1;
                         if *successes >= self.config.success_threshold {
                             self.transition(
@@ -322,6 +342,48 @@ mod tests {
         assert!(b.try_acquire().is_err());
         drop(probe);
         assert!(b.try_acquire().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_from_an_earlier_episode_does_not_count_in_the_next() {
+        let b = CircuitBreaker::new(BreakerConfig {
+            half_open_max_probes: 2,
+            success_threshold: 1,
+            ..config()
+        });
+        for _ in 0..3 {
+            b.try_acquire().unwrap().record(CallOutcome::Failure);
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let stale = b.try_acquire().unwrap();
+        b.try_acquire().unwrap().record(CallOutcome::Failure); // re-opens
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        let p1 = b.try_acquire().unwrap();
+        let p2 = b.try_acquire().unwrap();
+        // The stale probe finishing must not free a slot of this episode...
+        drop(stale);
+        assert!(b.try_acquire().is_err());
+        drop((p1, p2));
+        // ...nor may its success close the breaker.
+        let stale_success = {
+            let b2 = CircuitBreaker::new(BreakerConfig { success_threshold: 1, ..config() });
+            for _ in 0..3 {
+                b2.try_acquire().unwrap().record(CallOutcome::Failure);
+            }
+            tokio::time::advance(Duration::from_secs(5)).await;
+            let stale = b2.try_acquire().unwrap();
+            let failing = b2.try_acquire();
+            assert!(failing.is_err()); // one probe only
+            drop(failing);
+            // Re-open through a late failure of another call, then half-open again.
+            b2.finish(None, Some(CallOutcome::Failure));
+            tokio::time::advance(Duration::from_secs(5)).await;
+            assert_eq!(b2.state(), BreakerState::HalfOpen);
+            stale.record(CallOutcome::Success);
+            b2.state()
+        };
+        assert_eq!(stale_success, BreakerState::HalfOpen);
     }
 
     #[tokio::test(start_paused = true)]
