@@ -205,7 +205,7 @@ async fn key_generation_is_never_retried() {
     let guarded = chain.backend("a").unwrap();
     let k = key();
     let result = guarded
-        .call(&CallContext::new(), Operation::RotateKey, "k", |b| b.rotate_key(&k))
+        .call(&CallContext::new(), Operation::RotateKey, &"k", |b| b.rotate_key(&k))
         .await;
     assert!(result.is_err());
     assert_eq!(a.calls(), 1);

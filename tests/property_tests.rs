@@ -210,7 +210,7 @@ proptest! {
         runtime.block_on(async {
             let breaker = CircuitBreaker::new(config.clone());
             let mut reference = Reference { config, now: 0, state: Model::Closed(Vec::new()), episodes: 0 };
-            let mut held: Vec<(Permit, Option<u64>)> = Vec::new();
+            let mut held: Vec<(Permit<'_>, Option<u64>)> = Vec::new();
             for (i, s) in steps.iter().enumerate() {
                 let outcome = |ok: bool| if ok { CallOutcome::Success } else { CallOutcome::Failure };
                 match s {

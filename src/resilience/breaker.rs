@@ -8,6 +8,7 @@
 //! Time is `tokio::time::Instant`, so tests drive it with the paused clock.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -103,7 +104,10 @@ type Listener = Box<dyn Fn(BreakerState) + Send + Sync>;
 pub struct CircuitBreaker {
     config: BreakerConfig,
     inner: Mutex<Inner>,
-    episodes: std::sync::atomic::AtomicU64,
+    /// Mirror of the state, written under the lock at every transition, read without it:
+    /// the common case (closed, call succeeds) then takes no lock and reads no clock.
+    closed: AtomicU8,
+    episodes: AtomicU64,
     on_transition: Option<Listener>,
 }
 
@@ -119,8 +123,8 @@ impl std::fmt::Debug for CircuitBreaker {
 /// Permission to make one call. Report how it went with [`Permit::record`]; a permit dropped
 /// unrecorded (the call was cancelled) frees its half-open probe slot and counts as nothing.
 #[must_use = "a permit must be recorded or dropped"]
-pub struct Permit {
-    breaker: Arc<CircuitBreaker>,
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
     /// The half-open episode this permit probes, if it is a probe.
     probe: Option<u64>,
     recorded: bool,
@@ -143,7 +147,8 @@ impl CircuitBreaker {
             inner: Mutex::new(Inner::Closed {
                 failures: VecDeque::new(),
             }),
-            episodes: std::sync::atomic::AtomicU64::new(0),
+            closed: AtomicU8::new(1),
+            episodes: AtomicU64::new(0),
             on_transition,
         })
     }
@@ -161,6 +166,10 @@ impl CircuitBreaker {
 
     fn transition(&self, inner: &mut Inner, to: Inner) {
         *inner = to;
+        self.closed.store(
+            u8::from(matches!(inner, Inner::Closed { .. })),
+            Ordering::Release,
+        );
         if let Some(listener) = &self.on_transition {
             listener(Self::state_of(inner));
         }
@@ -180,9 +189,7 @@ impl CircuitBreaker {
         if let Inner::Open { until } = inner
             && now >= *until
         {
-            let episode = self
-                .episodes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let episode = self.episodes.fetch_add(1, Ordering::Relaxed);
             self.transition(
                 inner,
                 Inner::HalfOpen {
@@ -202,7 +209,16 @@ impl CircuitBreaker {
     }
 
     /// Asks to make a call.
-    pub fn try_acquire(self: &Arc<Self>) -> Result<Permit, BreakerOpen> {
+    pub fn try_acquire(&self) -> Result<Permit<'_>, BreakerOpen> {
+        if self.closed.load(Ordering::Acquire) == 1 {
+            // Closed admits everything; a call racing a transition to open is admitted as
+            // if it had arrived a moment earlier.
+            return Ok(Permit {
+                breaker: self,
+                probe: None,
+                recorded: false,
+            });
+        }
         let mut inner = self.lock();
         self.refresh(&mut inner, Instant::now());
         let probe = match &mut *inner {
@@ -219,7 +235,7 @@ impl CircuitBreaker {
             }
         };
         Ok(Permit {
-            breaker: self.clone(),
+            breaker: self,
             probe,
             recorded: false,
         })
@@ -235,6 +251,11 @@ impl CircuitBreaker {
     }
 
     fn finish(&self, probe: Option<u64>, outcome: Option<CallOutcome>) {
+        // Only failures and probes change anything: a success or cancellation of an ordinary
+        // call is a no-op in every state, so it needs neither the lock nor the clock.
+        if probe.is_none() && outcome != Some(CallOutcome::Failure) {
+            return;
+        }
         let now = Instant::now();
         let mut inner = self.lock();
         match &mut *inner {
@@ -287,7 +308,7 @@ impl CircuitBreaker {
     }
 }
 
-impl Permit {
+impl Permit<'_> {
     /// Reports the call's outcome.
     pub fn record(mut self, outcome: CallOutcome) {
         self.recorded = true;
@@ -295,7 +316,7 @@ impl Permit {
     }
 }
 
-impl Drop for Permit {
+impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if !self.recorded {
             self.breaker.finish(self.probe, None);

@@ -104,12 +104,13 @@ impl GuardedBackend {
     }
 
     /// Runs `call` against the backend under every policy, retrying *unavailable* errors of
-    /// idempotent operations with backoff. `key` only labels the tracing span.
+    /// idempotent operations with backoff. `key` only labels the tracing span; it is
+    /// formatted only if a subscriber records the span.
     pub async fn call<'a, T, F>(
         &'a self,
         ctx: &CallContext,
         operation: Operation,
-        key: &str,
+        key: &(dyn std::fmt::Display + Sync),
         call: F,
     ) -> Result<T, BackendError>
     where
@@ -119,7 +120,7 @@ impl GuardedBackend {
             "backend_call",
             backend = self.name(),
             operation = operation.as_str(),
-            key = key,
+            key = %key,
             correlation_id = ctx.correlation_id(),
         );
         async {

@@ -190,7 +190,7 @@ impl Chain {
         operation: Operation,
         list: &'a [Arc<GuardedBackend>],
         algorithm: Option<Algorithm>,
-        key: &str,
+        key: &(dyn std::fmt::Display + Sync),
         call: F,
     ) -> Result<T, BackendError>
     where
@@ -249,8 +249,7 @@ impl Chain {
         key: &KeyRef,
         message: &[u8],
     ) -> Result<Signature, BackendError> {
-        let label = key.to_string();
-        self.route(ctx, Operation::Sign, &self.sign, None, &label, |backend| {
+        self.route(ctx, Operation::Sign, &self.sign, None, key, |backend| {
             Box::pin(async move {
                 let signature = backend.sign(key, message).await?;
                 check_signature(backend.name(), key, &signature)?;
@@ -273,9 +272,8 @@ impl Chain {
     where
         F: Fn(&KeyMetadata) -> Result<Vec<u8>, BackendError> + Send + Sync,
     {
-        let label = key.to_string();
         let prepare = &prepare;
-        self.route(ctx, Operation::Sign, &self.sign, None, &label, |backend| {
+        self.route(ctx, Operation::Sign, &self.sign, None, key, |backend| {
             Box::pin(async move {
                 let ring = key.ring();
                 let active = backend
@@ -338,13 +336,12 @@ impl Chain {
         plaintext: &[u8],
         aad: &[u8],
     ) -> Result<String, BackendError> {
-        let label = key.to_string();
         self.route(
             ctx,
             Operation::Encrypt,
             &self.encrypt,
             Some(Algorithm::A256Gcm),
-            &label,
+            key,
             |backend| backend.encrypt(key, plaintext, aad),
         )
         .await
@@ -362,7 +359,7 @@ impl Chain {
         let guarded = self.backend(&kid.backend).ok_or_else(|| {
             BackendError::Rejected(Rejection::UnknownEnvelopeBackend(kid.backend.clone()))
         })?;
-        let label = kid.to_string();
+        let label = kid.clone();
         let envelope = &envelope;
         guarded
             .call(ctx, Operation::Decrypt, &label, |backend| {
@@ -380,7 +377,7 @@ impl Chain {
         ctx: &CallContext,
         key: &KeyRef,
     ) -> Result<Vec<PublicJwk>, BackendError> {
-        let label = key.to_string();
+        let label = key;
         let mut by_kid: BTreeMap<String, PublicJwk> = BTreeMap::new();
         let mut answered = false;
         let mut last_error = None;
@@ -425,7 +422,7 @@ impl Chain {
         key: &KeyRef,
         algorithm: Algorithm,
     ) -> Result<Vec<KeyMetadata>, BackendError> {
-        let label = key.to_string();
+        let label = key;
         let mut out = Vec::new();
         for guarded in list {
             let capabilities = guarded.backend().capabilities();
@@ -435,7 +432,7 @@ impl Chain {
                 continue;
             }
             let existing = guarded
-                .call(ctx, Operation::KeyMetadata, &label, |backend| {
+                .call(ctx, Operation::KeyMetadata, label, |backend| {
                     backend.key_metadata(key)
                 })
                 .await;
@@ -463,7 +460,7 @@ impl Chain {
                 }
                 Err(BackendError::Rejected(Rejection::UnknownKey(_))) => {
                     guarded
-                        .call(ctx, Operation::GenerateKey, &label, |backend| {
+                        .call(ctx, Operation::GenerateKey, label, |backend| {
                             backend.generate_key(key, algorithm)
                         })
                         .await?
@@ -478,7 +475,7 @@ impl Chain {
     /// Whether the sign chain can sign with `key` now: some backend in it has a closed or
     /// half-open breaker and an ACTIVE version of the key. `Err` says why not.
     pub async fn can_sign(&self, ctx: &CallContext, key: &KeyRef) -> Result<String, String> {
-        let label = key.to_string();
+        let label = key;
         let mut reasons = Vec::new();
         for guarded in &self.sign {
             if guarded.breaker_state() == BreakerState::Open {
@@ -486,7 +483,7 @@ impl Chain {
                 continue;
             }
             match guarded
-                .call(ctx, Operation::KeyMetadata, &label, |backend| {
+                .call(ctx, Operation::KeyMetadata, label, |backend| {
                     backend.key_metadata(key)
                 })
                 .await
