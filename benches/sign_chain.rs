@@ -47,7 +47,8 @@ fn raw_signer(backend: &SoftwareBackend, key: &KeyRef, algorithm: Algorithm) -> 
             let pair = RsaKeyPair::from_pkcs8(&der).expect("pkcs8");
             Box::new(move || {
                 let mut sig = vec![0u8; pair.public_modulus_len()];
-                pair.sign(&RSA_PSS_SHA256, &rng, MESSAGE, &mut sig).expect("sign");
+                pair.sign(&RSA_PSS_SHA256, &rng, MESSAGE, &mut sig)
+                    .expect("sign");
                 sig.len()
             })
         }
@@ -61,20 +62,41 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn env_f64(name: &str, default: f64) -> f64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
     // `cargo test --benches` runs bench targets with `--bench` absent: stay quick then.
     let quick = !std::env::args().any(|a| a == "--bench");
-    let round = Duration::from_secs_f64(if quick { 0.02 } else { env_f64("ROUND_SECONDS", 0.2) });
-    let rounds = if quick { 1 } else { env_f64("ROUNDS", 21.0) as usize };
+    let round = Duration::from_secs_f64(if quick {
+        0.02
+    } else {
+        env_f64("ROUND_SECONDS", 0.2)
+    });
+    let rounds = if quick {
+        1
+    } else {
+        env_f64("ROUNDS", 21.0) as usize
+    };
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let backend = Arc::new(SoftwareBackend::open(&dir.path().join("keys"), SoftwareOptions::default()).expect("backend"));
+    let backend = Arc::new(
+        SoftwareBackend::open(&dir.path().join("keys"), SoftwareOptions::default())
+            .expect("backend"),
+    );
     let chain = Chain::new(
-        vec![(backend.clone() as Arc<dyn Backend>, ResilienceConfig::default())],
-        &Routes { sign: vec!["software".into()], verify: vec![], encrypt: vec![] },
+        vec![(
+            backend.clone() as Arc<dyn Backend>,
+            ResilienceConfig::default(),
+        )],
+        &Routes {
+            sign: vec!["software".into()],
+            verify: vec![],
+            encrypt: vec![],
+        },
         true,
         Metrics::new(),
     )
@@ -90,10 +112,15 @@ fn main() {
         "sign rate, one thread, {rounds} alternating rounds of {:.2} s each; medians",
         round.as_secs_f64()
     );
-    println!("{:<8} {:>12} {:>12} {:>10}", "alg", "raw ops/s", "chain ops/s", "chain/raw");
+    println!(
+        "{:<8} {:>12} {:>12} {:>10}",
+        "alg", "raw ops/s", "chain ops/s", "chain/raw"
+    );
     for algorithm in [Algorithm::Es256, Algorithm::Es384, Algorithm::Ps256] {
         let key = KeyRef::new("bench", &algorithm.as_str().to_ascii_lowercase()).expect("key");
-        runtime.block_on(backend.generate_key(&key, algorithm)).expect("generate");
+        runtime
+            .block_on(backend.generate_key(&key, algorithm))
+            .expect("generate");
         let raw = raw_signer(&backend, &key, algorithm);
         let ctx = CallContext::new();
         let (mut raw_rates, mut chain_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());

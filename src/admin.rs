@@ -85,7 +85,10 @@ async fn healthz(State(service): State<Service>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, axum::Json(serde_json::json!({ "healthy": healthy, "backends": reports })))
+    (
+        status,
+        axum::Json(serde_json::json!({ "healthy": healthy, "backends": reports })),
+    )
         .into_response()
 }
 

@@ -83,6 +83,9 @@ mod tests {
         let injected = CallContext::with_correlation_id("a\nfake log line");
         assert!(!injected.correlation_id().contains('\n'));
         let long = "x".repeat(200);
-        assert_ne!(CallContext::with_correlation_id(&long).correlation_id(), long);
+        assert_ne!(
+            CallContext::with_correlation_id(&long).correlation_id(),
+            long
+        );
     }
 }

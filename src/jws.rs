@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::backends::chain::Chain;
 use crate::backends::error::{BackendError, Rejection};
 use crate::backends::jwk::PublicJwk;
-use crate::backends::types::{truncate_for_message, Algorithm, KeyRef, VerificationKey, VerifyRequest};
+use crate::backends::types::{
+    Algorithm, KeyRef, VerificationKey, VerifyRequest, truncate_for_message,
+};
 use crate::context::CallContext;
 
 /// Largest compact JWS accepted for verification.
@@ -80,7 +82,8 @@ impl CompactJws {
         }
         let compact = compact.trim_end_matches(['\n', '\r']);
         let mut parts = compact.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(bad("expected three dot-separated parts"));
         };
@@ -94,7 +97,9 @@ impl CompactJws {
             )));
         }
         let payload = B64.decode(p).map_err(|_| bad("payload is not base64url"))?;
-        let signature = B64.decode(s).map_err(|_| bad("signature is not base64url"))?;
+        let signature = B64
+            .decode(s)
+            .map_err(|_| bad("signature is not base64url"))?;
         Ok(Self {
             header,
             algorithm,
@@ -116,7 +121,9 @@ impl CompactJws {
             .iter()
             .find(|k| k.kid.as_deref() == Some(self.header.kid.as_str()))
             .ok_or_else(|| {
-                BackendError::Rejected(Rejection::UnknownKid(truncate_for_message(&self.header.kid)))
+                BackendError::Rejected(Rejection::UnknownKid(truncate_for_message(
+                    &self.header.kid,
+                )))
             })?;
         chain
             .verify(

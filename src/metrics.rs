@@ -70,8 +70,8 @@ pub struct Metrics {
 
 /// Latency buckets in seconds: from a local ECDSA signature (~20 µs) to a slow remote call.
 const LATENCY_BUCKETS: [f64; 16] = [
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
 ];
 
 impl Metrics {
@@ -238,10 +238,7 @@ pub struct BackendMetrics {
 impl BackendMetrics {
     /// Counts an attempt's outcome.
     pub fn outcome(&self, operation: Operation, outcome: Outcome) {
-        let index = Outcome::ALL
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or(0);
+        let index = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
         self.ops[operation.index()].outcomes[index].inc();
         if outcome == Outcome::Security {
             self.security_events.inc();

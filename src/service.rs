@@ -4,13 +4,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::backends::chain::{Chain, ChainBuildError, Routes};
+use crate::backends::chain::{Chain, ChainBuildError, ConfiguredBackend, Routes};
 use crate::backends::software::{SoftwareBackend, SoftwareOptions};
-use crate::backends::{Backend, BackendError, KeyRef};
+use crate::backends::{BackendError, KeyRef};
 use crate::config::Config;
 use crate::context::CallContext;
 use crate::metrics::Metrics;
-use crate::resilience::ResilienceConfig;
 
 /// Errors assembling or running the service.
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +57,8 @@ pub struct Service {
 }
 
 /// Opens every configured backend.
-pub fn open_backends(config: &Config) -> Result<Vec<(Arc<dyn Backend>, ResilienceConfig)>, ServiceError> {
-    let mut backends: Vec<(Arc<dyn Backend>, ResilienceConfig)> = Vec::new();
+pub fn open_backends(config: &Config) -> Result<Vec<ConfiguredBackend>, ServiceError> {
+    let mut backends: Vec<ConfiguredBackend> = Vec::new();
     if let Some(software) = &config.backends.software {
         let backend = SoftwareBackend::open(
             &software.data_dir,
@@ -96,8 +95,8 @@ impl Service {
             key: "configured key".into(),
             source,
         };
-        let signing_key =
-            KeyRef::new(&config.crypto.key_namespace, &config.keys.signing.name).map_err(key_error)?;
+        let signing_key = KeyRef::new(&config.crypto.key_namespace, &config.keys.signing.name)
+            .map_err(key_error)?;
         let encryption_key = KeyRef::new(
             &config.keys.encryption.namespace,
             &config.keys.encryption.name,
@@ -165,15 +164,16 @@ pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the service");
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
+        let mut terminate = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the service");
+                let _ = interrupt.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = interrupt => tracing::info!("SIGINT received, shutting down"),
             _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),

@@ -9,8 +9,8 @@ use support::fault::{FaultBackend, Mode};
 use token_service::backends::chain::{Chain, Routes};
 use token_service::backends::envelope::{Envelope, EnvelopeKid};
 use token_service::backends::{
-    Algorithm, Backend, BackendError, ErrorClass, KeyRef, Operation, PublicJwk,
-    UnavailableReason, VerificationKey, VerifyRequest,
+    Algorithm, Backend, BackendError, ErrorClass, KeyRef, Operation, PublicJwk, UnavailableReason,
+    VerificationKey, VerifyRequest,
 };
 use token_service::context::CallContext;
 use token_service::metrics::{Metrics, Outcome};
@@ -67,7 +67,11 @@ async fn breaker_opens_at_threshold_and_then_refuses_without_calling() {
     let a = FaultBackend::new("a", Mode::Unavailable);
     let chain = chain_of(&[(&a, no_retry())], true);
     for i in 0..5 {
-        assert_eq!(breaker_of(&chain, "a"), BreakerState::Closed, "after {i} failures");
+        assert_eq!(
+            breaker_of(&chain, "a"),
+            BreakerState::Closed,
+            "after {i} failures"
+        );
         assert!(sign(&chain).await.is_err());
     }
     assert_eq!(a.calls(), 5);
@@ -79,13 +83,22 @@ async fn breaker_opens_at_threshold_and_then_refuses_without_calling() {
         let error = sign(&chain).await.unwrap_err();
         assert!(matches!(
             error,
-            BackendError::Unavailable { reason: UnavailableReason::BreakerOpen, .. }
+            BackendError::Unavailable {
+                reason: UnavailableReason::BreakerOpen,
+                ..
+            }
         ));
     }
     assert_eq!(a.calls(), 5, "an open breaker must not call the backend");
     let m = chain.metrics();
-    assert_eq!(m.request_count("a", Operation::Sign, Outcome::Unavailable), 5);
-    assert_eq!(m.request_count("a", Operation::Sign, Outcome::BreakerOpen), 10);
+    assert_eq!(
+        m.request_count("a", Operation::Sign, Outcome::Unavailable),
+        5
+    );
+    assert_eq!(
+        m.request_count("a", Operation::Sign, Outcome::BreakerOpen),
+        10
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -123,9 +136,10 @@ async fn half_open_admits_bounded_probes_and_closes_after_successes() {
     for t in tasks {
         match t.await.unwrap() {
             Ok(_) => ok += 1,
-            Err(BackendError::Unavailable { reason: UnavailableReason::BreakerOpen, .. }) => {
-                refused += 1
-            }
+            Err(BackendError::Unavailable {
+                reason: UnavailableReason::BreakerOpen,
+                ..
+            }) => refused += 1,
             Err(other) => panic!("unexpected {other}"),
         }
     }
@@ -176,14 +190,24 @@ async fn only_unavailable_errors_are_retried_with_growing_delays() {
     assert!(sign(&chain).await.is_err());
     let starts = a.starts();
     assert_eq!(starts.len(), 4);
-    let gaps: Vec<u128> = starts.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
+    let gaps: Vec<u128> = starts
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
     for (gap, nominal) in gaps.iter().zip([100u128, 200, 400]) {
         let (lo, hi) = (nominal * 8 / 10, nominal * 12 / 10);
-        assert!((lo..=hi).contains(gap), "gap {gap} ms outside {lo}..={hi} (gaps {gaps:?})");
+        assert!(
+            (lo..=hi).contains(gap),
+            "gap {gap} ms outside {lo}..={hi} (gaps {gaps:?})"
+        );
     }
     assert_eq!(chain.metrics().retry_count("a", Operation::Sign), 3);
 
-    for mode in [Mode::Rejected, Mode::VerificationFailed, Mode::WrongSignatureLength] {
+    for mode in [
+        Mode::Rejected,
+        Mode::VerificationFailed,
+        Mode::WrongSignatureLength,
+    ] {
         let b = FaultBackend::new("b", mode.clone());
         let chain = chain_of(&[(&b, config.clone())], true);
         assert!(sign(&chain).await.is_err());
@@ -205,7 +229,9 @@ async fn key_generation_is_never_retried() {
     let guarded = chain.backend("a").unwrap();
     let k = key();
     let result = guarded
-        .call(&CallContext::new(), Operation::RotateKey, &"k", |b| b.rotate_key(&k))
+        .call(&CallContext::new(), Operation::RotateKey, &"k", |b| {
+            b.rotate_key(&k)
+        })
         .await;
     assert!(result.is_err());
     assert_eq!(a.calls(), 1);
@@ -253,8 +279,18 @@ async fn final_answers_never_fall_back() {
     let a = FaultBackend::new("a", Mode::WrongSignatureLength);
     let chain = chain_of(&[(&a, no_retry())], true);
     let _ = sign(&chain).await;
-    assert_eq!(chain.metrics().request_count("a", Operation::Sign, Outcome::Security), 1);
-    assert!(chain.metrics().render().contains("token_service_security_events_total{backend=\"a\"} 1"));
+    assert_eq!(
+        chain
+            .metrics()
+            .request_count("a", Operation::Sign, Outcome::Security),
+        1
+    );
+    assert!(
+        chain
+            .metrics()
+            .render()
+            .contains("token_service_security_events_total{backend=\"a\"} 1")
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -292,7 +328,10 @@ async fn with_fallback_disabled_the_error_surfaces() {
     }
     assert!(matches!(
         sign(&chain).await.unwrap_err(),
-        BackendError::Unavailable { reason: UnavailableReason::BreakerOpen, .. }
+        BackendError::Unavailable {
+            reason: UnavailableReason::BreakerOpen,
+            ..
+        }
     ));
     assert_eq!(b.calls(), 0);
 }
@@ -306,7 +345,10 @@ async fn all_backends_unavailable_reports_each() {
     let shown = error.to_string();
     assert!(matches!(
         error,
-        BackendError::Unavailable { reason: UnavailableReason::ChainExhausted { .. }, .. }
+        BackendError::Unavailable {
+            reason: UnavailableReason::ChainExhausted { .. },
+            ..
+        }
     ));
     assert!(shown.contains("a: ") && shown.contains("b: "), "{shown}");
 }
@@ -325,7 +367,12 @@ async fn rate_limit_bounds_what_reaches_a_backend() {
         sign(&chain).await.unwrap();
     }
     assert_eq!((a.calls(), b.calls()), (5, 15));
-    assert_eq!(chain.metrics().request_count("a", Operation::Sign, Outcome::RateLimited), 15);
+    assert_eq!(
+        chain
+            .metrics()
+            .request_count("a", Operation::Sign, Outcome::RateLimited),
+        15
+    );
     // A local refusal is not a backend failure.
     assert_eq!(breaker_of(&chain, "a"), BreakerState::Closed);
     tokio::time::advance(Duration::from_secs(1)).await;
@@ -359,13 +406,18 @@ async fn concurrency_limit_bounds_calls_in_flight() {
         .filter(|r| {
             matches!(
                 r,
-                Err(BackendError::Unavailable { reason: UnavailableReason::ConcurrencyLimited, .. })
+                Err(BackendError::Unavailable {
+                    reason: UnavailableReason::ConcurrencyLimited,
+                    ..
+                })
             )
         })
         .count();
     assert_eq!(limited, 4);
     assert_eq!(
-        chain.metrics().request_count("a", Operation::Sign, Outcome::ConcurrencyLimited),
+        chain
+            .metrics()
+            .request_count("a", Operation::Sign, Outcome::ConcurrencyLimited),
         4
     );
 }
@@ -378,7 +430,12 @@ async fn a_hung_backend_times_out_and_counts_against_the_breaker() {
     let started = tokio::time::Instant::now();
     assert_eq!(sign(&chain).await.unwrap(), "b");
     assert_eq!(started.elapsed(), Duration::from_secs(2));
-    assert_eq!(chain.metrics().request_count("a", Operation::Sign, Outcome::Unavailable), 1);
+    assert_eq!(
+        chain
+            .metrics()
+            .request_count("a", Operation::Sign, Outcome::Unavailable),
+        1
+    );
     for _ in 0..4 {
         sign(&chain).await.unwrap();
     }
@@ -397,7 +454,9 @@ async fn a_backend_without_the_capability_is_skipped_not_failed() {
     let only = chain_of(&[(&a, no_retry())], true);
     assert!(matches!(
         sign(&only).await.unwrap_err(),
-        BackendError::Rejected(token_service::backends::Rejection::NoCapableBackend(Operation::Sign))
+        BackendError::Rejected(token_service::backends::Rejection::NoCapableBackend(
+            Operation::Sign
+        ))
     ));
 }
 
@@ -416,13 +475,21 @@ async fn decrypt_goes_to_the_backend_named_in_the_envelope() {
         b"",
     )
     .unwrap();
-    let opened = chain.decrypt(&CallContext::new(), &envelope, b"").await.unwrap();
+    let opened = chain
+        .decrypt(&CallContext::new(), &envelope, b"")
+        .await
+        .unwrap();
     assert_eq!(&opened[..], b"b");
     assert_eq!((a.calls(), b.calls()), (0, 1));
 
     // Unavailable on decrypt does not go elsewhere: no other backend can open it.
     b.set_mode(Mode::Unavailable);
-    assert!(chain.decrypt(&CallContext::new(), &envelope, b"").await.is_err());
+    assert!(
+        chain
+            .decrypt(&CallContext::new(), &envelope, b"")
+            .await
+            .is_err()
+    );
     assert_eq!(a.calls(), 0);
 
     let foreign = Envelope::seal(
@@ -434,6 +501,8 @@ async fn decrypt_goes_to_the_backend_named_in_the_envelope() {
     .unwrap();
     assert!(matches!(
         chain.decrypt(&CallContext::new(), &foreign, b"").await,
-        Err(BackendError::Rejected(token_service::backends::Rejection::UnknownEnvelopeBackend(_)))
+        Err(BackendError::Rejected(
+            token_service::backends::Rejection::UnknownEnvelopeBackend(_)
+        ))
     ));
 }

@@ -24,7 +24,10 @@ fn assert_config_error(output: &std::process::Output, setting: &str, needle: &st
         stderr(output)
     );
     let err = stderr(output);
-    assert!(err.contains(&format!("`{setting}`")), "stderr does not name `{setting}`: {err}");
+    assert!(
+        err.contains(&format!("`{setting}`")),
+        "stderr does not name `{setting}`: {err}"
+    );
     assert!(err.contains(needle), "stderr lacks `{needle}`: {err}");
 }
 
@@ -33,7 +36,12 @@ fn bad_configuration_stops_the_process_naming_the_setting() {
     let sandbox = Sandbox::new("");
     let good = std::fs::read_to_string(sandbox.config_path()).unwrap();
     let cases: [(&str, String, &str, &str); 5] = [
-        ("unknown key", good.replace("[admin]", "[admin]\nbind = \"x\""), "admin.bind", "unknown field"),
+        (
+            "unknown key",
+            good.replace("[admin]", "[admin]\nbind = \"x\""),
+            "admin.bind",
+            "unknown field",
+        ),
         (
             "wrong type",
             good.replace("retention = \"24h\"", "retention = 86400"),
@@ -52,7 +60,12 @@ fn bad_configuration_stops_the_process_naming_the_setting() {
             "chain.encrypt[0]",
             "unknown backend `pkcs11`",
         ),
-        ("empty chain", good.replace("sign = [\"software\"]", "sign = []"), "chain.sign", "at least one backend"),
+        (
+            "empty chain",
+            good.replace("sign = [\"software\"]", "sign = []"),
+            "chain.sign",
+            "at least one backend",
+        ),
     ];
     for (class, text, setting, needle) in cases {
         sandbox.write_config(&text);
@@ -64,8 +77,16 @@ fn bad_configuration_stops_the_process_naming_the_setting() {
     }
     sandbox.write_config(&good);
     let output = sandbox.run_with_env(&["serve"], None, &[("CRYPTO_FALLBACK_ENABLED", "maybe")]);
-    assert_config_error(&output, "CRYPTO_FALLBACK_ENABLED (overrides crypto.fallback_enabled)", "expected true or false");
-    let output = sandbox.run_with_env(&["config", "check"], None, &[("ADMIN_LISTEN", "10.0.0.1:80")]);
+    assert_config_error(
+        &output,
+        "CRYPTO_FALLBACK_ENABLED (overrides crypto.fallback_enabled)",
+        "expected true or false",
+    );
+    let output = sandbox.run_with_env(
+        &["config", "check"],
+        None,
+        &[("ADMIN_LISTEN", "10.0.0.1:80")],
+    );
     assert_config_error(&output, "admin.listen", "loopback");
 
     let missing = run_cli(
@@ -82,7 +103,11 @@ fn bad_configuration_stops_the_process_naming_the_setting() {
 #[test]
 fn config_check_prints_the_resolved_configuration() {
     let sandbox = Sandbox::new("");
-    let output = sandbox.run_with_env(&["config", "check"], None, &[("CRYPTO_KEY_NAMESPACE", "tenant-b")]);
+    let output = sandbox.run_with_env(
+        &["config", "check"],
+        None,
+        &[("CRYPTO_KEY_NAMESPACE", "tenant-b")],
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     let out = stdout(&output);
     assert!(out.contains("key_namespace = \"tenant-b\""), "{out}");
@@ -109,11 +134,16 @@ fn sign_verify_rotate_round_trip() {
     let rotated = sandbox.run(&["keys", "rotate"], None);
     assert!(rotated.status.success(), "{}", stderr(&rotated));
     let shown = stdout(&sandbox.run(&["keys", "show"], None));
-    assert!(shown.lines().any(|l| l.contains(" 1 DEPRECATED ")), "{shown}");
+    assert!(
+        shown.lines().any(|l| l.contains(" 1 DEPRECATED ")),
+        "{shown}"
+    );
     assert!(shown.lines().any(|l| l.contains(" 2 ACTIVE ")), "{shown}");
 
     // The new version signs; the old token still verifies.
-    let new_token = stdout(&sandbox.run(&["sign"], Some(b"second"))).trim().to_owned();
+    let new_token = stdout(&sandbox.run(&["sign"], Some(b"second")))
+        .trim()
+        .to_owned();
     let header = |t: &str| -> serde_json::Value {
         use base64::Engine;
         let h = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -123,7 +153,11 @@ fn sign_verify_rotate_round_trip() {
     };
     assert_ne!(header(&new_token)["kid"], header(&old_token)["kid"]);
     let new_kid = header(&new_token)["kid"].as_str().unwrap().to_owned();
-    assert!(shown.lines().any(|l| l.contains(" 2 ACTIVE ") && l.ends_with(&new_kid)));
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains(" 2 ACTIVE ") && l.ends_with(&new_kid))
+    );
     for token in [&old_token, &new_token] {
         let v = sandbox.run(&["verify"], Some(token.as_bytes()));
         assert!(v.status.success(), "{}", stderr(&v));
@@ -135,15 +169,31 @@ fn sign_verify_rotate_round_trip() {
     tampered[n] = if tampered[n] == b'A' { b'B' } else { b'A' };
     let v = sandbox.run(&["verify"], Some(&tampered));
     assert_eq!(v.status.code(), Some(1));
-    assert!(stderr(&v).contains("signature verification failed"), "{}", stderr(&v));
+    assert!(
+        stderr(&v).contains("signature verification failed"),
+        "{}",
+        stderr(&v)
+    );
 
     // Malformed input and foreign algorithms are refused before any crypto.
     for (input, needle) in [
         ("not-a-jws", "malformed JWS"),
-        ("eyJhbGciOiJub25lIiwia2lkIjoieCJ9.e30.", "unsupported algorithm `none`"),
-        ("eyJhbGciOiJIUzI1NiIsImtpZCI6IngifQ.e30.AAAA", "unsupported algorithm `HS256`"),
-        ("eyJhbGciOiJFUzI1NiIsImtpZCI6InVua25vd24ifQ.e30.AAAA", "no key version with kid `unknown`"),
-        ("eyJhbGciOiJFUzI1NiIsImtpZCI6IngiLCJjcml0IjpbXX0.e30.AAAA", "malformed JWS"),
+        (
+            "eyJhbGciOiJub25lIiwia2lkIjoieCJ9.e30.",
+            "unsupported algorithm `none`",
+        ),
+        (
+            "eyJhbGciOiJIUzI1NiIsImtpZCI6IngifQ.e30.AAAA",
+            "unsupported algorithm `HS256`",
+        ),
+        (
+            "eyJhbGciOiJFUzI1NiIsImtpZCI6InVua25vd24ifQ.e30.AAAA",
+            "no key version with kid `unknown`",
+        ),
+        (
+            "eyJhbGciOiJFUzI1NiIsImtpZCI6IngiLCJjcml0IjpbXX0.e30.AAAA",
+            "malformed JWS",
+        ),
     ] {
         let v = sandbox.run(&["verify"], Some(input.as_bytes()));
         assert_eq!(v.status.code(), Some(1), "{input}");
@@ -154,13 +204,22 @@ fn sign_verify_rotate_round_trip() {
 #[test]
 fn keys_generate_list_and_refuse_duplicates() {
     let sandbox = Sandbox::new("");
-    let generated = sandbox.run(&["keys", "generate", "--name", "edge", "--algorithm", "EdDSA"], None);
+    let generated = sandbox.run(
+        &["keys", "generate", "--name", "edge", "--algorithm", "EdDSA"],
+        None,
+    );
     assert!(generated.status.success(), "{}", stderr(&generated));
     assert!(stdout(&generated).contains("EdDSA"));
-    let again = sandbox.run(&["keys", "generate", "--name", "edge", "--algorithm", "EdDSA"], None);
+    let again = sandbox.run(
+        &["keys", "generate", "--name", "edge", "--algorithm", "EdDSA"],
+        None,
+    );
     assert_eq!(again.status.code(), Some(1));
     assert!(stderr(&again).contains("already exists"));
-    let bad_alg = sandbox.run(&["keys", "generate", "--name", "x", "--algorithm", "HS256"], None);
+    let bad_alg = sandbox.run(
+        &["keys", "generate", "--name", "x", "--algorithm", "HS256"],
+        None,
+    );
     assert!(!bad_alg.status.success());
     let bad_name = sandbox.run(&["keys", "show", "--name", "../x"], None);
     assert_eq!(bad_name.status.code(), Some(1));
@@ -177,17 +236,35 @@ fn doctor_prints_its_table() {
     // Create the keys first, as `serve` would.
     assert!(sandbox.run(&["sign"], Some(b"x")).status.success());
     let output = sandbox.run(&["doctor"], None);
-    assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
+    assert!(
+        output.status.success(),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
     let out = stdout(&output);
-    assert!(out.contains("BACKEND") && out.contains("SIGN/VERIFY ROUND TRIP"), "{out}");
-    let row = out.lines().find(|l| l.starts_with("software")).expect("software row");
-    assert!(row.contains(" ok ") && row.contains("closed") && row.contains("ok ES256 v1"), "{row}");
+    assert!(
+        out.contains("BACKEND") && out.contains("SIGN/VERIFY ROUND TRIP"),
+        "{out}"
+    );
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("software"))
+        .expect("software row");
+    assert!(
+        row.contains(" ok ") && row.contains("closed") && row.contains("ok ES256 v1"),
+        "{row}"
+    );
 
     // With no keys at all, doctor reports the failed round trip and exits non-zero.
     let empty = Sandbox::new("");
     let output = empty.run(&["doctor"], None);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stdout(&output).contains("FAILED sign"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("FAILED sign"),
+        "{}",
+        stdout(&output)
+    );
 }
 
 #[test]

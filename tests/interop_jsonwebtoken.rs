@@ -52,7 +52,10 @@ async fn every_algorithm_verifies_with_jsonwebtoken_from_the_published_jwk() {
             .unwrap(),
         );
         let chain = Chain::new(
-            vec![(backend.clone() as Arc<dyn Backend>, ResilienceConfig::default())],
+            vec![(
+                backend.clone() as Arc<dyn Backend>,
+                ResilienceConfig::default(),
+            )],
             &Routes {
                 sign: vec!["software".into()],
                 verify: vec!["software".into()],
@@ -69,9 +72,15 @@ async fn every_algorithm_verifies_with_jsonwebtoken_from_the_published_jwk() {
             sub: "alice".into(),
             exp: 4_000_000_000,
         };
-        let token = jws::sign(&chain, &ctx, &key, Some("JWT"), &serde_json::to_vec(&claims).unwrap())
-            .await
-            .unwrap();
+        let token = jws::sign(
+            &chain,
+            &ctx,
+            &key,
+            Some("JWT"),
+            &serde_json::to_vec(&claims).unwrap(),
+        )
+        .await
+        .unwrap();
 
         let published = chain.public_keys(&ctx, &key).await.unwrap();
         assert_eq!(published.len(), 1);
@@ -93,6 +102,9 @@ async fn every_algorithm_verifies_with_jsonwebtoken_from_the_published_jwk() {
             jsonwebtoken::decode::<Claims>(&tampered, &decoding, &validation).is_err(),
             "{algorithm}: tampered token accepted"
         );
-        println!("{algorithm}: verified by jsonwebtoken with kid {}", published[0].kid.as_deref().unwrap());
+        println!(
+            "{algorithm}: verified by jsonwebtoken with kid {}",
+            published[0].kid.as_deref().unwrap()
+        );
     }
 }

@@ -7,7 +7,9 @@ use aws_lc_rs::aead::{AES_256_GCM, LessSafeKey, UnboundKey};
 use proptest::prelude::*;
 use token_service::backends::envelope::{Envelope, EnvelopeKid};
 use token_service::backends::{BackendError, Rejection};
-use token_service::resilience::breaker::{BreakerConfig, BreakerState, CallOutcome, CircuitBreaker, Permit};
+use token_service::resilience::breaker::{
+    BreakerConfig, BreakerState, CallOutcome, CircuitBreaker, Permit,
+};
 
 fn key() -> LessSafeKey {
     LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[42; 32]).unwrap())
@@ -78,7 +80,11 @@ proptest! {
 enum Model {
     Closed(Vec<u64>),
     Open(u64),
-    HalfOpen { in_flight: u32, successes: u32, episode: u64 },
+    HalfOpen {
+        in_flight: u32,
+        successes: u32,
+        episode: u64,
+    },
 }
 
 struct Reference {
@@ -98,7 +104,11 @@ impl Reference {
             && self.now >= until
         {
             self.episodes += 1;
-            self.state = Model::HalfOpen { in_flight: 0, successes: 0, episode: self.episodes };
+            self.state = Model::HalfOpen {
+                in_flight: 0,
+                successes: 0,
+                episode: self.episodes,
+            };
         }
     }
 
@@ -117,7 +127,9 @@ impl Reference {
         match &mut self.state {
             Model::Closed(_) => Some(None),
             Model::Open(_) => None,
-            Model::HalfOpen { in_flight, episode, .. } => {
+            Model::HalfOpen {
+                in_flight, episode, ..
+            } => {
                 if *in_flight < self.config.half_open_max_probes {
                     *in_flight += 1;
                     Some(Some(*episode))
@@ -143,7 +155,11 @@ impl Reference {
                     }
                 }
             }
-            Model::HalfOpen { in_flight, successes, episode } => {
+            Model::HalfOpen {
+                in_flight,
+                successes,
+                episode,
+            } => {
                 let probe = probe == Some(*episode);
                 if probe {
                     *in_flight -= 1;

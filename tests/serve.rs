@@ -5,7 +5,7 @@ mod support;
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 
-use support::process::{ServiceProcess, Sandbox, http_get};
+use support::process::{Sandbox, ServiceProcess, http_get};
 use token_service::backends::software::SoftwareBackend;
 use token_service::backends::{KeyState, Operation};
 use token_service::config::Config;
@@ -39,7 +39,10 @@ fn embedded_default_starts_creates_keys_and_is_ready() {
         assert_eq!(health["backends"][0]["breaker"], "closed");
         let (status, metrics) = http_get(service.admin, "/metrics");
         assert_eq!(status, 200);
-        assert!(metrics.contains("token_service_breaker_state{backend=\"software\"} 0"), "{metrics}");
+        assert!(
+            metrics.contains("token_service_breaker_state{backend=\"software\"} 0"),
+            "{metrics}"
+        );
         assert!(metrics.contains("token_service_backend_requests_total{backend=\"software\",operation=\"generate_key\",outcome=\"ok\"} 2"));
         assert_eq!(http_get(service.admin, "/nope").0, 404);
     });
@@ -91,9 +94,13 @@ async fn readiness_follows_the_ability_to_sign() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(token_service::admin::run(listener, service.clone(), async move {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(token_service::admin::run(
+        listener,
+        service.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     let get = move |path: &'static str| tokio::task::spawn_blocking(move || http_get(addr, path));
 
     assert_eq!(get("/admin/v1/readyz").await.unwrap().0, 200);
@@ -107,14 +114,26 @@ async fn readiness_follows_the_ability_to_sign() {
     assert_eq!(status, 503);
     assert!(body.contains("no ACTIVE version"), "{body}");
     let ctx = token_service::context::CallContext::new();
-    assert!(service.chain.sign(&ctx, &service.signing_key, b"m").await.is_err());
+    assert!(
+        service
+            .chain
+            .sign(&ctx, &service.signing_key, b"m")
+            .await
+            .is_err()
+    );
 
     operator
         .set_version_state(&service.signing_key, 1, KeyState::Active)
         .await
         .unwrap();
     assert_eq!(get("/admin/v1/readyz").await.unwrap().0, 200);
-    assert!(service.chain.sign(&ctx, &service.signing_key, b"m").await.is_ok());
+    assert!(
+        service
+            .chain
+            .sign(&ctx, &service.signing_key, b"m")
+            .await
+            .is_ok()
+    );
     assert!(
         service
             .chain

@@ -43,7 +43,10 @@ fn fixture() -> Fixture {
         encrypt: vec!["software".into()],
     };
     let chain = Chain::new(
-        vec![(backend.clone() as Arc<dyn Backend>, ResilienceConfig::default())],
+        vec![(
+            backend.clone() as Arc<dyn Backend>,
+            ResilienceConfig::default(),
+        )],
         &routes,
         true,
         Metrics::new(),
@@ -69,7 +72,12 @@ fn aes() -> KeyRef {
     KeyRef::new("token-cache", "aes").unwrap()
 }
 
-async fn verify_managed(f: &Fixture, kid: &str, message: &[u8], signature: &[u8]) -> Result<(), BackendError> {
+async fn verify_managed(
+    f: &Fixture,
+    kid: &str,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), BackendError> {
     f.chain
         .verify(
             &ctx(),
@@ -89,7 +97,10 @@ async fn verify_managed(f: &Fixture, kid: &str, message: &[u8], signature: &[u8]
 #[tokio::test]
 async fn rotation_keeps_old_versions_verifying_for_the_retention_then_refuses_them() {
     let f = fixture();
-    f.backend.generate_key(&signing(), Algorithm::Es256).await.unwrap();
+    f.backend
+        .generate_key(&signing(), Algorithm::Es256)
+        .await
+        .unwrap();
     let old = f.chain.sign(&ctx(), &signing(), b"before").await.unwrap();
     assert_eq!(old.key_version, 1);
 
@@ -106,8 +117,12 @@ async fn rotation_keeps_old_versions_verifying_for_the_retention_then_refuses_th
     assert_eq!(versions[0].retained_until, Some(1_700_000_060 + DAY));
 
     // Both verify; both are published.
-    verify_managed(&f, &old.kid, b"before", &old.bytes).await.unwrap();
-    verify_managed(&f, &new.kid, b"after", &new.bytes).await.unwrap();
+    verify_managed(&f, &old.kid, b"before", &old.bytes)
+        .await
+        .unwrap();
+    verify_managed(&f, &new.kid, b"after", &new.bytes)
+        .await
+        .unwrap();
     let published = f.chain.public_keys(&ctx(), &signing()).await.unwrap();
     assert_eq!(published.len(), 2);
 
@@ -115,21 +130,33 @@ async fn rotation_keeps_old_versions_verifying_for_the_retention_then_refuses_th
     let pinned = signing().with_version(1);
     assert!(matches!(
         f.chain.sign(&ctx(), &pinned, b"x").await,
-        Err(BackendError::Rejected(Rejection::KeyNotActive { version: 1, state: KeyState::Deprecated, .. }))
+        Err(BackendError::Rejected(Rejection::KeyNotActive {
+            version: 1,
+            state: KeyState::Deprecated,
+            ..
+        }))
     ));
 
     // One second before the end of retention it still verifies; at the end it does not.
     f.clock.advance(DAY - 1);
-    verify_managed(&f, &old.kid, b"before", &old.bytes).await.unwrap();
+    verify_managed(&f, &old.kid, b"before", &old.bytes)
+        .await
+        .unwrap();
     f.clock.advance(1);
     assert!(matches!(
         verify_managed(&f, &old.kid, b"before", &old.bytes).await,
-        Err(BackendError::Rejected(Rejection::RetentionExpired { version: 1, .. }))
+        Err(BackendError::Rejected(Rejection::RetentionExpired {
+            version: 1,
+            ..
+        }))
     ));
     let published = f.chain.public_keys(&ctx(), &signing()).await.unwrap();
     assert_eq!(published.len(), 1);
     assert_eq!(published[0].kid.as_deref(), Some(new.kid.as_str()));
-    assert_eq!(f.backend.key_metadata(&signing()).await.unwrap()[0].state, KeyState::Destroyed);
+    assert_eq!(
+        f.backend.key_metadata(&signing()).await.unwrap()[0].state,
+        KeyState::Destroyed
+    );
 
     // The next rotation destroys the expired version's key file.
     let key_file = f.backend.key_file(&signing(), 1);
@@ -141,31 +168,61 @@ async fn rotation_keeps_old_versions_verifying_for_the_retention_then_refuses_th
 #[tokio::test]
 async fn disabled_and_destroyed_versions_refuse_everything() {
     let f = fixture();
-    f.backend.generate_key(&signing(), Algorithm::Es256).await.unwrap();
+    f.backend
+        .generate_key(&signing(), Algorithm::Es256)
+        .await
+        .unwrap();
     let sig = f.chain.sign(&ctx(), &signing(), b"m").await.unwrap();
-    f.backend.set_version_state(&signing(), 1, KeyState::Disabled).await.unwrap();
+    f.backend
+        .set_version_state(&signing(), 1, KeyState::Disabled)
+        .await
+        .unwrap();
     assert!(matches!(
         f.chain.sign(&ctx(), &signing(), b"m").await,
-        Err(BackendError::Rejected(Rejection::KeyNotActive { state: KeyState::Disabled, .. }))
+        Err(BackendError::Rejected(Rejection::KeyNotActive {
+            state: KeyState::Disabled,
+            ..
+        }))
     ));
     assert!(matches!(
         verify_managed(&f, &sig.kid, b"m", &sig.bytes).await,
-        Err(BackendError::Rejected(Rejection::KeyUnusable { state: KeyState::Disabled, .. }))
+        Err(BackendError::Rejected(Rejection::KeyUnusable {
+            state: KeyState::Disabled,
+            ..
+        }))
     ));
     // Re-enabled, it works again; destroyed, it never comes back.
-    f.backend.set_version_state(&signing(), 1, KeyState::Active).await.unwrap();
+    f.backend
+        .set_version_state(&signing(), 1, KeyState::Active)
+        .await
+        .unwrap();
     f.chain.sign(&ctx(), &signing(), b"m").await.unwrap();
-    f.backend.set_version_state(&signing(), 1, KeyState::Destroyed).await.unwrap();
+    f.backend
+        .set_version_state(&signing(), 1, KeyState::Destroyed)
+        .await
+        .unwrap();
     assert!(!f.backend.key_file(&signing(), 1).exists());
-    assert!(f.backend.set_version_state(&signing(), 1, KeyState::Active).await.is_err());
+    assert!(
+        f.backend
+            .set_version_state(&signing(), 1, KeyState::Active)
+            .await
+            .is_err()
+    );
     assert!(f.chain.sign(&ctx(), &signing(), b"m").await.is_err());
 }
 
 #[tokio::test]
 async fn encryption_round_trips_and_old_versions_decrypt_within_retention() {
     let f = fixture();
-    f.backend.generate_key(&aes(), Algorithm::A256Gcm).await.unwrap();
-    let sealed = f.chain.encrypt(&ctx(), &aes(), b"family record", b"family:7").await.unwrap();
+    f.backend
+        .generate_key(&aes(), Algorithm::A256Gcm)
+        .await
+        .unwrap();
+    let sealed = f
+        .chain
+        .encrypt(&ctx(), &aes(), b"family record", b"family:7")
+        .await
+        .unwrap();
     let header = B64.decode(sealed.split('.').next().unwrap()).unwrap();
     let header: serde_json::Value = serde_json::from_slice(&header).unwrap();
     assert_eq!(header["alg"], "dir");
@@ -178,7 +235,9 @@ async fn encryption_round_trips_and_old_versions_decrypt_within_retention() {
 
     f.backend.rotate_key(&aes()).await.unwrap();
     let newer = f.chain.encrypt(&ctx(), &aes(), b"x", b"").await.unwrap();
-    assert!(newer.starts_with(&B64.encode(br#"{"alg":"dir","enc":"A256GCM","kid":"software/token-cache/aes/2"}"#)));
+    assert!(newer.starts_with(
+        &B64.encode(br#"{"alg":"dir","enc":"A256GCM","kid":"software/token-cache/aes/2"}"#)
+    ));
     assert!(f.chain.decrypt(&ctx(), &sealed, b"family:7").await.is_ok());
     f.clock.advance(DAY);
     assert!(matches!(
@@ -187,7 +246,9 @@ async fn encryption_round_trips_and_old_versions_decrypt_within_retention() {
     ));
     // Encrypting with a pinned deprecated version is refused.
     assert!(matches!(
-        f.chain.encrypt(&ctx(), &aes().with_version(1), b"x", b"").await,
+        f.chain
+            .encrypt(&ctx(), &aes().with_version(1), b"x", b"")
+            .await,
         Err(BackendError::Rejected(Rejection::KeyNotActive { .. }))
     ));
 }
@@ -195,8 +256,15 @@ async fn encryption_round_trips_and_old_versions_decrypt_within_retention() {
 #[tokio::test]
 async fn bad_envelopes_are_typed_errors() {
     let f = fixture();
-    f.backend.generate_key(&aes(), Algorithm::A256Gcm).await.unwrap();
-    let sealed = f.chain.encrypt(&ctx(), &aes(), b"payload", b"aad").await.unwrap();
+    f.backend
+        .generate_key(&aes(), Algorithm::A256Gcm)
+        .await
+        .unwrap();
+    let sealed = f
+        .chain
+        .encrypt(&ctx(), &aes(), b"payload", b"aad")
+        .await
+        .unwrap();
     let parts: Vec<&str> = sealed.split('.').collect();
 
     let flip = |part: &str| {
@@ -216,7 +284,13 @@ async fn bad_envelopes_are_typed_errors() {
         f.chain.decrypt(&ctx(), &sealed, b"other aad").await,
         Err(BackendError::DecryptionFailed)
     );
-    for malformed in [&sealed[..sealed.len() / 2], "", "a.b.c", "....", &format!("{sealed}.x")] {
+    for malformed in [
+        &sealed[..sealed.len() / 2],
+        "",
+        "a.b.c",
+        "....",
+        &format!("{sealed}.x"),
+    ] {
         assert!(
             matches!(
                 f.chain.decrypt(&ctx(), malformed, b"aad").await,
@@ -253,8 +327,14 @@ async fn bad_envelopes_are_typed_errors() {
 #[tokio::test]
 async fn unknown_keys_kids_and_wrong_algorithms_are_rejected() {
     let f = fixture();
-    f.backend.generate_key(&signing(), Algorithm::Es256).await.unwrap();
-    f.backend.generate_key(&aes(), Algorithm::A256Gcm).await.unwrap();
+    f.backend
+        .generate_key(&signing(), Algorithm::Es256)
+        .await
+        .unwrap();
+    f.backend
+        .generate_key(&aes(), Algorithm::A256Gcm)
+        .await
+        .unwrap();
     let missing = KeyRef::new("token", "missing").unwrap();
     assert!(matches!(
         f.chain.sign(&ctx(), &missing, b"m").await,
@@ -271,14 +351,20 @@ async fn unknown_keys_kids_and_wrong_algorithms_are_rejected() {
         .verify(
             &ctx(),
             VerifyRequest {
-                key: VerificationKey::Managed { key: &signing(), kid: Some(&sig.kid) },
+                key: VerificationKey::Managed {
+                    key: &signing(),
+                    kid: Some(&sig.kid),
+                },
                 algorithm: Algorithm::Es384,
                 message: b"m",
                 signature: &sig.bytes,
             },
         )
         .await;
-    assert!(matches!(wrong_alg, Err(BackendError::Rejected(Rejection::AlgorithmMismatch { .. }))));
+    assert!(matches!(
+        wrong_alg,
+        Err(BackendError::Rejected(Rejection::AlgorithmMismatch { .. }))
+    ));
     // Signing with an AES key, encrypting with a signing key.
     assert!(matches!(
         f.chain.sign(&ctx(), &aes(), b"m").await,
@@ -311,7 +397,10 @@ async fn unknown_keys_kids_and_wrong_algorithms_are_rejected() {
 #[tokio::test]
 async fn a_second_process_sees_the_same_ring() {
     let f = fixture();
-    f.backend.generate_key(&signing(), Algorithm::EdDsa).await.unwrap();
+    f.backend
+        .generate_key(&signing(), Algorithm::EdDsa)
+        .await
+        .unwrap();
     f.backend.rotate_key(&signing()).await.unwrap();
     let reopened = SoftwareBackend::open(f.backend.data_dir(), SoftwareOptions::default()).unwrap();
     let a = f.backend.key_metadata(&signing()).await.unwrap();
@@ -321,13 +410,19 @@ async fn a_second_process_sees_the_same_ring() {
         a.iter().map(|m| (&m.kid, m.version)).collect::<Vec<_>>(),
         b.iter().map(|m| (&m.kid, m.version)).collect::<Vec<_>>()
     );
-    assert_eq!(reopened.list_keys("token").await.unwrap(), vec!["signing".to_owned()]);
+    assert_eq!(
+        reopened.list_keys("token").await.unwrap(),
+        vec!["signing".to_owned()]
+    );
 }
 
 #[tokio::test]
 async fn concurrent_rotations_never_lose_a_version() {
     let f = fixture();
-    f.backend.generate_key(&signing(), Algorithm::Es256).await.unwrap();
+    f.backend
+        .generate_key(&signing(), Algorithm::Es256)
+        .await
+        .unwrap();
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let backend = f.backend.clone();
@@ -342,13 +437,19 @@ async fn concurrent_rotations_never_lose_a_version() {
     assert_eq!(versions, (2..=9).collect::<Vec<u32>>());
     let ring = f.backend.key_metadata(&signing()).await.unwrap();
     assert_eq!(ring.len(), 9);
-    assert_eq!(ring.iter().filter(|m| m.state == KeyState::Active).count(), 1);
+    assert_eq!(
+        ring.iter().filter(|m| m.state == KeyState::Active).count(),
+        1
+    );
 }
 
 #[tokio::test]
 async fn nothing_secret_appears_in_debug_or_errors() {
     let f = fixture();
-    f.backend.generate_key(&aes(), Algorithm::A256Gcm).await.unwrap();
+    f.backend
+        .generate_key(&aes(), Algorithm::A256Gcm)
+        .await
+        .unwrap();
     f.chain.encrypt(&ctx(), &aes(), b"x", b"").await.unwrap();
     let raw = std::fs::read(f.backend.key_file(&aes(), 1)).unwrap();
     let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();

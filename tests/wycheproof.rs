@@ -29,8 +29,12 @@ impl Tally {
         self.ran += 1;
         match expected {
             TestResult::Acceptable => self.acceptable += 1,
-            TestResult::Valid if !verified => self.mismatches.push(format!("{set} #{tc_id}: valid vector refused")),
-            TestResult::Invalid if verified => self.mismatches.push(format!("{set} #{tc_id}: invalid vector accepted")),
+            TestResult::Valid if !verified => self
+                .mismatches
+                .push(format!("{set} #{tc_id}: valid vector refused")),
+            TestResult::Invalid if verified => self
+                .mismatches
+                .push(format!("{set} #{tc_id}: invalid vector accepted")),
             _ => {}
         }
     }
@@ -38,11 +42,18 @@ impl Tally {
 
 fn backend() -> (tempfile::TempDir, SoftwareBackend) {
     let dir = tempfile::tempdir().unwrap();
-    let backend = SoftwareBackend::open(&dir.path().join("keys"), SoftwareOptions::default()).unwrap();
+    let backend =
+        SoftwareBackend::open(&dir.path().join("keys"), SoftwareOptions::default()).unwrap();
     (dir, backend)
 }
 
-async fn verifies(backend: &SoftwareBackend, jwk: &PublicJwk, algorithm: Algorithm, msg: &[u8], sig: &[u8]) -> bool {
+async fn verifies(
+    backend: &SoftwareBackend,
+    jwk: &PublicJwk,
+    algorithm: Algorithm,
+    msg: &[u8],
+    sig: &[u8],
+) -> bool {
     backend
         .verify(VerifyRequest {
             key: VerificationKey::Jwk(jwk),
@@ -74,7 +85,10 @@ async fn ecdsa_p1363_vectors() {
                 tally.check(&format!("{name:?}"), test.tc_id, test.result, verified);
             }
         }
-        println!("{name:?}: {} vectors ran, {} acceptable", tally.ran, tally.acceptable);
+        println!(
+            "{name:?}: {} vectors ran, {} acceptable",
+            tally.ran, tally.acceptable
+        );
         assert!(tally.ran > 200, "{name:?} ran only {}", tally.ran);
         assert!(tally.mismatches.is_empty(), "{:#?}", tally.mismatches);
     }
@@ -104,8 +118,8 @@ async fn rsa_pss_vectors() {
                 skipped_groups += 1;
                 continue;
             }
-            let jws_parameters = group.salt_size == hash_len
-                && (2048..=8192).contains(&group.key_size);
+            let jws_parameters =
+                group.salt_size == hash_len && (2048..=8192).contains(&group.key_size);
             let jwk = PublicJwk::from_rsa_components(&group.key.n, &group.key.e);
             for test in &group.tests {
                 let verified = verifies(&backend, &jwk, algorithm, &test.msg, &test.sig).await;
@@ -134,7 +148,11 @@ async fn rsa_pss_vectors() {
         skipped_groups
     );
     println!("RSA-PSS sets: {}", sets_run.join(", "));
-    assert!(sets_run.iter().any(|s| s.starts_with("RsaPss2048Sha256Mgf1SaltLen32 ")));
+    assert!(
+        sets_run
+            .iter()
+            .any(|s| s.starts_with("RsaPss2048Sha256Mgf1SaltLen32 "))
+    );
     assert!(total.ran > 500, "ran only {}", total.ran);
     assert!(total.mismatches.is_empty(), "{:#?}", total.mismatches);
 }
@@ -152,7 +170,10 @@ async fn ed25519_vectors() {
             tally.check("Ed25519", test.tc_id, test.result, verified);
         }
     }
-    println!("Ed25519: {} vectors ran, {} acceptable", tally.ran, tally.acceptable);
+    println!(
+        "Ed25519: {} vectors ran, {} acceptable",
+        tally.ran, tally.acceptable
+    );
     assert!(tally.ran > 100);
     assert!(tally.mismatches.is_empty(), "{:#?}", tally.mismatches);
 }

@@ -259,22 +259,35 @@ mod tests {
     fn wrong_key_aad_or_tampering_fail_to_authenticate() {
         let sealed = Envelope::seal(&kid(), &key(1), b"secret payload", b"ctx").unwrap();
         let env = Envelope::parse(&sealed).unwrap();
-        assert_eq!(env.open(&key(2), b"ctx"), Err(BackendError::DecryptionFailed));
-        assert_eq!(env.open(&key(1), b"other"), Err(BackendError::DecryptionFailed));
+        assert_eq!(
+            env.open(&key(2), b"ctx"),
+            Err(BackendError::DecryptionFailed)
+        );
+        assert_eq!(
+            env.open(&key(1), b"other"),
+            Err(BackendError::DecryptionFailed)
+        );
         assert_eq!(env.open(&key(1), b""), Err(BackendError::DecryptionFailed));
         let mut tampered = env.clone();
         tampered.ciphertext[0] ^= 1;
-        assert_eq!(tampered.open(&key(1), b"ctx"), Err(BackendError::DecryptionFailed));
+        assert_eq!(
+            tampered.open(&key(1), b"ctx"),
+            Err(BackendError::DecryptionFailed)
+        );
         let mut tampered = env.clone();
         tampered.tag[15] ^= 0x80;
-        assert_eq!(tampered.open(&key(1), b"ctx"), Err(BackendError::DecryptionFailed));
+        assert_eq!(
+            tampered.open(&key(1), b"ctx"),
+            Err(BackendError::DecryptionFailed)
+        );
     }
 
     #[test]
     fn header_is_authenticated() {
         // Re-point the kid at another version: the header is part of the AAD, so it fails.
         let sealed = Envelope::seal(&kid(), &key(1), b"x", b"").unwrap();
-        let forged_header = B64.encode(br#"{"alg":"dir","enc":"A256GCM","kid":"software/token-cache/aes/4"}"#);
+        let forged_header =
+            B64.encode(br#"{"alg":"dir","enc":"A256GCM","kid":"software/token-cache/aes/4"}"#);
         let rest = sealed.split_once('.').unwrap().1;
         let env = Envelope::parse(&format!("{forged_header}.{rest}")).unwrap();
         assert_eq!(env.open(&key(1), b""), Err(BackendError::DecryptionFailed));
@@ -316,7 +329,15 @@ mod tests {
 
     #[test]
     fn kid_parsing_is_canonical() {
-        for bad in ["a/b/c", "a/b/c/0", "a/b/c/01", "a/b/c/+1", "a/b/c/1/x", "a/../c/1", "a/b/c/99999999999"] {
+        for bad in [
+            "a/b/c",
+            "a/b/c/0",
+            "a/b/c/01",
+            "a/b/c/+1",
+            "a/b/c/1/x",
+            "a/../c/1",
+            "a/b/c/99999999999",
+        ] {
             assert!(EnvelopeKid::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(kid().to_string(), "software/token-cache/aes/3");

@@ -71,7 +71,9 @@ impl PublicJwk {
             other => return Err(invalid(format!("{other} is not an EC algorithm"))),
         };
         if point.len() != 1 + 2 * coord || point[0] != 0x04 {
-            return Err(invalid("EC point is not an uncompressed point of the curve"));
+            return Err(invalid(
+                "EC point is not an uncompressed point of the curve",
+            ));
         }
         Ok(Self::bare("EC")
             .with_crv(crv)
@@ -145,7 +147,9 @@ impl PublicJwk {
             {
                 Ok(v.to_owned())
             } else {
-                Err(invalid(format!("member `{name}` has characters outside base64url")))
+                Err(invalid(format!(
+                    "member `{name}` has characters outside base64url"
+                )))
             }
         };
         let canonical = match self.kty.as_str() {

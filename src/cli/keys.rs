@@ -110,7 +110,9 @@ fn print_versions(rows: &[KeyMetadata]) {
             m.algorithm.as_str(),
             timestamp(m.created_at),
             m.rotated_at.map(timestamp).unwrap_or_else(|| "-".into()),
-            m.retained_until.map(timestamp).unwrap_or_else(|| "-".into()),
+            m.retained_until
+                .map(timestamp)
+                .unwrap_or_else(|| "-".into()),
             m.kid
         );
     }
@@ -125,7 +127,11 @@ pub async fn run(config: &Option<PathBuf>, command: KeysCommand) -> Result<(), F
             let label = key_ref.to_string();
             let mut created = Vec::new();
             for guarded in targets(&service, key.backend.as_deref(), Operation::GenerateKey)? {
-                if !guarded.backend().capabilities().supports_algorithm(algorithm) {
+                if !guarded
+                    .backend()
+                    .capabilities()
+                    .supports_algorithm(algorithm)
+                {
                     continue;
                 }
                 let m = guarded
@@ -143,7 +149,9 @@ pub async fn run(config: &Option<PathBuf>, command: KeysCommand) -> Result<(), F
             let mut rotated = Vec::new();
             for guarded in targets(&service, key.backend.as_deref(), Operation::RotateKey)? {
                 let m = guarded
-                    .call(&ctx, Operation::RotateKey, &label, |b| b.rotate_key(&key_ref))
+                    .call(&ctx, Operation::RotateKey, &label, |b| {
+                        b.rotate_key(&key_ref)
+                    })
                     .await?;
                 rotated.push(m);
             }
@@ -156,19 +164,22 @@ pub async fn run(config: &Option<PathBuf>, command: KeysCommand) -> Result<(), F
             for guarded in targets(&service, key.backend.as_deref(), Operation::KeyMetadata)? {
                 rows.extend(
                     guarded
-                        .call(&ctx, Operation::KeyMetadata, &label, |b| b.key_metadata(&key_ref))
+                        .call(&ctx, Operation::KeyMetadata, &label, |b| {
+                            b.key_metadata(&key_ref)
+                        })
                         .await?,
                 );
             }
             print_versions(&rows);
         }
         KeysCommand::List { namespace, backend } => {
-            let namespace =
-                namespace.unwrap_or_else(|| service.signing_key.namespace().to_owned());
+            let namespace = namespace.unwrap_or_else(|| service.signing_key.namespace().to_owned());
             println!("{:<10} KEY", "BACKEND");
             for guarded in targets(&service, backend.as_deref(), Operation::ListKeys)? {
                 let names = guarded
-                    .call(&ctx, Operation::ListKeys, &namespace, |b| b.list_keys(&namespace))
+                    .call(&ctx, Operation::ListKeys, &namespace, |b| {
+                        b.list_keys(&namespace)
+                    })
                     .await?;
                 for name in names {
                     println!("{:<10} {namespace}/{name}", guarded.name());

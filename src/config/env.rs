@@ -46,7 +46,10 @@ pub(super) fn apply_overrides(config: &mut Config, env: &dyn EnvSource) -> Resul
     }
     if let Some(value) = env.get("CRYPTO_KEY_NAMESPACE") {
         crate::backends::types::validate_name("namespace", &value).map_err(|e| {
-            ConfigError::invalid("CRYPTO_KEY_NAMESPACE (overrides crypto.key_namespace)", e.to_string())
+            ConfigError::invalid(
+                "CRYPTO_KEY_NAMESPACE (overrides crypto.key_namespace)",
+                e.to_string(),
+            )
         })?;
         config.crypto.key_namespace = value;
     }

@@ -260,7 +260,11 @@ fn located_error(path: String, inner: toml::de::Error, text: &str) -> ConfigErro
         Some(line) => format!("{} (line {line})", inner.message().trim()),
         None => inner.message().trim().to_owned(),
     };
-    let setting = if path == "." { "(top level)".to_owned() } else { path };
+    let setting = if path == "." {
+        "(top level)".to_owned()
+    } else {
+        path
+    };
     ConfigError::invalid(setting, message)
 }
 

@@ -47,7 +47,10 @@ fn each_class_of_bad_config_names_the_setting() {
         "unknown field",
     );
     expect_setting(
-        load_str(&default.replace("fallback_enabled = true", "fallback_enabled = \"yes\""), &no_env()),
+        load_str(
+            &default.replace("fallback_enabled = true", "fallback_enabled = \"yes\""),
+            &no_env(),
+        ),
         "crypto.fallback_enabled",
         "bool",
     );
@@ -57,12 +60,18 @@ fn each_class_of_bad_config_names_the_setting() {
         "data_dir",
     );
     expect_setting(
-        load_str(&default.replace("sign = [\"software\"]", "sign = [\"software\", \"hsm\"]"), &no_env()),
+        load_str(
+            &default.replace("sign = [\"software\"]", "sign = [\"software\", \"hsm\"]"),
+            &no_env(),
+        ),
         "chain.sign[1]",
         "unknown backend `hsm`",
     );
     expect_setting(
-        load_str(&default.replace("sign = [\"software\"]", "sign = []"), &no_env()),
+        load_str(
+            &default.replace("sign = [\"software\"]", "sign = []"),
+            &no_env(),
+        ),
         "chain.sign",
         "at least one backend",
     );
@@ -79,17 +88,26 @@ fn each_class_of_bad_config_names_the_setting() {
 fn semantic_checks_name_the_setting() {
     let default = DEFAULT_TOML;
     expect_setting(
-        load_str(&default.replace("127.0.0.1:9464", "0.0.0.0:9464"), &no_env()),
+        load_str(
+            &default.replace("127.0.0.1:9464", "0.0.0.0:9464"),
+            &no_env(),
+        ),
         "admin.listen",
         "loopback",
     );
     expect_setting(
-        load_str(&default.replace("algorithm = \"ES256\"", "algorithm = \"A256GCM\""), &no_env()),
+        load_str(
+            &default.replace("algorithm = \"ES256\"", "algorithm = \"A256GCM\""),
+            &no_env(),
+        ),
         "keys.signing.algorithm",
         "signature algorithm",
     );
     expect_setting(
-        load_str(&default.replace("algorithm = \"ES256\"", "algorithm = \"HS256\""), &no_env()),
+        load_str(
+            &default.replace("algorithm = \"ES256\"", "algorithm = \"HS256\""),
+            &no_env(),
+        ),
         "keys.signing.algorithm",
         "HS256",
     );
@@ -102,7 +120,10 @@ fn semantic_checks_name_the_setting() {
         "at least 1",
     );
     expect_setting(
-        load_str(&default.replace("name = \"signing\"", "name = \"../etc\""), &no_env()),
+        load_str(
+            &default.replace("name = \"signing\"", "name = \"../etc\""),
+            &no_env(),
+        ),
         "keys.signing.name",
         "[A-Za-z0-9._-]",
     );

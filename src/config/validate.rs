@@ -36,7 +36,10 @@ fn check_route(setting: &str, names: &[String], configured: &[&str]) -> Result<(
 
 fn check_resilience(prefix: &str, r: &ResilienceConfig) -> Result<(), ConfigError> {
     let bad = |field: &str, expected: &str| {
-        Err(ConfigError::invalid(format!("{prefix}.{field}"), format!("expected {expected}")))
+        Err(ConfigError::invalid(
+            format!("{prefix}.{field}"),
+            format!("expected {expected}"),
+        ))
     };
     if r.timeout.is_zero() {
         return bad("timeout", "a duration above zero, e.g. \"2s\"");
@@ -63,7 +66,10 @@ fn check_resilience(prefix: &str, r: &ResilienceConfig) -> Result<(), ConfigErro
         return bad("breaker.success_threshold", "at least 1");
     }
     if r.breaker.failure_window.is_zero() || r.breaker.open_duration.is_zero() {
-        return bad("breaker.failure_window / breaker.open_duration", "durations above zero");
+        return bad(
+            "breaker.failure_window / breaker.open_duration",
+            "durations above zero",
+        );
     }
     if let Some(rl) = &r.rate_limit
         && rl.per_second == 0
@@ -71,14 +77,21 @@ fn check_resilience(prefix: &str, r: &ResilienceConfig) -> Result<(), ConfigErro
         return bad("rate_limit.per_second", "at least 1");
     }
     if r.max_concurrency == Some(0) {
-        return bad("max_concurrency", "at least 1, or leave it out for no limit");
+        return bad(
+            "max_concurrency",
+            "at least 1, or leave it out for no limit",
+        );
     }
     Ok(())
 }
 
 /// Checks everything the schema alone cannot.
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
-    check_name("crypto.key_namespace", "namespace", &config.crypto.key_namespace)?;
+    check_name(
+        "crypto.key_namespace",
+        "namespace",
+        &config.crypto.key_namespace,
+    )?;
     check_name("keys.signing.name", "key name", &config.keys.signing.name)?;
     if !config.keys.signing.algorithm.is_signing() {
         return Err(ConfigError::invalid(
@@ -86,8 +99,16 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "expected a signature algorithm: ES256, ES384, PS256, PS384, PS512 or EdDSA",
         ));
     }
-    check_name("keys.encryption.namespace", "namespace", &config.keys.encryption.namespace)?;
-    check_name("keys.encryption.name", "key name", &config.keys.encryption.name)?;
+    check_name(
+        "keys.encryption.namespace",
+        "namespace",
+        &config.keys.encryption.namespace,
+    )?;
+    check_name(
+        "keys.encryption.name",
+        "key name",
+        &config.keys.encryption.name,
+    )?;
 
     if !config.admin.listen.ip().is_loopback() {
         return Err(ConfigError::invalid(

@@ -78,8 +78,12 @@ impl BreakerState {
 
 #[derive(Debug)]
 enum Inner {
-    Closed { failures: VecDeque<Instant> },
-    Open { until: Instant },
+    Closed {
+        failures: VecDeque<Instant>,
+    },
+    Open {
+        until: Instant,
+    },
     HalfOpen {
         in_flight: u32,
         successes: u32,
@@ -388,7 +392,10 @@ mod tests {
         drop((p1, p2));
         // ...nor may its success close the breaker.
         let stale_success = {
-            let b2 = CircuitBreaker::new(BreakerConfig { success_threshold: 1, ..config() });
+            let b2 = CircuitBreaker::new(BreakerConfig {
+                success_threshold: 1,
+                ..config()
+            });
             for _ in 0..3 {
                 b2.try_acquire().unwrap().record(CallOutcome::Failure);
             }
@@ -424,7 +431,11 @@ mod tests {
         }
         assert_eq!(
             *seen.lock().unwrap(),
-            vec![BreakerState::Open, BreakerState::HalfOpen, BreakerState::Closed]
+            vec![
+                BreakerState::Open,
+                BreakerState::HalfOpen,
+                BreakerState::Closed
+            ]
         );
     }
 }

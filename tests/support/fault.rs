@@ -132,19 +132,27 @@ impl Backend for FaultBackend {
         Ok(format!("{}-envelope", self.name))
     }
 
-    async fn decrypt(&self, _e: &Envelope, _aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+    async fn decrypt(
+        &self,
+        _e: &Envelope,
+        _aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         self.act().await?;
         Ok(Zeroizing::new(self.name.as_bytes().to_vec()))
     }
 
     async fn generate_key(&self, _k: &KeyRef, _a: Algorithm) -> Result<KeyMetadata, BackendError> {
         self.act().await?;
-        Err(BackendError::Rejected(Rejection::UnsupportedOperation(Operation::GenerateKey)))
+        Err(BackendError::Rejected(Rejection::UnsupportedOperation(
+            Operation::GenerateKey,
+        )))
     }
 
     async fn rotate_key(&self, _k: &KeyRef) -> Result<KeyMetadata, BackendError> {
         self.act().await?;
-        Err(BackendError::Rejected(Rejection::UnsupportedOperation(Operation::RotateKey)))
+        Err(BackendError::Rejected(Rejection::UnsupportedOperation(
+            Operation::RotateKey,
+        )))
     }
 
     async fn key_metadata(&self, _k: &KeyRef) -> Result<Vec<KeyMetadata>, BackendError> {

@@ -71,7 +71,12 @@ impl Sandbox {
         self.run_with_env(args, stdin, &[])
     }
 
-    pub fn run_with_env(&self, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Output {
+    pub fn run_with_env(
+        &self,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+        env: &[(&str, &str)],
+    ) -> Output {
         run_cli(Some(&self.config_path()), self.dir.path(), args, stdin, env)
     }
 }
@@ -102,7 +107,11 @@ pub fn run_cli(
         .env_remove("RUST_LOG")
         .env_remove("CRYPTO_FALLBACK_ENABLED")
         .env_remove("CRYPTO_KEY_NAMESPACE")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {
@@ -206,7 +215,11 @@ impl Drop for ServiceProcess {
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("write");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("read");
     let status = response

@@ -10,14 +10,12 @@ use std::time::Instant as WallInstant;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use crate::backends::Backend;
 use crate::backends::error::{BackendError, ErrorClass, UnavailableReason};
 use crate::backends::types::Operation;
-use crate::backends::Backend;
 use crate::context::CallContext;
 use crate::metrics::{BackendMetrics, Metrics, Outcome};
-use crate::resilience::{
-    BreakerState, CallOutcome, CircuitBreaker, RateLimiter, ResilienceConfig,
-};
+use crate::resilience::{BreakerState, CallOutcome, CircuitBreaker, RateLimiter, ResilienceConfig};
 
 /// A boxed future borrowing for `'a`, as the call closures return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -18,14 +18,19 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 pub use self::guarded::{BoxFuture, GuardedBackend};
+use super::Backend;
 use super::envelope::Envelope;
 use super::error::{BackendError, ErrorClass, Rejection, UnavailableReason};
 use super::jwk::PublicJwk;
-use super::types::{Algorithm, KeyMetadata, KeyRef, KeyState, Operation, Signature, VerificationKey, VerifyRequest};
-use super::Backend;
+use super::types::{
+    Algorithm, KeyMetadata, KeyRef, KeyState, Operation, Signature, VerificationKey, VerifyRequest,
+};
 use crate::context::CallContext;
 use crate::metrics::Metrics;
 use crate::resilience::{BreakerState, ResilienceConfig};
+
+/// A backend with the policies to wrap it in, as the chain is built from.
+pub type ConfiguredBackend = (Arc<dyn Backend>, ResilienceConfig);
 
 /// Which backends serve which operation, by name, in priority order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -71,17 +76,19 @@ pub struct Chain {
 /// Checks a signature a backend returned against what was asked: a backend that answers
 /// for another key version, with another algorithm or with a signature of the wrong size is
 /// refused as a security event, not passed on.
-fn check_signature(
-    backend: &str,
-    key: &KeyRef,
-    signature: &Signature,
-) -> Result<(), BackendError> {
+fn check_signature(backend: &str, key: &KeyRef, signature: &Signature) -> Result<(), BackendError> {
     let wrong = |detail: String| Err(BackendError::security(backend, detail));
     if signature.backend != backend {
-        return wrong(format!("signature attributed to backend `{}`", signature.backend));
+        return wrong(format!(
+            "signature attributed to backend `{}`",
+            signature.backend
+        ));
     }
     if !signature.algorithm.is_signing() {
-        return wrong(format!("signature with non-signing algorithm {}", signature.algorithm));
+        return wrong(format!(
+            "signature with non-signing algorithm {}",
+            signature.algorithm
+        ));
     }
     if let Some(expected) = key.version()
         && signature.key_version != expected
@@ -109,7 +116,7 @@ fn check_signature(
 impl Chain {
     /// Builds a chain from backends (each with its policies) and routes.
     pub fn new(
-        backends: Vec<(Arc<dyn Backend>, ResilienceConfig)>,
+        backends: Vec<ConfiguredBackend>,
         routes: &Routes,
         fallback_enabled: bool,
         metrics: Metrics,
@@ -125,12 +132,13 @@ impl Chain {
             names
                 .iter()
                 .map(|name| {
-                    all.iter().find(|g| g.name() == name).cloned().ok_or_else(|| {
-                        ChainBuildError::UnknownBackend {
+                    all.iter()
+                        .find(|g| g.name() == name)
+                        .cloned()
+                        .ok_or_else(|| ChainBuildError::UnknownBackend {
                             operation,
                             name: name.clone(),
-                        }
-                    })
+                        })
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
@@ -226,7 +234,9 @@ impl Chain {
             }
         }
         match failed.len() {
-            0 => Err(BackendError::Rejected(Rejection::NoCapableBackend(operation))),
+            0 => Err(BackendError::Rejected(Rejection::NoCapableBackend(
+                operation,
+            ))),
             1 => Err(failed.remove(0).1),
             _ => Err(BackendError::Unavailable {
                 backend: "chain".into(),
@@ -382,7 +392,11 @@ impl Chain {
         let mut answered = false;
         let mut last_error = None;
         for guarded in &self.sign {
-            if !guarded.backend().capabilities().supports(Operation::PublicKeys) {
+            if !guarded
+                .backend()
+                .capabilities()
+                .supports(Operation::PublicKeys)
+            {
                 continue;
             }
             match guarded
@@ -438,7 +452,10 @@ impl Chain {
                 .await;
             let metadata = match existing {
                 Ok(versions) => {
-                    let newest = versions.into_iter().rev().find(|m| m.state == KeyState::Active);
+                    let newest = versions
+                        .into_iter()
+                        .rev()
+                        .find(|m| m.state == KeyState::Active);
                     match newest {
                         Some(m) if m.algorithm == algorithm => m,
                         Some(m) => {

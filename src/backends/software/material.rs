@@ -109,7 +109,10 @@ impl fmt::Debug for Material {
         f.debug_struct("Material")
             .field("algorithm", &self.algorithm)
             .field("private", &"<redacted>")
-            .field("kid", &self.public_jwk.as_ref().and_then(|j| j.kid.as_deref()))
+            .field(
+                "kid",
+                &self.public_jwk.as_ref().and_then(|j| j.kid.as_deref()),
+            )
             .finish()
     }
 }

@@ -5,19 +5,22 @@
 //! call. See [`store`] for the on-disk discipline.
 
 pub mod material;
+mod ring;
 pub mod store;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use zeroize::Zeroizing;
 
-use self::material::{Material, MaterialError, RsaBits};
+use self::material::{MaterialError, RsaBits};
+use self::ring::{Lifecycle, LoadedRing, material_error, store_error};
 use self::store::{RingRecord, Store, StoreError, VersionRecord};
+use super::Backend;
 use super::clock::{Clock, SystemClock};
 use super::envelope::{Envelope, EnvelopeKid};
 use super::error::{BackendError, Rejection};
@@ -26,7 +29,6 @@ use super::types::{
     Algorithm, Capabilities, Health, KeyMetadata, KeyRef, KeyState, Operation, Signature,
     VerificationKey, VerifyRequest,
 };
-use super::Backend;
 
 /// Settings of the software backend.
 #[derive(Clone, Debug)]
@@ -51,26 +53,6 @@ impl Default for SoftwareOptions {
     }
 }
 
-/// One loaded version: its record and parsed material (absent once destroyed).
-#[derive(Debug)]
-struct LoadedVersion {
-    record: VersionRecord,
-    kid: String,
-    material: Option<Arc<Material>>,
-}
-
-/// A ring as kept in memory.
-#[derive(Debug)]
-struct LoadedRing {
-    key: KeyRef,
-    algorithm: Algorithm,
-    versions: Vec<LoadedVersion>,
-    /// Identity of the `ring.json` it was loaded from (see [`store::FileStamp`]).
-    stamp: store::FileStamp,
-    /// When the file was last compared with `stamp`, in ms since the backend opened.
-    checked_ms: AtomicU64,
-}
-
 /// The software backend. See the module documentation.
 #[derive(Debug)]
 pub struct SoftwareBackend {
@@ -82,19 +64,6 @@ pub struct SoftwareBackend {
     /// Loaded rings by namespace, then name: nested so a lookup needs no allocation.
     rings: RwLock<HashMap<String, HashMap<String, Arc<LoadedRing>>>>,
     opened: Instant,
-}
-
-fn store_error(backend: &str, key: &KeyRef, e: StoreError) -> BackendError {
-    match e {
-        StoreError::NotFound => BackendError::Rejected(Rejection::UnknownKey(key.ring().to_string())),
-        StoreError::Exists => BackendError::Rejected(Rejection::KeyExists(key.ring().to_string())),
-        // A corrupt or unsafe store is a local fault: this backend cannot serve, another may.
-        other => BackendError::unavailable(backend, other.to_string()),
-    }
-}
-
-fn material_error(backend: &str, key: &KeyRef, e: MaterialError) -> BackendError {
-    BackendError::unavailable(backend, format!("{}: {e}", key.ring()))
 }
 
 impl SoftwareBackend {
@@ -136,23 +105,10 @@ impl SoftwareBackend {
         self.store.key_file(key, version)
     }
 
-    fn effective_state(&self, record: &VersionRecord) -> KeyState {
-        match (record.state, record.rotated_at) {
-            (KeyState::Deprecated, Some(at))
-                if self.clock.now() >= at.saturating_add(self.options.retention.as_secs()) =>
-            {
-                KeyState::Destroyed
-            }
-            (state, _) => state,
-        }
-    }
-
-    fn retained_until(&self, record: &VersionRecord) -> Option<u64> {
-        match (record.state, record.rotated_at) {
-            (KeyState::Deprecated, Some(at)) => {
-                Some(at.saturating_add(self.options.retention.as_secs()))
-            }
-            _ => None,
+    fn lifecycle(&self) -> Lifecycle {
+        Lifecycle {
+            now: self.clock.now(),
+            retention: self.options.retention.as_secs(),
         }
     }
 
@@ -167,50 +123,6 @@ impl SoftwareBackend {
             .entry(ring.key.namespace().to_owned())
             .or_default()
             .insert(ring.key.name().to_owned(), ring);
-    }
-
-    /// Builds the in-memory ring from disk. Blocking: call from a blocking thread.
-    fn load_blocking(store: &Store, backend: &str, key: &KeyRef) -> Result<LoadedRing, BackendError> {
-        let ring_key = key.ring();
-        // Stamp before reading: if the file changes in between, the next check reloads.
-        let stamp = store.ring_stamp(&ring_key).map_err(|e| store_error(backend, key, e))?;
-        let record = store.read_ring(&ring_key).map_err(|e| store_error(backend, key, e))?;
-        let mut versions = Vec::with_capacity(record.versions.len());
-        for v in record.versions {
-            let version_key = ring_key.clone().with_version(v.version);
-            let (kid, material) = if v.state == KeyState::Destroyed {
-                (destroyed_kid(backend, &version_key), None)
-            } else {
-                let bytes = store
-                    .read_key(&ring_key, v.version)
-                    .map_err(|e| store_error(backend, key, e))?;
-                let material = Material::parse(record.algorithm, &bytes)
-                    .map_err(|e| material_error(backend, key, e))?;
-                let kid = match material.public_jwk().and_then(|j| j.kid.clone()) {
-                    Some(kid) => kid,
-                    None => EnvelopeKid {
-                        backend: backend.to_owned(),
-                        namespace: ring_key.namespace().to_owned(),
-                        name: ring_key.name().to_owned(),
-                        version: v.version,
-                    }
-                    .to_string(),
-                };
-                (kid, Some(Arc::new(material)))
-            };
-            versions.push(LoadedVersion {
-                record: v,
-                kid,
-                material,
-            });
-        }
-        Ok(LoadedRing {
-            key: ring_key,
-            algorithm: record.algorithm,
-            versions,
-            stamp,
-            checked_ms: AtomicU64::new(0),
-        })
     }
 
     fn elapsed_ms(&self) -> u64 {
@@ -246,20 +158,27 @@ impl SoftwareBackend {
         let store = self.store.clone();
         let backend = self.name.clone();
         let key_owned = key.clone();
-        let loaded = tokio::task::spawn_blocking(move || {
-            Self::load_blocking(&store, &backend, &key_owned)
-        })
-        .await
-        .map_err(|e| BackendError::unavailable(&self.name, format!("loader task failed: {e}")))??;
+        let loaded =
+            tokio::task::spawn_blocking(move || LoadedRing::load(&store, &backend, &key_owned))
+                .await
+                .map_err(|e| {
+                    BackendError::unavailable(&self.name, format!("loader task failed: {e}"))
+                })??;
         let ring = Arc::new(loaded);
-        ring.checked_ms.store(self.elapsed_ms().max(1), Ordering::Relaxed);
+        ring.checked_ms
+            .store(self.elapsed_ms().max(1), Ordering::Relaxed);
         self.remember(ring.clone());
         Ok(ring)
     }
 
     /// Runs a read-modify-write of one ring under its lock on a blocking thread, then
     /// reloads the ring into memory.
-    async fn modify<F>(&self, key: &KeyRef, create: bool, change: F) -> Result<Arc<LoadedRing>, BackendError>
+    async fn modify<F>(
+        &self,
+        key: &KeyRef,
+        create: bool,
+        change: F,
+    ) -> Result<Arc<LoadedRing>, BackendError>
     where
         F: FnOnce(&Store, &store::RingLock, Option<RingRecord>) -> Result<(), BackendError>
             + Send
@@ -278,12 +197,13 @@ impl SoftwareBackend {
                 Err(e) => return Err(store_error(&backend, &ring_key, e)),
             };
             change(&store, &lock, existing)?;
-            Self::load_blocking(&store, &backend, &ring_key)
+            LoadedRing::load(&store, &backend, &ring_key)
         })
         .await
         .map_err(|e| BackendError::unavailable(&self.name, format!("key task failed: {e}")))??;
         let ring = Arc::new(loaded);
-        ring.checked_ms.store(self.elapsed_ms().max(1), Ordering::Relaxed);
+        ring.checked_ms
+            .store(self.elapsed_ms().max(1), Ordering::Relaxed);
         self.remember(ring.clone());
         Ok(ring)
     }
@@ -300,9 +220,8 @@ impl SoftwareBackend {
         let label = key.ring().to_string();
         let ring = self
             .modify(key, false, move |store, lock, existing| {
-                let mut record = existing.ok_or_else(|| {
-                    BackendError::Rejected(Rejection::UnknownKey(label.clone()))
-                })?;
+                let mut record = existing
+                    .ok_or_else(|| BackendError::Rejected(Rejection::UnknownKey(label.clone())))?;
                 let v = record
                     .versions
                     .iter_mut()
@@ -334,94 +253,7 @@ impl SoftwareBackend {
             .iter()
             .find(|v| v.record.version == version)
             .ok_or_else(|| BackendError::Rejected(Rejection::UnknownKey(key.ring().to_string())))?;
-        Ok(self.metadata_of(&ring, v))
-    }
-
-    fn metadata_of(&self, ring: &LoadedRing, v: &LoadedVersion) -> KeyMetadata {
-        KeyMetadata {
-            backend: self.name.clone(),
-            key: ring.key.clone().with_version(v.record.version),
-            version: v.record.version,
-            algorithm: ring.algorithm,
-            state: self.effective_state(&v.record),
-            created_at: v.record.created_at,
-            rotated_at: v.record.rotated_at,
-            retained_until: self.retained_until(&v.record),
-            kid: v.kid.clone(),
-            public_jwk: v.material.as_ref().and_then(|m| m.public_jwk().cloned()),
-        }
-    }
-
-    /// The version that signs or encrypts: the pinned one if ACTIVE, else the newest ACTIVE.
-    fn producing_version<'r>(
-        &self,
-        ring: &'r LoadedRing,
-        key: &KeyRef,
-        operation: Operation,
-    ) -> Result<(&'r LoadedVersion, &'r Arc<Material>), BackendError> {
-        let chosen = match key.version() {
-            Some(n) => ring
-                .versions
-                .iter()
-                .find(|v| v.record.version == n)
-                .ok_or_else(|| BackendError::Rejected(Rejection::UnknownKey(key.to_string())))?,
-            None => ring
-                .versions
-                .iter()
-                .rev()
-                .find(|v| v.record.state == KeyState::Active)
-                .or_else(|| ring.versions.last())
-                .ok_or_else(|| BackendError::Rejected(Rejection::UnknownKey(key.to_string())))?,
-        };
-        let state = self.effective_state(&chosen.record);
-        match (&chosen.material, state) {
-            (Some(material), KeyState::Active) => Ok((chosen, material)),
-            _ => Err(BackendError::Rejected(Rejection::KeyNotActive {
-                key: ring.key.to_string(),
-                version: chosen.record.version,
-                state,
-                operation,
-            })),
-        }
-    }
-
-    /// A version that may verify or decrypt: ACTIVE, or DEPRECATED within retention.
-    fn consuming_version<'r>(
-        &self,
-        ring: &'r LoadedRing,
-        version: &'r LoadedVersion,
-    ) -> Result<&'r Arc<Material>, BackendError> {
-        let recorded = version.record.state;
-        match (self.effective_state(&version.record), &version.material) {
-            (KeyState::Active | KeyState::Deprecated, Some(m)) => Ok(m),
-            (KeyState::Destroyed, _) if recorded == KeyState::Deprecated => {
-                Err(BackendError::Rejected(Rejection::RetentionExpired {
-                    key: ring.key.to_string(),
-                    version: version.record.version,
-                }))
-            }
-            (state, _) => Err(BackendError::Rejected(Rejection::KeyUnusable {
-                key: ring.key.to_string(),
-                version: version.record.version,
-                state,
-            })),
-        }
-    }
-}
-
-fn destroyed_kid(backend: &str, key: &KeyRef) -> String {
-    format!("destroyed:{backend}/{key}")
-}
-
-fn check_algorithm(ring: &LoadedRing, requested: Algorithm) -> Result<(), BackendError> {
-    if ring.algorithm == requested {
-        Ok(())
-    } else {
-        Err(BackendError::Rejected(Rejection::AlgorithmMismatch {
-            key: ring.key.to_string(),
-            requested: requested.as_str().to_owned(),
-            actual: ring.algorithm,
-        }))
+        Ok(ring.metadata(&self.name, &self.lifecycle(), v))
     }
 }
 
@@ -444,10 +276,9 @@ impl Backend for SoftwareBackend {
                 actual: ring.algorithm,
             }));
         }
-        let (version, material) = self.producing_version(&ring, key, Operation::Sign)?;
-        let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|h| {
-            h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-        });
+        let (version, material) = ring.producing(key, Operation::Sign, &self.lifecycle())?;
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let bytes = if material.is_slow_to_sign() && multi_thread {
             // RSA signing takes 0.3-3 ms: tell the runtime, so its other tasks move to
             // another worker meanwhile. Measured: spawn_blocking's thread hand-off cost
@@ -474,7 +305,7 @@ impl Backend for SoftwareBackend {
             }
             VerificationKey::Managed { key, kid } => {
                 let ring = self.ring(key).await?;
-                check_algorithm(&ring, request.algorithm)?;
+                ring.check_algorithm(request.algorithm)?;
                 let version = match (key.version(), kid) {
                     (Some(n), _) => ring.versions.iter().find(|v| v.record.version == n),
                     (None, Some(kid)) => ring.versions.iter().find(|v| v.kid == kid),
@@ -497,7 +328,7 @@ impl Backend for SoftwareBackend {
                         super::types::truncate_for_message(kid),
                     )));
                 }
-                let material = self.consuming_version(&ring, version)?;
+                let material = ring.consuming(version, &self.lifecycle())?;
                 let verifier = material.verifier().ok_or_else(|| {
                     BackendError::invalid_input("key has no public part to verify with")
                 })?;
@@ -513,11 +344,11 @@ impl Backend for SoftwareBackend {
         aad: &[u8],
     ) -> Result<String, BackendError> {
         let ring = self.ring(key).await?;
-        check_algorithm(&ring, Algorithm::A256Gcm)?;
-        let (version, material) = self.producing_version(&ring, key, Operation::Encrypt)?;
-        let aead = material
-            .aead_key()
-            .ok_or_else(|| material_error(&self.name, key, MaterialError::Parse(Algorithm::A256Gcm)))?;
+        ring.check_algorithm(Algorithm::A256Gcm)?;
+        let (version, material) = ring.producing(key, Operation::Encrypt, &self.lifecycle())?;
+        let aead = material.aead_key().ok_or_else(|| {
+            material_error(&self.name, key, MaterialError::Parse(Algorithm::A256Gcm))
+        })?;
         let kid = EnvelopeKid {
             backend: self.name.clone(),
             namespace: ring.key.namespace().to_owned(),
@@ -540,16 +371,16 @@ impl Backend for SoftwareBackend {
         }
         let key = KeyRef::new(&kid.namespace, &kid.name)?;
         let ring = self.ring(&key).await?;
-        check_algorithm(&ring, Algorithm::A256Gcm)?;
+        ring.check_algorithm(Algorithm::A256Gcm)?;
         let version = ring
             .versions
             .iter()
             .find(|v| v.record.version == kid.version)
             .ok_or_else(|| BackendError::Rejected(Rejection::UnknownKid(kid.to_string())))?;
-        let material = self.consuming_version(&ring, version)?;
-        let aead = material
-            .aead_key()
-            .ok_or_else(|| material_error(&self.name, &key, MaterialError::Parse(Algorithm::A256Gcm)))?;
+        let material = ring.consuming(version, &self.lifecycle())?;
+        let aead = material.aead_key().ok_or_else(|| {
+            material_error(&self.name, &key, MaterialError::Parse(Algorithm::A256Gcm))
+        })?;
         envelope.open(aead, aad)
     }
 
@@ -586,7 +417,7 @@ impl Backend for SoftwareBackend {
             BackendError::unavailable(&self.name, "generated ring has no version")
         })?;
         tracing::info!(backend = %self.name, key = %ring.key, algorithm = %algorithm, kid = %newest.kid, "key generated");
-        Ok(self.metadata_of(&ring, newest))
+        Ok(ring.metadata(&self.name, &self.lifecycle(), newest))
     }
 
     async fn rotate_key(&self, key: &KeyRef) -> Result<KeyMetadata, BackendError> {
@@ -598,7 +429,7 @@ impl Backend for SoftwareBackend {
         let ring = self
             .modify(key, false, move |store, lock, existing| {
                 let mut record =
-                    existing.ok_or_else(|| BackendError::Rejected(Rejection::UnknownKey(label)))?;
+                    existing.ok_or(BackendError::Rejected(Rejection::UnknownKey(label)))?;
                 let material = material::generate(record.algorithm, rsa_bits)
                     .map_err(|e| material_error("software", &ring_key, e))?;
                 let version = record.next_version();
@@ -608,7 +439,8 @@ impl Backend for SoftwareBackend {
                         v.state = KeyState::Deprecated;
                         v.rotated_at = Some(now);
                     } else if v.state == KeyState::Deprecated
-                        && v.rotated_at.is_some_and(|at| now >= at.saturating_add(retention))
+                        && v.rotated_at
+                            .is_some_and(|at| now >= at.saturating_add(retention))
                     {
                         // Past retention: destroy for real while the lock is held.
                         v.state = KeyState::Destroyed;
@@ -633,11 +465,12 @@ impl Backend for SoftwareBackend {
                 Ok(())
             })
             .await?;
-        let newest = ring.versions.last().ok_or_else(|| {
-            BackendError::unavailable(&self.name, "rotated ring has no version")
-        })?;
+        let newest = ring
+            .versions
+            .last()
+            .ok_or_else(|| BackendError::unavailable(&self.name, "rotated ring has no version"))?;
         tracing::info!(backend = %self.name, key = %ring.key, version = newest.record.version, kid = %newest.kid, "key rotated");
-        Ok(self.metadata_of(&ring, newest))
+        Ok(ring.metadata(&self.name, &self.lifecycle(), newest))
     }
 
     async fn key_metadata(&self, key: &KeyRef) -> Result<Vec<KeyMetadata>, BackendError> {
@@ -646,22 +479,25 @@ impl Backend for SoftwareBackend {
             .versions
             .iter()
             .filter(|v| key.version().is_none_or(|n| v.record.version == n))
-            .map(|v| self.metadata_of(&ring, v))
+            .map(|v| ring.metadata(&self.name, &self.lifecycle(), v))
             .collect();
         if all.is_empty() {
-            return Err(BackendError::Rejected(Rejection::UnknownKey(key.to_string())));
+            return Err(BackendError::Rejected(Rejection::UnknownKey(
+                key.to_string(),
+            )));
         }
         Ok(all)
     }
 
     async fn public_keys(&self, key: &KeyRef) -> Result<Vec<PublicJwk>, BackendError> {
         let ring = self.ring(key).await?;
+        let lifecycle = self.lifecycle();
         Ok(ring
             .versions
             .iter()
             .filter(|v| {
                 matches!(
-                    self.effective_state(&v.record),
+                    lifecycle.effective_state(&v.record),
                     KeyState::Active | KeyState::Deprecated
                 )
             })

@@ -39,7 +39,9 @@ pub enum StoreError {
     #[error("key ring already exists")]
     Exists,
     /// A file or directory is readable or writable by group or others.
-    #[error("{path} has mode {mode:o}; refusing to use key material not restricted to its owner (expected {expected:o})")]
+    #[error(
+        "{path} has mode {mode:o}; refusing to use key material not restricted to its owner (expected {expected:o})"
+    )]
     InsecurePermissions {
         /// The path.
         path: String,
@@ -171,7 +173,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         .tempfile_in(dir)
         .map_err(|e| io_err(dir, e))?;
     tmp.write_all(bytes).map_err(|e| io_err(tmp.path(), e))?;
-    tmp.as_file().sync_all().map_err(|e| io_err(tmp.path(), e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| io_err(tmp.path(), e))?;
     tmp.persist(path).map_err(|e| io_err(path, e.error))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -224,11 +228,10 @@ impl Store {
     pub fn read_ring(&self, key: &KeyRef) -> Result<RingRecord, StoreError> {
         let path = self.ring_dir(key).join("ring.json");
         let bytes = read_limited(&path, MAX_RING_FILE)?;
-        let ring: RingRecord =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                path: path.display().to_string(),
-                detail: e.to_string(),
-            })?;
+        let ring: RingRecord = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
         if ring.format != FORMAT {
             return Err(StoreError::Corrupt {
                 path: path.display().to_string(),
@@ -317,7 +320,12 @@ impl Store {
     }
 
     /// Removes a destroyed version's key file. Call with the ring lock held.
-    pub fn remove_key(&self, _lock: &RingLock, key: &KeyRef, version: u32) -> Result<(), StoreError> {
+    pub fn remove_key(
+        &self,
+        _lock: &RingLock,
+        key: &KeyRef,
+        version: u32,
+    ) -> Result<(), StoreError> {
         let path = self.key_file(key, version);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -419,7 +427,10 @@ mod tests {
         let lock = store.lock_ring(&key, true).unwrap();
         write_atomic(&store.ring_dir(&key).join("ring.json"), b"{\"format\":1,").unwrap();
         drop(lock);
-        assert!(matches!(store.read_ring(&key), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            store.read_ring(&key),
+            Err(StoreError::Corrupt { .. })
+        ));
         assert!(matches!(
             store.read_ring(&KeyRef::new("token", "missing").unwrap()),
             Err(StoreError::NotFound)

@@ -1,0 +1,217 @@
+//! A key ring as held in memory, and the lifecycle rules that decide which version may do
+//! what: the newest ACTIVE version signs and encrypts; ACTIVE and retained DEPRECATED
+//! versions verify and decrypt; a DEPRECATED version past its retention counts as DESTROYED.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use super::material::{Material, MaterialError};
+use super::store::{self, Store, StoreError, VersionRecord};
+use crate::backends::envelope::EnvelopeKid;
+use crate::backends::error::{BackendError, Rejection};
+use crate::backends::types::{Algorithm, KeyMetadata, KeyRef, KeyState, Operation};
+
+/// Maps a store error onto the error classes.
+pub(super) fn store_error(backend: &str, key: &KeyRef, e: StoreError) -> BackendError {
+    match e {
+        StoreError::NotFound => {
+            BackendError::Rejected(Rejection::UnknownKey(key.ring().to_string()))
+        }
+        StoreError::Exists => BackendError::Rejected(Rejection::KeyExists(key.ring().to_string())),
+        // A corrupt or unsafe store is a local fault: this backend cannot serve, another may.
+        other => BackendError::unavailable(backend, other.to_string()),
+    }
+}
+
+/// Maps a key-material error onto the error classes.
+pub(super) fn material_error(backend: &str, key: &KeyRef, e: MaterialError) -> BackendError {
+    BackendError::unavailable(backend, format!("{}: {e}", key.ring()))
+}
+
+/// The clock reading and retention that decide effective states.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Lifecycle {
+    /// Seconds since the epoch.
+    pub now: u64,
+    /// Retention of rotated-out versions, in seconds.
+    pub retention: u64,
+}
+
+impl Lifecycle {
+    /// The recorded state, with retention applied: DEPRECATED past retention is DESTROYED.
+    pub fn effective_state(&self, record: &VersionRecord) -> KeyState {
+        match (record.state, record.rotated_at) {
+            (KeyState::Deprecated, Some(at)) if self.now >= at.saturating_add(self.retention) => {
+                KeyState::Destroyed
+            }
+            (state, _) => state,
+        }
+    }
+
+    /// Until when a DEPRECATED version is retained.
+    pub fn retained_until(&self, record: &VersionRecord) -> Option<u64> {
+        match (record.state, record.rotated_at) {
+            (KeyState::Deprecated, Some(at)) => Some(at.saturating_add(self.retention)),
+            _ => None,
+        }
+    }
+}
+
+/// One loaded version: its record and parsed material (absent once destroyed).
+#[derive(Debug)]
+pub(super) struct LoadedVersion {
+    pub record: VersionRecord,
+    pub kid: String,
+    pub material: Option<Arc<Material>>,
+}
+
+/// A ring as kept in memory.
+#[derive(Debug)]
+pub(super) struct LoadedRing {
+    pub key: KeyRef,
+    pub algorithm: Algorithm,
+    pub versions: Vec<LoadedVersion>,
+    /// Identity of the `ring.json` it was loaded from (see [`store::FileStamp`]).
+    pub stamp: store::FileStamp,
+    /// When the file was last compared with `stamp`, in ms since the backend opened.
+    pub checked_ms: AtomicU64,
+}
+
+fn destroyed_kid(backend: &str, key: &KeyRef) -> String {
+    format!("destroyed:{backend}/{key}")
+}
+
+impl LoadedRing {
+    /// Builds the in-memory ring from disk. Blocking: call from a blocking thread.
+    pub fn load(store: &Store, backend: &str, key: &KeyRef) -> Result<Self, BackendError> {
+        let ring_key = key.ring();
+        // Stamp before reading: if the file changes in between, the next check reloads.
+        let stamp = store
+            .ring_stamp(&ring_key)
+            .map_err(|e| store_error(backend, key, e))?;
+        let record = store
+            .read_ring(&ring_key)
+            .map_err(|e| store_error(backend, key, e))?;
+        let mut versions = Vec::with_capacity(record.versions.len());
+        for v in record.versions {
+            let version_key = ring_key.clone().with_version(v.version);
+            let (kid, material) = if v.state == KeyState::Destroyed {
+                (destroyed_kid(backend, &version_key), None)
+            } else {
+                let bytes = store
+                    .read_key(&ring_key, v.version)
+                    .map_err(|e| store_error(backend, key, e))?;
+                let material = Material::parse(record.algorithm, &bytes)
+                    .map_err(|e| material_error(backend, key, e))?;
+                let kid = match material.public_jwk().and_then(|j| j.kid.clone()) {
+                    Some(kid) => kid,
+                    None => EnvelopeKid {
+                        backend: backend.to_owned(),
+                        namespace: ring_key.namespace().to_owned(),
+                        name: ring_key.name().to_owned(),
+                        version: v.version,
+                    }
+                    .to_string(),
+                };
+                (kid, Some(Arc::new(material)))
+            };
+            versions.push(LoadedVersion {
+                record: v,
+                kid,
+                material,
+            });
+        }
+        Ok(Self {
+            key: ring_key,
+            algorithm: record.algorithm,
+            versions,
+            stamp,
+            checked_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Refuses a request for another algorithm than the ring's.
+    pub fn check_algorithm(&self, requested: Algorithm) -> Result<(), BackendError> {
+        if self.algorithm == requested {
+            Ok(())
+        } else {
+            Err(BackendError::Rejected(Rejection::AlgorithmMismatch {
+                key: self.key.to_string(),
+                requested: requested.as_str().to_owned(),
+                actual: self.algorithm,
+            }))
+        }
+    }
+
+    /// Metadata of one version.
+    pub fn metadata(&self, backend: &str, lifecycle: &Lifecycle, v: &LoadedVersion) -> KeyMetadata {
+        KeyMetadata {
+            backend: backend.to_owned(),
+            key: self.key.clone().with_version(v.record.version),
+            version: v.record.version,
+            algorithm: self.algorithm,
+            state: lifecycle.effective_state(&v.record),
+            created_at: v.record.created_at,
+            rotated_at: v.record.rotated_at,
+            retained_until: lifecycle.retained_until(&v.record),
+            kid: v.kid.clone(),
+            public_jwk: v.material.as_ref().and_then(|m| m.public_jwk().cloned()),
+        }
+    }
+
+    /// The version that signs or encrypts: the pinned one if ACTIVE, else the newest ACTIVE.
+    pub fn producing(
+        &self,
+        key: &KeyRef,
+        operation: Operation,
+        lifecycle: &Lifecycle,
+    ) -> Result<(&LoadedVersion, &Arc<Material>), BackendError> {
+        let chosen = match key.version() {
+            Some(n) => self.versions.iter().find(|v| v.record.version == n),
+            None => self
+                .versions
+                .iter()
+                .rev()
+                .find(|v| v.record.state == KeyState::Active)
+                .or_else(|| self.versions.last()),
+        }
+        .ok_or_else(|| BackendError::Rejected(Rejection::UnknownKey(key.to_string())))?;
+        let state = lifecycle.effective_state(&chosen.record);
+        match (&chosen.material, state) {
+            (Some(material), KeyState::Active) => Ok((chosen, material)),
+            _ => Err(BackendError::Rejected(Rejection::KeyNotActive {
+                key: self.key.to_string(),
+                version: chosen.record.version,
+                state,
+                operation,
+            })),
+        }
+    }
+
+    /// The material of a version that may verify or decrypt: ACTIVE, or DEPRECATED within
+    /// retention.
+    pub fn consuming<'r>(
+        &self,
+        version: &'r LoadedVersion,
+        lifecycle: &Lifecycle,
+    ) -> Result<&'r Arc<Material>, BackendError> {
+        let recorded = version.record.state;
+        match (
+            lifecycle.effective_state(&version.record),
+            &version.material,
+        ) {
+            (KeyState::Active | KeyState::Deprecated, Some(m)) => Ok(m),
+            (KeyState::Destroyed, _) if recorded == KeyState::Deprecated => {
+                Err(BackendError::Rejected(Rejection::RetentionExpired {
+                    key: self.key.to_string(),
+                    version: version.record.version,
+                }))
+            }
+            (state, _) => Err(BackendError::Rejected(Rejection::KeyUnusable {
+                key: self.key.to_string(),
+                version: version.record.version,
+                state,
+            })),
+        }
+    }
+}
