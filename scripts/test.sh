@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the test suite needs, then runs all of it.
+#
+# Tests start their own dependency processes on free loopback ports and stop them; nothing
+# has to be running beforehand. With CI=true a missing dependency fails the run instead of
+# skipping the tests that need it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+# Debian packages the tests need, as "command:package" pairs. The framework core needs none;
+# the PKCS#11, Redis and KMS issues add softhsm2, redis-server and the KMS server here.
+APT_REQUIREMENTS=()
+
+install_apt_requirements() {
+    local missing=()
+    for pair in "${APT_REQUIREMENTS[@]}"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        return
+    fi
+    log "installing Debian packages: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+if [ "${#APT_REQUIREMENTS[@]}" -gt 0 ]; then
+    install_apt_requirements
+fi
+
+command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }
+
+log "cargo test (all targets: library, binary, integration and property tests; benches in quick mode)"
+cargo test --locked --all-targets
+log "cargo test --doc"
+cargo test --locked --doc
