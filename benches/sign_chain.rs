@@ -108,10 +108,16 @@ fn main() {
         .build()
         .expect("runtime");
 
-    println!(
-        "sign rate, one thread, {rounds} alternating rounds of {:.2} s each; medians",
-        round.as_secs_f64()
-    );
+    if quick {
+        println!(
+            "sign_chain: smoke run under `cargo test` (figures are not measurements; use `cargo bench`)"
+        );
+    } else {
+        println!(
+            "sign rate, one thread, {rounds} alternating rounds of {:.2} s each; medians",
+            round.as_secs_f64()
+        );
+    }
     println!(
         "{:<8} {:>12} {:>12} {:>10}",
         "alg", "raw ops/s", "chain ops/s", "chain/raw"

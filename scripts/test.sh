@@ -5,6 +5,7 @@
 # has to be running beforehand. With CI=true a missing dependency fails the run instead of
 # skipping the tests that need it.
 set -euo pipefail
+shopt -s inherit_errexit 2>/dev/null || true
 cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
@@ -35,7 +36,14 @@ fi
 
 command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }
 
-log "cargo test (all targets: library, binary, integration and property tests; benches in quick mode)"
-cargo test --locked --all-targets
+output=$(mktemp)
+trap 'rm -f "$output"' EXIT
+
 log "cargo test --doc"
-cargo test --locked --doc
+cargo test --locked --doc 2>&1 | tee -a "$output"
+log "cargo test (all targets: library, binary, integration and property tests; benches in quick mode)"
+cargo test --locked --all-targets 2>&1 | tee -a "$output"
+
+# One closing line for the whole suite, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "\nTotal: %d passed, %d failed, %d skipped\n", p, f, s; if (p == 0) exit 1 }' "$output"

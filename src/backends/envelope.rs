@@ -37,6 +37,14 @@ pub struct EnvelopeKid {
 
 impl EnvelopeKid {
     /// Parses `backend/namespace/name/version`, validating every part.
+    ///
+    /// ```
+    /// use token_service::backends::envelope::EnvelopeKid;
+    ///
+    /// let kid = EnvelopeKid::parse("software/token-cache/aes/3").unwrap();
+    /// assert_eq!((kid.backend.as_str(), kid.version), ("software", 3));
+    /// assert!(EnvelopeKid::parse("software/token-cache/aes/03").is_err());
+    /// ```
     pub fn parse(kid: &str) -> Result<Self, BackendError> {
         let malformed = || {
             BackendError::Rejected(Rejection::MalformedEnvelope(format!(

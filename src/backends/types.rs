@@ -190,6 +190,15 @@ pub struct KeyRef {
 
 impl KeyRef {
     /// A reference to the key ring `namespace/name`, validated.
+    ///
+    /// ```
+    /// use token_service::backends::KeyRef;
+    ///
+    /// let key = KeyRef::new("token", "signing").unwrap();
+    /// assert_eq!(key.with_version(2).to_string(), "token/signing#2");
+    /// // Names become file names and labels: nothing that could leave a directory.
+    /// assert!(KeyRef::new("token", "../signing").is_err());
+    /// ```
     pub fn new(namespace: &str, name: &str) -> Result<Self, BackendError> {
         validate_name("namespace", namespace)?;
         validate_name("key name", name)?;
