@@ -506,3 +506,68 @@ async fn decrypt_goes_to_the_backend_named_in_the_envelope() {
         ))
     ));
 }
+
+/// A writer that collects log output in memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_backend_call_is_traced_with_backend_operation_key_and_correlation_id() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let a = FaultBackend::new("a", Mode::Unavailable);
+    let b = FaultBackend::new("b", Mode::Ok);
+    let chain = chain_of(&[(&a, no_retry()), (&b, no_retry())], true);
+    let ctx = CallContext::with_correlation_id("req-7f3a");
+    chain.sign(&ctx, &key(), b"secret-claims").await.unwrap();
+
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let unavailable = log
+        .lines()
+        .find(|l| l.contains("backend unavailable"))
+        .unwrap_or_else(|| panic!("no warning logged:\n{log}"));
+    for field in [
+        "backend=\"a\"",
+        "operation=\"sign\"",
+        "key=token/signing",
+        "correlation_id=\"req-7f3a\"",
+    ] {
+        assert!(
+            unavailable.contains(field),
+            "{field} missing from: {unavailable}"
+        );
+    }
+    let fallback = log
+        .lines()
+        .find(|l| l.contains("falling back"))
+        .unwrap_or_else(|| panic!("no fallback logged:\n{log}"));
+    assert!(
+        fallback.contains("correlation_id=\"req-7f3a\"") && fallback.contains("to=\"b\""),
+        "{fallback}"
+    );
+    // The message being signed never reaches the log.
+    assert!(!log.contains("secret-claims"));
+}

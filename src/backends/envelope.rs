@@ -204,7 +204,8 @@ impl Envelope {
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce)
             .map_err(|_| BackendError::unavailable(&kid.backend, "system RNG failed"))?;
-        let mut in_out = plaintext.to_vec();
+        // Plaintext until sealed in place: zeroized if sealing fails.
+        let mut in_out = Zeroizing::new(plaintext.to_vec());
         let tag = key
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
@@ -215,7 +216,7 @@ impl Envelope {
         Ok(format!(
             "{protected_b64}..{}.{}.{}",
             B64.encode(nonce),
-            B64.encode(&in_out),
+            B64.encode(&in_out[..]),
             B64.encode(tag.as_ref())
         ))
     }
