@@ -6,6 +6,7 @@ pub mod clock;
 pub mod envelope;
 pub mod error;
 pub mod jwk;
+pub mod lifecycle;
 pub mod software;
 pub mod types;
 

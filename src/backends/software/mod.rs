@@ -18,13 +18,14 @@ use async_trait::async_trait;
 use zeroize::Zeroizing;
 
 use self::material::{MaterialError, RsaBits};
-use self::ring::{Lifecycle, LoadedRing, material_error, store_error};
-use self::store::{RingRecord, Store, StoreError, VersionRecord};
+use self::ring::{LoadedRing, material_error, store_error};
+use self::store::{Store, StoreError};
 use super::Backend;
 use super::clock::{Clock, SystemClock};
 use super::envelope::{Envelope, EnvelopeKid};
 use super::error::{BackendError, Rejection};
 use super::jwk::{self, PublicJwk};
+use super::lifecycle::{Lifecycle, RingRecord, VersionRecord};
 use super::types::{
     Algorithm, Capabilities, Health, KeyMetadata, KeyRef, KeyState, Operation, Signature,
     VerificationKey, VerifyRequest,
@@ -432,27 +433,7 @@ impl Backend for SoftwareBackend {
                     existing.ok_or(BackendError::Rejected(Rejection::UnknownKey(label)))?;
                 let material = material::generate(record.algorithm, rsa_bits)
                     .map_err(|e| material_error("software", &ring_key, e))?;
-                let version = record.next_version();
-                let mut expired = Vec::new();
-                for v in &mut record.versions {
-                    if v.state == KeyState::Active {
-                        v.state = KeyState::Deprecated;
-                        v.rotated_at = Some(now);
-                    } else if v.state == KeyState::Deprecated
-                        && v.rotated_at
-                            .is_some_and(|at| now >= at.saturating_add(retention))
-                    {
-                        // Past retention: destroy for real while the lock is held.
-                        v.state = KeyState::Destroyed;
-                        expired.push(v.version);
-                    }
-                }
-                record.versions.push(VersionRecord {
-                    version,
-                    state: KeyState::Active,
-                    created_at: now,
-                    rotated_at: None,
-                });
+                let (version, expired) = record.rotate(now, retention);
                 store
                     .write_key(lock, &ring_key, version, &material)
                     .and_then(|()| store.write_ring(lock, &ring_key, &record))

@@ -1,14 +1,14 @@
-//! A key ring as held in memory, and the lifecycle rules that decide which version may do
-//! what: the newest ACTIVE version signs and encrypts; ACTIVE and retained DEPRECATED
-//! versions verify and decrypt; a DEPRECATED version past its retention counts as DESTROYED.
+//! A key ring of the software backend as held in memory: records and parsed material,
+//! with the version selection of [`crate::backends::lifecycle`] applied to it.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use super::material::{Material, MaterialError};
-use super::store::{self, Store, StoreError, VersionRecord};
+use super::store::{self, Store, StoreError};
 use crate::backends::envelope::EnvelopeKid;
 use crate::backends::error::{BackendError, Rejection};
+use crate::backends::lifecycle::{Lifecycle, VersionRecord};
 use crate::backends::types::{Algorithm, KeyMetadata, KeyRef, KeyState, Operation};
 
 /// Maps a store error onto the error classes.
@@ -26,35 +26,6 @@ pub(super) fn store_error(backend: &str, key: &KeyRef, e: StoreError) -> Backend
 /// Maps a key-material error onto the error classes.
 pub(super) fn material_error(backend: &str, key: &KeyRef, e: MaterialError) -> BackendError {
     BackendError::unavailable(backend, format!("{}: {e}", key.ring()))
-}
-
-/// The clock reading and retention that decide effective states.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Lifecycle {
-    /// Seconds since the epoch.
-    pub now: u64,
-    /// Retention of rotated-out versions, in seconds.
-    pub retention: u64,
-}
-
-impl Lifecycle {
-    /// The recorded state, with retention applied: DEPRECATED past retention is DESTROYED.
-    pub fn effective_state(&self, record: &VersionRecord) -> KeyState {
-        match (record.state, record.rotated_at) {
-            (KeyState::Deprecated, Some(at)) if self.now >= at.saturating_add(self.retention) => {
-                KeyState::Destroyed
-            }
-            (state, _) => state,
-        }
-    }
-
-    /// Until when a DEPRECATED version is retained.
-    pub fn retained_until(&self, record: &VersionRecord) -> Option<u64> {
-        match (record.state, record.rotated_at) {
-            (KeyState::Deprecated, Some(at)) => Some(at.saturating_add(self.retention)),
-            _ => None,
-        }
-    }
 }
 
 /// One loaded version: its record and parsed material (absent once destroyed).

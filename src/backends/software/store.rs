@@ -17,13 +17,11 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::backends::types::{Algorithm, KeyRef, KeyState};
+use crate::backends::lifecycle::{FORMAT, RingRecord};
+use crate::backends::types::KeyRef;
 
-/// Format version written into `ring.json`.
-const FORMAT: u32 = 1;
 /// Largest key file read: an RSA-8192 PKCS#8 document is under 5 KiB.
 const MAX_KEY_FILE: u64 = 16 * 1024;
 /// Largest ring file read.
@@ -72,49 +70,6 @@ fn io_err(path: &Path, source: std::io::Error) -> StoreError {
     StoreError::Io {
         path: path.display().to_string(),
         source,
-    }
-}
-
-/// One version as recorded in `ring.json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VersionRecord {
-    /// Version number, from 1.
-    pub version: u32,
-    /// Recorded state (retention expiry is applied on top when read).
-    pub state: KeyState,
-    /// Creation time, seconds since the epoch.
-    pub created_at: u64,
-    /// When this version was rotated out, seconds since the epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rotated_at: Option<u64>,
-}
-
-/// The contents of `ring.json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RingRecord {
-    /// Format version; only [`FORMAT`] is understood.
-    pub format: u32,
-    /// The algorithm every version of the ring is for.
-    pub algorithm: Algorithm,
-    /// Versions, oldest first.
-    pub versions: Vec<VersionRecord>,
-}
-
-impl RingRecord {
-    /// A new ring record with no versions.
-    pub fn new(algorithm: Algorithm) -> Self {
-        Self {
-            format: FORMAT,
-            algorithm,
-            versions: Vec::new(),
-        }
-    }
-
-    /// The next version number.
-    pub fn next_version(&self) -> u32 {
-        self.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1
     }
 }
 
@@ -359,6 +314,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backends::lifecycle::VersionRecord;
+    use crate::backends::types::{Algorithm, KeyState};
 
     #[test]
     fn files_and_directories_are_private_and_writes_leave_no_temp_files() {
