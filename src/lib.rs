@@ -21,5 +21,6 @@ pub mod context;
 pub mod jws;
 pub mod metrics;
 pub mod resilience;
+pub mod secret;
 pub mod service;
 pub mod telemetry;

@@ -1,0 +1,107 @@
+//! Tracing of backend calls. In its own test binary: tracing caches per-callsite interest
+//! globally, and a test on another thread with no subscriber could disable the callsites
+//! this test's thread-local subscriber needs.
+
+mod support;
+
+use std::sync::Arc;
+
+use support::fault::{FaultBackend, Mode};
+use token_service::backends::chain::{Chain, Routes};
+use token_service::backends::{Backend, KeyRef};
+use token_service::context::CallContext;
+use token_service::metrics::Metrics;
+use token_service::resilience::{ResilienceConfig, RetryConfig};
+
+fn no_retry() -> ResilienceConfig {
+    ResilienceConfig {
+        retry: RetryConfig {
+            max_attempts: 1,
+            ..RetryConfig::default()
+        },
+        ..ResilienceConfig::default()
+    }
+}
+
+fn key() -> KeyRef {
+    KeyRef::new("token", "signing").unwrap()
+}
+
+/// A writer that collects log output in memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_backend_call_is_traced_with_backend_operation_key_and_correlation_id() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let a = FaultBackend::new("a", Mode::Unavailable);
+    let b = FaultBackend::new("b", Mode::Ok);
+    let routes = Routes {
+        sign: vec!["a".into(), "b".into()],
+        verify: vec![],
+        encrypt: vec![],
+    };
+    let chain = Chain::new(
+        vec![
+            (a.clone() as Arc<dyn Backend>, no_retry()),
+            (b.clone() as Arc<dyn Backend>, no_retry()),
+        ],
+        &routes,
+        true,
+        Metrics::new(),
+    )
+    .unwrap();
+    let ctx = CallContext::with_correlation_id("req-7f3a");
+    chain.sign(&ctx, &key(), b"secret-claims").await.unwrap();
+
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let unavailable = log
+        .lines()
+        .find(|l| l.contains("backend unavailable"))
+        .unwrap_or_else(|| panic!("no warning logged:\n{log}"));
+    for field in [
+        "backend=\"a\"",
+        "operation=\"sign\"",
+        "key=token/signing",
+        "correlation_id=\"req-7f3a\"",
+    ] {
+        assert!(
+            unavailable.contains(field),
+            "{field} missing from: {unavailable}"
+        );
+    }
+    let fallback = log
+        .lines()
+        .find(|l| l.contains("falling back"))
+        .unwrap_or_else(|| panic!("no fallback logged:\n{log}"));
+    assert!(
+        fallback.contains("correlation_id=\"req-7f3a\"") && fallback.contains("to=\"b\""),
+        "{fallback}"
+    );
+    // The message being signed never reaches the log.
+    assert!(!log.contains("secret-claims"));
+}
