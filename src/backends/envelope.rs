@@ -186,6 +186,46 @@ impl Envelope {
         &self.kid
     }
 
+    /// The protected header for `kid`, base64url-encoded: the first part of the envelope and
+    /// the start of the GCM AAD.
+    pub fn protected_header(kid: &EnvelopeKid) -> Result<String, BackendError> {
+        let header = serde_json::to_vec(&ProtectedHeader {
+            alg: "dir".into(),
+            enc: "A256GCM".into(),
+            kid: kid.to_string(),
+        })
+        .map_err(|e| BackendError::invalid_input(format!("envelope header: {e}")))?;
+        Ok(B64.encode(header))
+    }
+
+    /// The AES-GCM additional data for a protected header and the caller's AAD.
+    pub fn gcm_aad_for(protected_b64: &str, aad: &[u8]) -> Vec<u8> {
+        gcm_aad(protected_b64, aad)
+    }
+
+    /// A fresh random 96-bit nonce.
+    pub fn fresh_nonce(backend: &str) -> Result<[u8; NONCE_LEN], BackendError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce)
+            .map_err(|_| BackendError::unavailable(backend, "system RNG failed"))?;
+        Ok(nonce)
+    }
+
+    /// Assembles a compact envelope from a protected header and the GCM output.
+    pub fn assemble(
+        protected_b64: &str,
+        nonce: &[u8; NONCE_LEN],
+        ciphertext: &[u8],
+        tag: &[u8],
+    ) -> String {
+        format!(
+            "{protected_b64}..{}.{}.{}",
+            B64.encode(nonce),
+            B64.encode(ciphertext),
+            B64.encode(tag)
+        )
+    }
+
     /// Encrypts `plaintext` under `key`, binding `aad`, into a compact envelope named `kid`.
     /// The 96-bit nonce is random per message.
     pub fn seal(
@@ -194,16 +234,8 @@ impl Envelope {
         plaintext: &[u8],
         aad: &[u8],
     ) -> Result<String, BackendError> {
-        let header = serde_json::to_vec(&ProtectedHeader {
-            alg: "dir".into(),
-            enc: "A256GCM".into(),
-            kid: kid.to_string(),
-        })
-        .map_err(|e| BackendError::invalid_input(format!("envelope header: {e}")))?;
-        let protected_b64 = B64.encode(header);
-        let mut nonce = [0u8; NONCE_LEN];
-        aws_lc_rs::rand::fill(&mut nonce)
-            .map_err(|_| BackendError::unavailable(&kid.backend, "system RNG failed"))?;
+        let protected_b64 = Self::protected_header(kid)?;
+        let nonce = Self::fresh_nonce(&kid.backend)?;
         // Plaintext until sealed in place: zeroized if sealing fails.
         let mut in_out = Zeroizing::new(plaintext.to_vec());
         let tag = key
@@ -213,12 +245,30 @@ impl Envelope {
                 &mut in_out,
             )
             .map_err(|_| BackendError::invalid_input("plaintext too long for AES-GCM"))?;
-        Ok(format!(
-            "{protected_b64}..{}.{}.{}",
-            B64.encode(nonce),
-            B64.encode(&in_out[..]),
-            B64.encode(tag.as_ref())
+        Ok(Self::assemble(
+            &protected_b64,
+            &nonce,
+            &in_out,
+            tag.as_ref(),
         ))
+    }
+
+    /// The nonce.
+    pub fn nonce(&self) -> &[u8; NONCE_LEN] {
+        &self.nonce
+    }
+
+    /// Ciphertext followed by the tag, as PKCS#11 and most devices take it.
+    pub fn ciphertext_and_tag(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.ciphertext.len() + TAG_LEN);
+        out.extend_from_slice(&self.ciphertext);
+        out.extend_from_slice(&self.tag);
+        out
+    }
+
+    /// The GCM additional data for opening this envelope with the caller's `aad`.
+    pub fn gcm_aad(&self, aad: &[u8]) -> Vec<u8> {
+        gcm_aad(&self.protected_b64, aad)
     }
 
     /// Authenticates and decrypts with `key` and the caller's `aad`. Any mismatch (key,

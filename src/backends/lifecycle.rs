@@ -6,7 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{Algorithm, KeyState};
+use super::error::{BackendError, Rejection};
+use super::types::{Algorithm, KeyRef, KeyState, Operation};
 
 /// Format version of a [`RingRecord`].
 pub const FORMAT: u32 = 1;
@@ -107,6 +108,64 @@ impl Lifecycle {
         match (record.state, record.rotated_at) {
             (KeyState::Deprecated, Some(at)) => Some(at.saturating_add(self.retention)),
             _ => None,
+        }
+    }
+}
+
+impl Lifecycle {
+    /// The version that signs or encrypts: the pinned one if it is ACTIVE, else the newest
+    /// ACTIVE version. `ring` names the key in errors.
+    pub fn producing<'r>(
+        &self,
+        ring: &KeyRef,
+        versions: &'r [VersionRecord],
+        pinned: Option<u32>,
+        operation: Operation,
+    ) -> Result<&'r VersionRecord, BackendError> {
+        let chosen = match pinned {
+            Some(n) => versions.iter().find(|v| v.version == n),
+            None => versions
+                .iter()
+                .rev()
+                .find(|v| v.state == KeyState::Active)
+                .or_else(|| versions.last()),
+        }
+        .ok_or_else(|| {
+            BackendError::Rejected(Rejection::UnknownKey(match pinned {
+                Some(n) => format!("{ring}#{n}"),
+                None => ring.to_string(),
+            }))
+        })?;
+        match self.effective_state(chosen) {
+            KeyState::Active => Ok(chosen),
+            state => Err(BackendError::Rejected(Rejection::KeyNotActive {
+                key: ring.to_string(),
+                version: chosen.version,
+                state,
+                operation,
+            })),
+        }
+    }
+
+    /// Whether a version may verify or decrypt: ACTIVE, or DEPRECATED within retention.
+    pub fn check_consuming(
+        &self,
+        ring: &KeyRef,
+        record: &VersionRecord,
+    ) -> Result<(), BackendError> {
+        match self.effective_state(record) {
+            KeyState::Active | KeyState::Deprecated => Ok(()),
+            KeyState::Destroyed if record.state == KeyState::Deprecated => {
+                Err(BackendError::Rejected(Rejection::RetentionExpired {
+                    key: ring.to_string(),
+                    version: record.version,
+                }))
+            }
+            state => Err(BackendError::Rejected(Rejection::KeyUnusable {
+                key: ring.to_string(),
+                version: record.version,
+                state,
+            })),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod envelope;
 pub mod error;
 pub mod jwk;
 pub mod lifecycle;
+pub mod pkcs11;
 pub mod software;
 pub mod types;
 

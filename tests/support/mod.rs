@@ -5,3 +5,4 @@
 
 pub mod fault;
 pub mod process;
+pub mod softhsm;

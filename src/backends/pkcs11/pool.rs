@@ -1,0 +1,348 @@
+//! The session pool: a fixed set of worker threads, each owning one logged-in session.
+//!
+//! Sessions are `Send` but not `Sync`, and one session shared behind a mutex measured slower
+//! than a single thread, so each concurrent operation gets its own session, on its own
+//! thread — which also keeps PKCS#11 calls off the async runtime's workers. Calls queue on a
+//! bounded channel; a full queue is refused at once (*unavailable*), not waited on.
+//!
+//! Recovery: a call that reports the session gone (`CKR_SESSION_HANDLE_INVALID`,
+//! `CKR_SESSION_CLOSED`, `CKR_USER_NOT_LOGGED_IN`, `CKR_DEVICE_ERROR`) drops that worker's
+//! session; the next call opens and logs in a new one. A call that reports the module or
+//! token gone (`CKR_CRYPTOKI_NOT_INITIALIZED`, `CKR_DEVICE_REMOVED`, `CKR_TOKEN_NOT_PRESENT`)
+//! re-initialises the module and finds the token again (its slot id may have changed); every
+//! worker then replaces its session and the cached object handles are forgotten. Nothing
+//! needs a restart.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use cryptoki::error::Error as CkError;
+use cryptoki::object::ObjectHandle;
+use cryptoki::session::Session;
+use cryptoki::slot::Slot;
+
+use super::error::{Damage, classify, damage};
+use super::token::{FoundToken, LoadedModule, TokenSelector, find_token, initialize, open_session};
+use crate::backends::error::{BackendError, UnavailableReason};
+use crate::secret::Secret;
+
+/// Calls waiting for a worker beyond which new calls are refused.
+const QUEUE_PER_WORKER: usize = 256;
+
+/// A failed operation inside a worker: a PKCS#11 error (classified, and checked for damage
+/// to the session or module), or an error of our own.
+#[derive(Debug)]
+pub enum OpError {
+    /// A PKCS#11 call failed while doing `what`.
+    Ck {
+        /// What was being done (no secrets).
+        what: String,
+        /// The error.
+        error: CkError,
+    },
+    /// Anything else.
+    Other(BackendError),
+}
+
+impl From<BackendError> for OpError {
+    fn from(e: BackendError) -> Self {
+        OpError::Other(e)
+    }
+}
+
+/// Wraps a cryptoki error with what was being done.
+pub fn ck(what: impl Into<String>) -> impl FnOnce(CkError) -> OpError {
+    let what = what.into();
+    move |error| OpError::Ck { what, error }
+}
+
+/// The token as the workers see it; replaced on re-initialisation.
+#[derive(Debug)]
+struct Current {
+    token: FoundToken,
+    generation: u64,
+}
+
+/// State shared by the workers.
+pub struct Shared {
+    backend: String,
+    module: Arc<LoadedModule>,
+    selector: TokenSelector,
+    pin: Secret,
+    current: RwLock<Current>,
+    /// Object handles by (kind, label), valid for one module generation.
+    handles: Mutex<HashMap<(u8, String), (ObjectHandle, u64)>>,
+    reinitializations: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("selector", &self.selector)
+            .field("pin", &self.pin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// The token's mechanisms, slot and label as last found.
+    pub fn token(&self) -> FoundToken {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .token
+            .clone()
+    }
+
+    fn generation(&self) -> u64 {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .generation
+    }
+
+    /// How many times the module has been re-initialised.
+    pub fn reinitializations(&self) -> u64 {
+        self.reinitializations.load(Ordering::Relaxed)
+    }
+
+    /// A cached object handle of this module generation.
+    pub fn cached_handle(&self, kind: u8, label: &str) -> Option<ObjectHandle> {
+        let generation = self.generation();
+        let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        handles
+            .get(&(kind, label.to_owned()))
+            .filter(|(_, g)| *g == generation)
+            .map(|(h, _)| *h)
+    }
+
+    /// Remembers an object handle.
+    pub fn remember_handle(&self, kind: u8, label: &str, handle: ObjectHandle) {
+        let generation = self.generation();
+        let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        handles.insert((kind, label.to_owned()), (handle, generation));
+    }
+
+    /// Forgets object handles (objects destroyed, or a lookup that failed).
+    pub fn forget_handles(&self, label: &str) {
+        let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        handles.retain(|(_, l), _| l != label);
+    }
+
+    /// Re-initialises the module and finds the token again, unless another worker already
+    /// did so since `seen_generation`.
+    fn reinitialize(&self, seen_generation: u64) -> Result<(), BackendError> {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if current.generation != seen_generation {
+            return Ok(());
+        }
+        initialize(self.module.pkcs11()).map_err(|e| {
+            BackendError::unavailable(&self.backend, format!("re-initialising the module: {e}"))
+        })?;
+        let token = find_token(self.module.pkcs11(), &self.selector)?;
+        current.token = token;
+        current.generation += 1;
+        self.reinitializations.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        tracing::warn!(backend = %self.backend, generation = current.generation, "PKCS#11 module re-initialised");
+        Ok(())
+    }
+}
+
+/// One worker's session.
+pub struct Worker {
+    shared: Arc<Shared>,
+    session: Option<(Session, u64)>,
+}
+
+impl Worker {
+    fn session(&mut self) -> Result<&Session, OpError> {
+        let generation = self.shared.generation();
+        if self.session.as_ref().is_some_and(|(_, g)| *g != generation) {
+            self.session = None;
+        }
+        if self.session.is_none() {
+            let slot: Slot = self.shared.token().slot;
+            let session = open_session(self.shared.module.pkcs11(), slot, &self.shared.pin)
+                .map_err(ck("opening a session and logging in"))?;
+            self.session = Some((session, generation));
+        }
+        match &self.session {
+            Some((session, _)) => Ok(session),
+            None => Err(OpError::Other(BackendError::unavailable(
+                &self.shared.backend,
+                "no session",
+            ))),
+        }
+    }
+
+    /// Runs `op` with this worker's session, repairing the session or module afterwards if
+    /// the failure says they are damaged.
+    pub fn run<T>(
+        &mut self,
+        op: impl FnOnce(&Session, &Shared) -> Result<T, OpError>,
+    ) -> Result<T, BackendError> {
+        let generation = self.shared.generation();
+        let shared = self.shared.clone();
+        let result = match self.session() {
+            Ok(session) => op(session, &shared),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(value) => Ok(value),
+            Err(OpError::Other(e)) => Err(e),
+            Err(OpError::Ck { what, error }) => {
+                match damage(&error) {
+                    Damage::None => {}
+                    Damage::Session => self.session = None,
+                    Damage::Module => {
+                        self.session = None;
+                        if let Err(e) = self.shared.reinitialize(generation) {
+                            tracing::warn!(backend = %self.shared.backend, error = %e, "module re-initialisation failed");
+                        }
+                    }
+                }
+                Err(classify(&self.shared.backend, &what, &error))
+            }
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+
+/// The pool. Dropping it stops the workers and closes their sessions.
+pub struct Pool {
+    sender: Option<crossbeam_channel::Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("workers", &self.threads.len())
+            .field("shared", &self.shared)
+            .finish()
+    }
+}
+
+impl Pool {
+    /// Finds the token, logs in once on this thread (so a wrong PIN or unknown token is an
+    /// error now, at start-up), then starts `workers` threads, capped by the token's own
+    /// session limit. The first session stays open for the pool's life, which keeps the
+    /// login and the object handles valid.
+    pub fn start(
+        backend: &str,
+        module: Arc<LoadedModule>,
+        selector: TokenSelector,
+        pin: Secret,
+        workers: usize,
+    ) -> Result<Self, BackendError> {
+        let token = find_token(module.pkcs11(), &selector)?;
+        let first = open_session(module.pkcs11(), token.slot, &pin).map_err(|e| match e {
+            CkError::Pkcs11(cryptoki::error::RvError::PinIncorrect, _) => {
+                BackendError::Rejected(crate::backends::error::Rejection::InvalidInput(format!(
+                    "wrong user PIN for PKCS#11 token `{}`",
+                    token.label
+                )))
+            }
+            other => classify(
+                backend,
+                &format!("logging in to token `{}`", token.label),
+                &other,
+            ),
+        })?;
+        let workers = workers
+            .max(1)
+            .min(token.max_sessions.unwrap_or(usize::MAX).max(1));
+        let shared = Arc::new(Shared {
+            backend: backend.to_owned(),
+            module,
+            selector,
+            pin,
+            current: RwLock::new(Current {
+                token,
+                generation: 0,
+            }),
+            handles: Mutex::new(HashMap::new()),
+            reinitializations: AtomicU64::new(0),
+        });
+        let (sender, receiver) = crossbeam_channel::bounded::<Job>(workers * QUEUE_PER_WORKER);
+        let mut first = Some(first);
+        let mut threads = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let receiver = receiver.clone();
+            let mut worker = Worker {
+                shared: shared.clone(),
+                session: first.take().map(|s| (s, 0)),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("pkcs11-{i}"))
+                .spawn(move || {
+                    while let Ok(job) = receiver.recv() {
+                        job(&mut worker);
+                    }
+                })
+                .map_err(|e| BackendError::unavailable(backend, format!("starting worker: {e}")))?;
+            threads.push(thread);
+        }
+        Ok(Self {
+            sender: Some(sender),
+            threads,
+            shared,
+        })
+    }
+
+    /// State shared by the workers.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Number of worker threads (and sessions).
+    pub fn size(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Runs `op` on a worker and waits for it without blocking the async runtime.
+    pub async fn call<T, F>(&self, op: F) -> Result<T, BackendError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Session, &Shared) -> Result<T, OpError> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |worker: &mut Worker| {
+            // The caller may have gone (timeout): the result is then dropped.
+            let _ = tx.send(worker.run(op));
+        });
+        let sender = self.sender.as_ref().ok_or_else(|| {
+            BackendError::unavailable(&self.shared.backend, "session pool is shut down")
+        })?;
+        sender.try_send(job).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(_) => BackendError::Unavailable {
+                backend: self.shared.backend.clone(),
+                reason: UnavailableReason::ConcurrencyLimited,
+            },
+            crossbeam_channel::TrySendError::Disconnected(_) => {
+                BackendError::unavailable(&self.shared.backend, "session pool is shut down")
+            }
+        })?;
+        rx.await.map_err(|_| {
+            BackendError::unavailable(&self.shared.backend, "PKCS#11 worker stopped")
+        })?
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Closing the channel ends each worker's loop; its session closes with it.
+        self.sender = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
