@@ -10,9 +10,8 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
 
-# Debian packages the tests need, as "command:package" pairs. The framework core needs none;
-# the PKCS#11, Redis and KMS issues add softhsm2, redis-server and the KMS server here.
-APT_REQUIREMENTS=()
+# Debian packages the tests need, as "command:package" pairs: SoftHSM for the PKCS#11 tests.
+APT_REQUIREMENTS=("softhsm2-util:softhsm2")
 
 install_apt_requirements() {
     local missing=()

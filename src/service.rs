@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::backends::chain::{Chain, ChainBuildError, ConfiguredBackend, Routes};
+use crate::backends::pkcs11::{Pkcs11Backend, Pkcs11Options};
 use crate::backends::software::{SoftwareBackend, SoftwareOptions};
 use crate::backends::{BackendError, KeyRef};
-use crate::config::Config;
+use crate::config::{Config, VerifyMode};
 use crate::context::CallContext;
 use crate::metrics::Metrics;
 
@@ -73,6 +74,31 @@ pub fn open_backends(config: &Config) -> Result<Vec<ConfiguredBackend>, ServiceE
             source,
         })?;
         backends.push((Arc::new(backend), software.resilience.clone()));
+    }
+    if let Some(pkcs11) = &config.backends.pkcs11 {
+        let failed = |source| ServiceError::Backend {
+            backend: "pkcs11".into(),
+            source,
+        };
+        let resolved = pkcs11
+            .resolve()
+            .map_err(|e| failed(BackendError::invalid_input(e.to_string())))?;
+        let pin = resolved
+            .pin
+            .load()
+            .map_err(|e| failed(BackendError::invalid_input(format!("user PIN: {e}"))))?;
+        let backend = Pkcs11Backend::open(Pkcs11Options {
+            module: resolved.module,
+            token: resolved.token,
+            pin,
+            max_sessions: pkcs11.max_sessions,
+            verify_on_token: pkcs11.verify == VerifyMode::Token,
+            retention: pkcs11.retention,
+            rsa_bits: pkcs11.rsa_bits,
+            refresh_interval: pkcs11.refresh_interval,
+        })
+        .map_err(failed)?;
+        backends.push((Arc::new(backend), pkcs11.resilience.clone()));
     }
     Ok(backends)
 }

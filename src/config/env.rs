@@ -53,6 +53,18 @@ pub(super) fn apply_overrides(config: &mut Config, env: &dyn EnvSource) -> Resul
         })?;
         config.crypto.key_namespace = value;
     }
+    if let Some(pkcs11) = config.backends.pkcs11.as_mut() {
+        if let Some(value) = env.get("PKCS11_MODULE") {
+            pkcs11.module = Some(value.into());
+        }
+        if let Some(value) = env.get("PKCS11_TOKEN_LABEL") {
+            pkcs11.token_label = Some(value);
+            pkcs11.token_serial = None;
+        }
+        if let Some(value) = env.get("PKCS11_PIN_FILE") {
+            pkcs11.pin = Some(crate::secret::SecretSource::File(value.into()));
+        }
+    }
     if let Some(value) = env.get("ADMIN_LISTEN") {
         config.admin.listen = value.trim().parse().map_err(|_| {
             ConfigError::invalid(

@@ -152,5 +152,9 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         }
         check_resilience("backends.software.resilience", &software.resilience)?;
     }
+    if let Some(pkcs11) = &config.backends.pkcs11 {
+        pkcs11.resolve()?;
+        check_resilience("backends.pkcs11.resilience", &pkcs11.resilience)?;
+    }
     Ok(())
 }

@@ -167,8 +167,12 @@ impl ServiceProcess {
                 if let Some(rest) = line.split("listening on http://").nth(1)
                     && let Some(tx) = tx.take()
                 {
-                    let addr = rest.split_whitespace().next().unwrap_or_default();
-                    let _ = tx.send(addr.to_owned());
+                    // Text or JSON log line: the address is the run of address characters.
+                    let addr: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+                        .collect();
+                    let _ = tx.send(addr);
                 }
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
