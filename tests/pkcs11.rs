@@ -447,3 +447,37 @@ softhsm_test!(a_label_matching_two_objects_is_a_clear_error, |token| {
         );
     });
 });
+
+softhsm_test!(wycheproof_vectors_through_the_token_verify_path, |token| {
+    runtime().block_on(async {
+        let hsm = Pkcs11Backend::open(Pkcs11Options {
+            verify_on_token: true,
+            ..options(&token)
+        })
+        .unwrap();
+        let ecdsa = support::vectors::ecdsa_p1363(&hsm).await;
+        println!(
+            "PKCS#11 ECDSA P1363: {} vectors ran on the token",
+            ecdsa.ran
+        );
+        let (pss, skipped) = support::vectors::rsa_pss(&hsm).await;
+        println!(
+            "PKCS#11 RSA-PSS: {} vectors ran on the token, {skipped} groups skipped",
+            pss.ran
+        );
+        let mut mismatches = ecdsa.mismatches;
+        mismatches.extend(pss.mismatches);
+        if hsm.capabilities().supports_algorithm(Algorithm::EdDsa) {
+            let ed = support::vectors::ed25519(&hsm).await;
+            println!("PKCS#11 Ed25519: {} vectors ran on the token", ed.ran);
+            mismatches.extend(ed.mismatches);
+        }
+        assert!(ecdsa.ran > 500 && pss.ran > 1500);
+        assert!(
+            mismatches.is_empty(),
+            "{} mismatches: {:#?}",
+            mismatches.len(),
+            &mismatches[..mismatches.len().min(30)]
+        );
+    });
+});

@@ -6,3 +6,4 @@
 pub mod fault;
 pub mod process;
 pub mod softhsm;
+pub mod vectors;

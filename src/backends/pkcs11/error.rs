@@ -14,6 +14,9 @@ pub enum Damage {
     Session,
     /// The module or device is gone: re-initialise the module, re-find the token.
     Module,
+    /// An object handle is stale (the object was replaced or destroyed elsewhere): forget
+    /// the cached handles and find the objects again.
+    Handles,
 }
 
 /// What a failed call means.
@@ -28,6 +31,7 @@ pub fn damage(error: &CkError) -> Damage {
             | RvError::TokenNotPresent
             | RvError::CryptokiNotInitialized
             | RvError::TokenNotRecognized => Damage::Module,
+            RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid => Damage::Handles,
             _ => Damage::None,
         },
         _ => Damage::None,
@@ -91,6 +95,8 @@ mod tests {
             (RvError::DeviceRemoved, Damage::Module),
             (RvError::TokenNotPresent, Damage::Module),
             (RvError::CryptokiNotInitialized, Damage::Module),
+            (RvError::KeyHandleInvalid, Damage::Handles),
+            (RvError::ObjectHandleInvalid, Damage::Handles),
         ] {
             assert_eq!(damage(&rv(code)), expected, "{code:?}");
             assert!(

@@ -125,6 +125,14 @@ impl Shared {
         handles.insert((kind, label.to_owned()), (handle, generation));
     }
 
+    /// Forgets every cached object handle.
+    pub fn forget_all_handles(&self) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// Forgets object handles (objects destroyed, or a lookup that failed).
     pub fn forget_handles(&self, label: &str) {
         let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
@@ -161,10 +169,20 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Lets go of a damaged or stale session without `C_CloseSession`: its handle is dead,
+    /// and after a re-initialisation the same number may belong to another worker's new
+    /// session — closing it would close theirs (and closing a token's last session logs out
+    /// and invalidates every object handle).
+    fn abandon_session(&mut self) {
+        if let Some((session, _)) = self.session.take() {
+            std::mem::forget(session);
+        }
+    }
+
     fn session(&mut self) -> Result<&Session, OpError> {
         let generation = self.shared.generation();
         if self.session.as_ref().is_some_and(|(_, g)| *g != generation) {
-            self.session = None;
+            self.abandon_session();
         }
         if self.session.is_none() {
             let slot: Slot = self.shared.token().slot;
@@ -199,9 +217,10 @@ impl Worker {
             Err(OpError::Ck { what, error }) => {
                 match damage(&error) {
                     Damage::None => {}
-                    Damage::Session => self.session = None,
+                    Damage::Handles => self.shared.forget_all_handles(),
+                    Damage::Session => self.abandon_session(),
                     Damage::Module => {
-                        self.session = None;
+                        self.abandon_session();
                         if let Err(e) = self.shared.reinitialize(generation) {
                             tracing::warn!(backend = %self.shared.backend, error = %e, "module re-initialisation failed");
                         }
