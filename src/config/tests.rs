@@ -143,3 +143,100 @@ fn env_overrides_apply() {
         [("CRYPTO_KEY_NAMESPACE".to_owned(), "a/b".to_owned())].into();
     assert!(load_str(DEFAULT_TOML, &bad).is_err());
 }
+
+const PKCS11: &str = r#"
+[keys.signing]
+name = "signing"
+algorithm = "ES256"
+
+[chain]
+sign = ["pkcs11"]
+verify = ["pkcs11"]
+encrypt = ["pkcs11"]
+"#;
+
+fn pkcs11(table: &str) -> String {
+    format!("{PKCS11}\n[backends.pkcs11]\n{table}\n")
+}
+
+#[test]
+fn pkcs11_settings_resolve_from_fields_or_uri() {
+    let config = load_str(
+        &pkcs11("module = \"/m.so\"\ntoken_label = \"t\"\npin = { file = \"/run/pin\" }"),
+        &no_env(),
+    )
+    .unwrap();
+    let resolved = config.backends.pkcs11.unwrap().resolve().unwrap();
+    assert_eq!(resolved.module, std::path::PathBuf::from("/m.so"));
+    let config = load_str(
+        &pkcs11("uri = \"pkcs11:serial=42?module-path=/m.so&pin-source=env:PIN\""),
+        &no_env(),
+    )
+    .unwrap();
+    let resolved = config.backends.pkcs11.unwrap().resolve().unwrap();
+    assert_eq!(
+        resolved.token,
+        crate::backends::pkcs11::token::TokenSelector::Serial("42".into())
+    );
+    assert_eq!(resolved.pin, crate::secret::SecretSource::Env("PIN".into()));
+    // The setup script's exports override the profile.
+    let env: HashMap<String, String> = [
+        ("PKCS11_MODULE".to_owned(), "/other.so".to_owned()),
+        ("PKCS11_PIN_FILE".to_owned(), "/tmp/pin".to_owned()),
+    ]
+    .into();
+    let config = load_str(
+        &pkcs11("module = \"/m.so\"\ntoken_label = \"t\"\npin = { env = \"X\" }"),
+        &env,
+    )
+    .unwrap();
+    let resolved = config.backends.pkcs11.unwrap().resolve().unwrap();
+    assert_eq!(resolved.module, std::path::PathBuf::from("/other.so"));
+    assert_eq!(resolved.pin, crate::secret::SecretSource::File("/tmp/pin".into()));
+}
+
+#[test]
+fn pkcs11_misconfiguration_names_the_setting() {
+    expect_setting(
+        load_str(&pkcs11("token_label = \"t\"\npin = { env = \"P\" }"), &no_env()),
+        "backends.pkcs11.module",
+        "module",
+    );
+    expect_setting(
+        load_str(&pkcs11("module = \"/m.so\"\npin = { env = \"P\" }"), &no_env()),
+        "backends.pkcs11.token_label",
+        "slot id alone is not accepted",
+    );
+    expect_setting(
+        load_str(
+            &pkcs11("module = \"/m.so\"\ntoken_label = \"a\"\ntoken_serial = \"1\"\npin = { env = \"P\" }"),
+            &no_env(),
+        ),
+        "backends.pkcs11.token_label",
+        "exactly one",
+    );
+    expect_setting(
+        load_str(&pkcs11("module = \"/m.so\"\ntoken_label = \"t\""), &no_env()),
+        "backends.pkcs11.pin",
+        "file",
+    );
+    expect_setting(
+        load_str(&pkcs11("uri = \"pkcs11:token=t?pin-value=1234\"\nmodule = \"/m.so\""), &no_env()),
+        "backends.pkcs11.uri",
+        "pin-value",
+    );
+    expect_setting(
+        load_str(&pkcs11("module = \"/m.so\"\ntoken_label = \"t\"\npin = \"1234\""), &no_env()),
+        "backends.pkcs11.pin",
+        "",
+    );
+}
+
+#[test]
+fn the_airgapped_profile_loads_as_is() {
+    let text = include_str!("../../config/hsm-airgapped.toml");
+    let config = load_str(text, &no_env()).unwrap();
+    assert_eq!(config.backends.configured(), vec!["pkcs11"]);
+    assert_eq!(config.chain.sign, vec!["pkcs11".to_owned()]);
+    assert!(config.backends.software.is_none());
+}
