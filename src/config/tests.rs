@@ -192,41 +192,61 @@ fn pkcs11_settings_resolve_from_fields_or_uri() {
     .unwrap();
     let resolved = config.backends.pkcs11.unwrap().resolve().unwrap();
     assert_eq!(resolved.module, std::path::PathBuf::from("/other.so"));
-    assert_eq!(resolved.pin, crate::secret::SecretSource::File("/tmp/pin".into()));
+    assert_eq!(
+        resolved.pin,
+        crate::secret::SecretSource::File("/tmp/pin".into())
+    );
 }
 
 #[test]
 fn pkcs11_misconfiguration_names_the_setting() {
     expect_setting(
-        load_str(&pkcs11("token_label = \"t\"\npin = { env = \"P\" }"), &no_env()),
+        load_str(
+            &pkcs11("token_label = \"t\"\npin = { env = \"P\" }"),
+            &no_env(),
+        ),
         "backends.pkcs11.module",
         "module",
     );
     expect_setting(
-        load_str(&pkcs11("module = \"/m.so\"\npin = { env = \"P\" }"), &no_env()),
+        load_str(
+            &pkcs11("module = \"/m.so\"\npin = { env = \"P\" }"),
+            &no_env(),
+        ),
         "backends.pkcs11.token_label",
         "slot id alone is not accepted",
     );
     expect_setting(
         load_str(
-            &pkcs11("module = \"/m.so\"\ntoken_label = \"a\"\ntoken_serial = \"1\"\npin = { env = \"P\" }"),
+            &pkcs11(
+                "module = \"/m.so\"\ntoken_label = \"a\"\ntoken_serial = \"1\"\npin = { env = \"P\" }",
+            ),
             &no_env(),
         ),
         "backends.pkcs11.token_label",
         "exactly one",
     );
     expect_setting(
-        load_str(&pkcs11("module = \"/m.so\"\ntoken_label = \"t\""), &no_env()),
+        load_str(
+            &pkcs11("module = \"/m.so\"\ntoken_label = \"t\""),
+            &no_env(),
+        ),
         "backends.pkcs11.pin",
         "file",
     );
     expect_setting(
-        load_str(&pkcs11("uri = \"pkcs11:token=t?pin-value=1234\"\nmodule = \"/m.so\""), &no_env()),
+        load_str(
+            &pkcs11("uri = \"pkcs11:token=t?pin-value=1234\"\nmodule = \"/m.so\""),
+            &no_env(),
+        ),
         "backends.pkcs11.uri",
         "pin-value",
     );
     expect_setting(
-        load_str(&pkcs11("module = \"/m.so\"\ntoken_label = \"t\"\npin = \"1234\""), &no_env()),
+        load_str(
+            &pkcs11("module = \"/m.so\"\ntoken_label = \"t\"\npin = \"1234\""),
+            &no_env(),
+        ),
         "backends.pkcs11.pin",
         "",
     );
