@@ -1,0 +1,276 @@
+//! PKCS#11 sign rate through the backend (session pool, worker threads, async hand-off) vs a
+//! raw cryptoki loop with one session per thread on the same key and mechanism, in the same
+//! run, with 1 and 2 concurrent workers, against SoftHSM.
+//!
+//! SoftHSM reads SOFTHSM2_CONF at start, so the bench makes a token in a temporary directory
+//! and re-runs itself with that configuration.
+//!
+//! Run: `cargo bench --bench pkcs11_sign` (ROUND_SECONDS=0.5, ROUNDS=5 by default).
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::digest;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::MechanismType;
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
+use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::session::UserType;
+use cryptoki::types::{AuthPin, Ulong};
+use token_service::backends::pkcs11::token::TokenSelector;
+use token_service::backends::pkcs11::{Pkcs11Backend, Pkcs11Options};
+use token_service::backends::software::material::RsaBits;
+use token_service::backends::{Algorithm, Backend, KeyRef};
+use token_service::secret::Secret;
+
+const LABEL: &str = "bench";
+const PIN: &str = "bench-pin-1234";
+const MESSAGE: &[u8] = b"eyJhbGciOiJFUzI1NiIsImtpZCI6ImsiLCJ0eXAiOiJhdCtqd3QifQ.eyJzdWIiOiJ1c2VyLTQyIiwiZXhwIjoxNzAwMDAwOTAwfQ";
+const MODULES: [&str; 2] = [
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+];
+
+fn env_f64(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Raw loop: `threads` threads, a session each, signing for `round`; returns ops/s.
+fn raw_rate(
+    pkcs11: &Pkcs11,
+    label: &str,
+    algorithm: Algorithm,
+    threads: usize,
+    round: Duration,
+) -> f64 {
+    let slot = pkcs11.get_slots_with_token().unwrap()[0];
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Arc::new(std::sync::Barrier::new(threads + 1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (pkcs11, label, count, start, stop) = (
+                pkcs11.clone(),
+                label.to_owned(),
+                count.clone(),
+                start.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                let session = pkcs11.open_rw_session(slot).unwrap();
+                let _ = session.login(UserType::User, Some(&AuthPin::new(PIN.into())));
+                let key = session
+                    .find_objects(&[
+                        Attribute::Class(ObjectClass::PRIVATE_KEY),
+                        Attribute::Label(label.into_bytes()),
+                    ])
+                    .unwrap()[0];
+                start.wait();
+                while !stop.load(Ordering::Relaxed) {
+                    let sig = match algorithm {
+                        // Same mechanisms the backend picks on SoftHSM (no CKM_ECDSA_SHA256).
+                        Algorithm::Es256 => {
+                            let d = digest::digest(&digest::SHA256, MESSAGE);
+                            session.sign(&Mechanism::Ecdsa, key, d.as_ref()).unwrap()
+                        }
+                        _ => session
+                            .sign(
+                                &Mechanism::Sha256RsaPkcsPss(PkcsPssParams {
+                                    hash_alg: MechanismType::SHA256,
+                                    mgf: PkcsMgfType::MGF1_SHA256,
+                                    s_len: Ulong::from(32u64),
+                                }),
+                                key,
+                                MESSAGE,
+                            )
+                            .unwrap(),
+                    };
+                    std::hint::black_box(sig);
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    start.wait();
+    let began = Instant::now();
+    std::thread::sleep(round);
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = began.elapsed();
+    for h in handles {
+        h.join().unwrap();
+    }
+    count.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64()
+}
+
+/// Backend loop: `tasks` concurrent tasks calling `sign` for `round`; returns ops/s.
+fn backend_rate(
+    runtime: &tokio::runtime::Runtime,
+    backend: &Arc<Pkcs11Backend>,
+    key: &KeyRef,
+    tasks: usize,
+    round: Duration,
+) -> f64 {
+    runtime.block_on(async {
+        let began = Instant::now();
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let (backend, key) = (backend.clone(), key.clone());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while began.elapsed() < round {
+                        std::hint::black_box(backend.sign(&key, MESSAGE).await.unwrap());
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for h in handles {
+            total += h.await.unwrap();
+        }
+        total as f64 / began.elapsed().as_secs_f64()
+    })
+}
+
+fn child(module: &Path) {
+    let quick = std::env::var("BENCH_QUICK").is_ok();
+    let round = Duration::from_secs_f64(if quick {
+        0.02
+    } else {
+        env_f64("ROUND_SECONDS", 0.5)
+    });
+    let rounds = if quick {
+        1
+    } else {
+        env_f64("ROUNDS", 5.0) as usize
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend = Arc::new(
+        Pkcs11Backend::open(Pkcs11Options {
+            module: module.to_path_buf(),
+            token: TokenSelector::Label(LABEL.into()),
+            pin: Secret::new(PIN.into()),
+            max_sessions: 2,
+            verify_on_token: false,
+            retention: Duration::from_secs(86400),
+            rsa_bits: RsaBits::B2048,
+            refresh_interval: Duration::from_secs(1),
+        })
+        .unwrap(),
+    );
+    // The backend's module handle is initialised; a second context on the same library
+    // shares that state (C_Initialize answers "already initialised").
+    let pkcs11 = Pkcs11::new(module).unwrap();
+    let _ = pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+    if quick {
+        println!(
+            "pkcs11_sign: smoke run under `cargo test` (figures are not measurements; use `cargo bench`)"
+        );
+    }
+    println!(
+        "PKCS#11 sign on SoftHSM, {rounds} alternating rounds of {:.2} s; medians (ops/s)",
+        round.as_secs_f64()
+    );
+    println!(
+        "{:<6} {:>8} {:>11} {:>11} {:>9}",
+        "alg", "workers", "raw", "backend", "ratio"
+    );
+    for algorithm in [Algorithm::Es256, Algorithm::Ps256] {
+        let key = KeyRef::new("bench", &algorithm.as_str().to_ascii_lowercase()).unwrap();
+        runtime
+            .block_on(backend.generate_key(&key, algorithm))
+            .unwrap();
+        let label = format!("ts/bench/{}/1", key.name());
+        let mut one_worker = 0.0;
+        for workers in [1usize, 2] {
+            let (mut raw, mut ours, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                raw.push(raw_rate(&pkcs11, &label, algorithm, workers, round));
+                ours.push(backend_rate(&runtime, &backend, &key, workers, round));
+                ratios.push(ours[ours.len() - 1] / raw[raw.len() - 1]);
+            }
+            let through_backend = median(ours);
+            println!(
+                "{:<6} {:>8} {:>11.0} {:>11.0} {:>9.3}",
+                algorithm.as_str(),
+                workers,
+                median(raw),
+                through_backend,
+                median(ratios)
+            );
+            if workers == 1 {
+                one_worker = through_backend;
+            } else {
+                println!(
+                    "{:<6} backend scaling, 2 workers / 1: {:.2}x",
+                    algorithm.as_str(),
+                    through_backend / one_worker
+                );
+            }
+        }
+    }
+}
+
+fn main() {
+    let Some(module) = MODULES.iter().map(Path::new).find(|p| p.is_file()) else {
+        println!("pkcs11_sign: SoftHSM module not found; install softhsm2");
+        return;
+    };
+    if std::env::var_os("BENCH_SOFTHSM_CHILD").is_some() {
+        child(module);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("softhsm2.conf");
+    std::fs::create_dir(dir.path().join("tokens")).unwrap();
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nlog.level = ERROR\n",
+            dir.path().join("tokens").display()
+        ),
+    )
+    .unwrap();
+    let init = Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            LABEL,
+            "--so-pin",
+            "so-0000",
+            "--pin",
+            PIN,
+        ])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .expect("softhsm2-util");
+    assert!(init.status.success());
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .env("SOFTHSM2_CONF", &conf)
+        .env("BENCH_SOFTHSM_CHILD", "1");
+    if quick {
+        command.env("BENCH_QUICK", "1");
+    }
+    let status = command.status().unwrap();
+    assert!(status.success());
+}
