@@ -10,13 +10,14 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
 
-# Debian packages the tests need, as "command:package" pairs: SoftHSM for the PKCS#11 tests.
-APT_REQUIREMENTS=("softhsm2-util:softhsm2")
+# Debian packages the tests need: SoftHSM for the PKCS#11 tests, and what building kryoptic
+# (the second PKCS#11 token) takes.
+APT_PACKAGES=(softhsm2 libclang-dev libssl-dev libsqlite3-dev pkg-config)
 
-install_apt_requirements() {
+install_apt_packages() {
     local missing=()
-    for pair in "${APT_REQUIREMENTS[@]}"; do
-        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    for package in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
     done
     if [ "${#missing[@]}" -eq 0 ]; then
         return
@@ -29,9 +30,11 @@ install_apt_requirements() {
     $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
-if [ "${#APT_REQUIREMENTS[@]}" -gt 0 ]; then
-    install_apt_requirements
-fi
+install_apt_packages
+
+log "building kryoptic (cached after the first run)"
+KRYOPTIC_MODULE=$(bash scripts/build-kryoptic.sh)
+export KRYOPTIC_MODULE
 
 command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }
 

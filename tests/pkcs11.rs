@@ -58,7 +58,7 @@ fn jsonwebtoken_algorithm(algorithm: Algorithm) -> jsonwebtoken::Algorithm {
     }
 }
 
-softhsm_test!(
+token_test!(
     every_algorithm_signs_on_the_token_and_verifies_elsewhere,
     |token| {
         runtime().block_on(async {
@@ -171,7 +171,7 @@ softhsm_test!(
     }
 );
 
-softhsm_test!(aes_gcm_round_trip_and_tampering_refused, |token| {
+token_test!(aes_gcm_round_trip_and_tampering_refused, |token| {
     runtime().block_on(async {
         let hsm = Pkcs11Backend::open(options(&token)).unwrap();
         let k = KeyRef::new("token-cache", "aes").unwrap();
@@ -209,7 +209,7 @@ softhsm_test!(aes_gcm_round_trip_and_tampering_refused, |token| {
     });
 });
 
-softhsm_test!(rotation_and_states_survive_a_restart, |token| {
+token_test!(rotation_and_states_survive_a_restart, |token| {
     runtime().block_on(async {
         let k = key("signing");
         let (old_sig, old_kid) = {
@@ -269,7 +269,7 @@ softhsm_test!(rotation_and_states_survive_a_restart, |token| {
     });
 });
 
-softhsm_test!(sixty_four_concurrent_signs_over_the_pool, |token| {
+token_test!(sixty_four_concurrent_signs_over_the_pool, |token| {
     runtime().block_on(async {
         let hsm = Arc::new(Pkcs11Backend::open(options(&token)).unwrap());
         let k = key("signing");
@@ -295,7 +295,7 @@ softhsm_test!(sixty_four_concurrent_signs_over_the_pool, |token| {
     });
 });
 
-softhsm_test!(recovers_after_the_module_is_finalised_underneath, |token| {
+token_test!(recovers_after_the_module_is_finalised_underneath, |token| {
     runtime().block_on(async {
         let hsm = Arc::new(Pkcs11Backend::open(options(&token)).unwrap());
         let k = key("signing");
@@ -360,7 +360,7 @@ softhsm_test!(recovers_after_the_module_is_finalised_underneath, |token| {
     });
 });
 
-softhsm_test!(startup_errors_name_what_is_wrong, |token| {
+token_test!(startup_errors_name_what_is_wrong, |token| {
     let error = |options: Pkcs11Options| Pkcs11Backend::open(options).unwrap_err().to_string();
     let wrong_pin = error(Pkcs11Options {
         pin: Secret::new("not-the-pin".into()),
@@ -395,7 +395,7 @@ softhsm_test!(startup_errors_name_what_is_wrong, |token| {
     assert!(unknown_serial.contains("serial `0000`"), "{unknown_serial}");
 });
 
-softhsm_test!(a_label_matching_two_objects_is_a_clear_error, |token| {
+token_test!(a_label_matching_two_objects_is_a_clear_error, |token| {
     runtime().block_on(async {
         let hsm = Pkcs11Backend::open(options(&token)).unwrap();
         let k = key("signing");
@@ -448,7 +448,7 @@ softhsm_test!(a_label_matching_two_objects_is_a_clear_error, |token| {
     });
 });
 
-softhsm_test!(wycheproof_vectors_through_the_token_verify_path, |token| {
+token_test!(wycheproof_vectors_through_the_token_verify_path, |token| {
     runtime().block_on(async {
         let hsm = Pkcs11Backend::open(Pkcs11Options {
             verify_on_token: true,
