@@ -1,6 +1,7 @@
-//! PKCS#11 sign rate through the backend (session pool, worker threads, async hand-off) vs a
-//! raw cryptoki loop with one session per thread on the same key and mechanism, in the same
-//! run, with 1 and 2 concurrent workers, against SoftHSM.
+//! PKCS#11 sign rate through the backend (session pool, `block_in_place`) vs a raw cryptoki
+//! loop with one session per thread on the same key and mechanism, in the same run, with 1
+//! and 2 concurrent workers, against SoftHSM; then verify through the backend, locally
+//! (public key read once from the token) vs on the token.
 //!
 //! SoftHSM reads SOFTHSM2_CONF at start, so the bench makes a token in a temporary directory
 //! and re-runs itself with that configuration.
@@ -24,7 +25,7 @@ use cryptoki::types::{AuthPin, Ulong};
 use token_service::backends::pkcs11::token::TokenSelector;
 use token_service::backends::pkcs11::{Pkcs11Backend, Pkcs11Options};
 use token_service::backends::software::material::RsaBits;
-use token_service::backends::{Algorithm, Backend, KeyRef};
+use token_service::backends::{Algorithm, Backend, KeyRef, VerificationKey, VerifyRequest};
 use token_service::secret::Secret;
 
 const LABEL: &str = "bench";
@@ -145,6 +146,50 @@ fn backend_rate(
     })
 }
 
+/// Verify loop through a backend, one task, for `round`; returns ops/s.
+fn verify_rate(
+    runtime: &tokio::runtime::Runtime,
+    backend: &Pkcs11Backend,
+    key: &KeyRef,
+    kid: &str,
+    signature: &[u8],
+    round: Duration,
+) -> f64 {
+    runtime.block_on(async {
+        let began = Instant::now();
+        let mut n = 0u64;
+        while began.elapsed() < round {
+            backend
+                .verify(VerifyRequest {
+                    key: VerificationKey::Managed {
+                        key,
+                        kid: Some(kid),
+                    },
+                    algorithm: Algorithm::Es256,
+                    message: MESSAGE,
+                    signature,
+                })
+                .await
+                .unwrap();
+            n += 1;
+        }
+        n as f64 / began.elapsed().as_secs_f64()
+    })
+}
+
+fn options(module: &Path, verify_on_token: bool) -> Pkcs11Options {
+    Pkcs11Options {
+        module: module.to_path_buf(),
+        token: TokenSelector::Label(LABEL.into()),
+        pin: Secret::new(PIN.into()),
+        max_sessions: 2,
+        verify_on_token,
+        retention: Duration::from_secs(86400),
+        rsa_bits: RsaBits::B2048,
+        refresh_interval: Duration::from_secs(1),
+    }
+}
+
 fn child(module: &Path) {
     let quick = std::env::var("BENCH_QUICK").is_ok();
     let round = Duration::from_secs_f64(if quick {
@@ -162,19 +207,7 @@ fn child(module: &Path) {
         .enable_all()
         .build()
         .unwrap();
-    let backend = Arc::new(
-        Pkcs11Backend::open(Pkcs11Options {
-            module: module.to_path_buf(),
-            token: TokenSelector::Label(LABEL.into()),
-            pin: Secret::new(PIN.into()),
-            max_sessions: 2,
-            verify_on_token: false,
-            retention: Duration::from_secs(86400),
-            rsa_bits: RsaBits::B2048,
-            refresh_interval: Duration::from_secs(1),
-        })
-        .unwrap(),
-    );
+    let backend = Arc::new(Pkcs11Backend::open(options(module, false)).unwrap());
     // The backend's module handle is initialised; a second context on the same library
     // shares that state (C_Initialize answers "already initialised").
     let pkcs11 = Pkcs11::new(module).unwrap();
@@ -226,6 +259,36 @@ fn child(module: &Path) {
             }
         }
     }
+
+    // Verify: the same ES256 key, through a backend verifying locally and one verifying on
+    // the token.
+    let on_token = Pkcs11Backend::open(options(module, true)).unwrap();
+    let key = KeyRef::new("bench", "es256").unwrap();
+    let signature = runtime.block_on(backend.sign(&key, MESSAGE)).unwrap();
+    let (mut local, mut token) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        local.push(verify_rate(
+            &runtime,
+            &backend,
+            &key,
+            &signature.kid,
+            &signature.bytes,
+            round,
+        ));
+        token.push(verify_rate(
+            &runtime,
+            &on_token,
+            &key,
+            &signature.kid,
+            &signature.bytes,
+            round,
+        ));
+    }
+    println!(
+        "ES256 verify, 1 worker: local {:.0}/s, on the token {:.0}/s",
+        median(local),
+        median(token)
+    );
 }
 
 fn main() {

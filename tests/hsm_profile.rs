@@ -113,5 +113,46 @@ fn setup_script_then_airgapped_profile_signs_verifies_and_serves() {
     assert!(body.contains("pkcs11 can sign"));
     let (_, metrics) = http_get(service.admin, "/metrics");
     assert!(metrics.contains("token_service_breaker_state{backend=\"pkcs11\"} 0"));
+
+    // Another process rotates while the service runs; a third sees the new ring on the
+    // token, the old token still verifies, and the service stays ready.
+    let rotated = run_cli(
+        Some(&profile),
+        work.path(),
+        &["keys", "rotate"],
+        None,
+        &env_refs,
+    );
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let shown = run_cli(
+        Some(&profile),
+        work.path(),
+        &["keys", "show"],
+        None,
+        &env_refs,
+    );
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.lines().any(|l| l.contains(" 1 DEPRECATED ")),
+        "{shown}"
+    );
+    assert!(shown.lines().any(|l| l.contains(" 2 ACTIVE ")), "{shown}");
+    let old = run_cli(
+        Some(&profile),
+        work.path(),
+        &["verify"],
+        Some(token.as_bytes()),
+        &env_refs,
+    );
+    assert!(
+        old.status.success(),
+        "{}",
+        String::from_utf8_lossy(&old.stderr)
+    );
+    assert_eq!(http_get(service.admin, "/admin/v1/readyz").0, 200);
     assert_eq!(service.terminate().code(), Some(0));
 }

@@ -361,6 +361,15 @@ token_test!(recovers_after_the_module_is_finalised_underneath, |token| {
 });
 
 token_test!(startup_errors_name_what_is_wrong, |token| {
+    // The PIN never shows in Debug output, of the options or of a running backend.
+    let shown = format!("{:?}", options(&token));
+    assert!(
+        !shown.contains(support::softhsm::PIN) && shown.contains("redacted"),
+        "{shown}"
+    );
+    let backend = Pkcs11Backend::open(options(&token)).unwrap();
+    assert!(!format!("{backend:?}").contains(support::softhsm::PIN));
+    drop(backend);
     let error = |options: Pkcs11Options| Pkcs11Backend::open(options).unwrap_err().to_string();
     let wrong_pin = error(Pkcs11Options {
         pin: Secret::new("not-the-pin".into()),

@@ -302,6 +302,20 @@ impl Pkcs11Config {
                 })?,
             None => Pkcs11Uri::default(),
         };
+        // Attributes this backend cannot honour are refused, not ignored: a URI that names
+        // one object, or a manufacturer, means something this configuration would not do.
+        if uri.object.is_some() || uri.id.is_some() || uri.object_type.is_some() {
+            return Err(ConfigError::invalid(
+                "backends.pkcs11.uri",
+                "object=, id= and type= select a single object; this backend keeps key rings by logical name (labels ts/<namespace>/<name>/<version>), so give only token= or serial=",
+            ));
+        }
+        if uri.manufacturer.is_some() || uri.model.is_some() {
+            return Err(ConfigError::invalid(
+                "backends.pkcs11.uri",
+                "manufacturer= and model= are not used to select the token; give token= or serial=",
+            ));
+        }
         let module = self.module.clone().or(uri.module_path).ok_or_else(|| {
             ConfigError::invalid(
                 "backends.pkcs11.module",

@@ -242,6 +242,22 @@ fn pkcs11_misconfiguration_names_the_setting() {
         "backends.pkcs11.uri",
         "pin-value",
     );
+    for uri in [
+        "pkcs11:token=t;object=k",
+        "pkcs11:token=t;id=%01",
+        "pkcs11:token=t;manufacturer=x",
+    ] {
+        expect_setting(
+            load_str(
+                &pkcs11(&format!(
+                    "uri = \"{uri}\"\nmodule = \"/m.so\"\npin = {{ env = \"P\" }}"
+                )),
+                &no_env(),
+            ),
+            "backends.pkcs11.uri",
+            "token= or serial=",
+        );
+    }
     expect_setting(
         load_str(
             &pkcs11("module = \"/m.so\"\ntoken_label = \"t\"\npin = \"1234\""),
