@@ -13,6 +13,7 @@
 //! from the token at most once per `refresh_interval`, so a rotation or state change made by
 //! another process is seen without a restart.
 
+mod cache;
 pub mod error;
 pub mod objects;
 pub mod ops;
@@ -20,15 +21,14 @@ pub mod pool;
 pub mod token;
 pub mod uri;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_lc_rs::signature::ParsedPublicKey;
 use zeroize::Zeroizing;
 
+use self::cache::{CachedRing, RingCache};
 use self::objects::{Kind, require, version_label};
 use self::ops::Mechanisms;
 use self::pool::{OpError, Pool};
@@ -67,39 +67,6 @@ pub struct Pkcs11Options {
     pub refresh_interval: Duration,
 }
 
-/// A version as cached: its kid and parsed public key.
-#[derive(Debug)]
-struct VersionView {
-    version: u32,
-    kid: String,
-    jwk: Option<PublicJwk>,
-    verifier: Option<ParsedPublicKey>,
-}
-
-/// A ring as cached.
-#[derive(Debug)]
-struct CachedRing {
-    key: KeyRef,
-    record: RingRecord,
-    views: Vec<VersionView>,
-    loaded: Instant,
-}
-
-impl CachedRing {
-    fn view(&self, version: u32) -> Result<&VersionView, BackendError> {
-        self.views
-            .iter()
-            .find(|v| v.version == version)
-            .ok_or_else(|| {
-                BackendError::Rejected(Rejection::UnknownKey(format!("{}#{version}", self.key)))
-            })
-    }
-
-    fn record(&self, version: u32) -> Option<&VersionRecord> {
-        self.record.versions.iter().find(|v| v.version == version)
-    }
-}
-
 /// The PKCS#11 backend. See the module documentation.
 pub struct Pkcs11Backend {
     name: String,
@@ -108,7 +75,7 @@ pub struct Pkcs11Backend {
     capabilities: Capabilities,
     options: Pkcs11Options,
     clock: Arc<dyn Clock>,
-    rings: RwLock<HashMap<String, Arc<CachedRing>>>,
+    cache: RingCache,
     /// Serialises changes to rings made by this process (generate, rotate, state changes).
     writes: tokio::sync::Mutex<()>,
 }
@@ -166,9 +133,9 @@ impl Pkcs11Backend {
             pool,
             mechanisms,
             capabilities,
+            cache: RingCache::new(options.refresh_interval),
             options,
             clock,
-            rings: RwLock::new(HashMap::new()),
             writes: tokio::sync::Mutex::new(()),
         })
     }
@@ -190,13 +157,8 @@ impl Pkcs11Backend {
         }
     }
 
-    fn cache_key(key: &KeyRef) -> String {
-        objects::ring_label(key)
-    }
-
     fn forget(&self, key: &KeyRef) {
-        let mut rings = self.rings.write().unwrap_or_else(|p| p.into_inner());
-        rings.remove(&Self::cache_key(key));
+        self.cache.forget(key);
     }
 
     async fn load(&self, key: &KeyRef) -> Result<Arc<CachedRing>, BackendError> {
@@ -204,74 +166,15 @@ impl Pkcs11Backend {
         let backend = self.name.clone();
         let loaded = self
             .pool
-            .call(move |session, shared| {
-                let record = objects::read_ring(session, &ring_key)?
-                    .ok_or_else(|| {
-                        other(BackendError::Rejected(Rejection::UnknownKey(
-                            ring_key.to_string(),
-                        )))
-                    })?
-                    .record;
-                let mut views = Vec::with_capacity(record.versions.len());
-                for v in &record.versions {
-                    if v.state == KeyState::Destroyed {
-                        continue;
-                    }
-                    let view = if record.algorithm.is_signing() {
-                        let jwk = objects::public_jwk(
-                            session,
-                            shared,
-                            &ring_key,
-                            v.version,
-                            record.algorithm,
-                        )?
-                        .published(record.algorithm)
-                        .map_err(other)?;
-                        let verifier = jwk.verifier(record.algorithm).map_err(other)?;
-                        VersionView {
-                            version: v.version,
-                            kid: jwk.kid.clone().unwrap_or_default(),
-                            jwk: Some(jwk),
-                            verifier: Some(verifier),
-                        }
-                    } else {
-                        VersionView {
-                            version: v.version,
-                            kid: EnvelopeKid {
-                                backend: backend.clone(),
-                                namespace: ring_key.namespace().to_owned(),
-                                name: ring_key.name().to_owned(),
-                                version: v.version,
-                            }
-                            .to_string(),
-                            jwk: None,
-                            verifier: None,
-                        }
-                    };
-                    views.push(view);
-                }
-                Ok(CachedRing {
-                    key: ring_key,
-                    record,
-                    views,
-                    loaded: Instant::now(),
-                })
-            })
+            .call(move |session, shared| cache::read(session, shared, &backend, ring_key))
             .await?;
-        let ring = Arc::new(loaded);
-        let mut rings = self.rings.write().unwrap_or_else(|p| p.into_inner());
-        rings.insert(Self::cache_key(key), ring.clone());
-        Ok(ring)
+        Ok(self.cache.insert(loaded))
     }
 
     async fn ring(&self, key: &KeyRef) -> Result<Arc<CachedRing>, BackendError> {
-        let cached = {
-            let rings = self.rings.read().unwrap_or_else(|p| p.into_inner());
-            rings.get(&Self::cache_key(key)).cloned()
-        };
-        match cached {
-            Some(ring) if ring.loaded.elapsed() < self.options.refresh_interval => Ok(ring),
-            _ => self.load(key).await,
+        match self.cache.fresh(key) {
+            Some(ring) => Ok(ring),
+            None => self.load(key).await,
         }
     }
 
@@ -281,25 +184,7 @@ impl Pkcs11Backend {
         record: &VersionRecord,
         lifecycle: &Lifecycle,
     ) -> KeyMetadata {
-        let view = ring.views.iter().find(|v| v.version == record.version);
-        KeyMetadata {
-            backend: self.name.clone(),
-            key: ring.key.clone().with_version(record.version),
-            version: record.version,
-            algorithm: ring.record.algorithm,
-            state: lifecycle.effective_state(record),
-            created_at: record.created_at,
-            rotated_at: record.rotated_at,
-            retained_until: lifecycle.retained_until(record),
-            kid: view.map(|v| v.kid.clone()).unwrap_or_else(|| {
-                format!(
-                    "destroyed:{}/{}",
-                    self.name,
-                    ring.key.clone().with_version(record.version)
-                )
-            }),
-            public_jwk: view.and_then(|v| v.jwk.clone()),
-        }
+        ring.metadata(&self.name, record, lifecycle)
     }
 
     /// Sets the recorded state of one version (disable, re-enable, destroy). Destroying
