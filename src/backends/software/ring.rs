@@ -42,6 +42,8 @@ pub(super) struct LoadedRing {
     pub key: KeyRef,
     pub algorithm: Algorithm,
     pub versions: Vec<LoadedVersion>,
+    /// The records of `versions`, in the same order, for the lifecycle rules.
+    pub records: Vec<VersionRecord>,
     /// Identity of the `ring.json` it was loaded from (see [`store::FileStamp`]).
     pub stamp: store::FileStamp,
     /// When the file was last compared with `stamp`, in ms since the backend opened.
@@ -63,6 +65,7 @@ impl LoadedRing {
         let record = store
             .read_ring(&ring_key)
             .map_err(|e| store_error(backend, key, e))?;
+        let records = record.versions.clone();
         let mut versions = Vec::with_capacity(record.versions.len());
         for v in record.versions {
             let version_key = ring_key.clone().with_version(v.version);
@@ -96,6 +99,7 @@ impl LoadedRing {
             key: ring_key,
             algorithm: record.algorithm,
             versions,
+            records,
             stamp,
             checked_ms: AtomicU64::new(0),
         })
@@ -130,59 +134,39 @@ impl LoadedRing {
         }
     }
 
-    /// The version that signs or encrypts: the pinned one if ACTIVE, else the newest ACTIVE.
+    /// The version that signs or encrypts, by the rules of [`Lifecycle::producing`].
     pub fn producing(
         &self,
         key: &KeyRef,
         operation: Operation,
         lifecycle: &Lifecycle,
     ) -> Result<(&LoadedVersion, &Arc<Material>), BackendError> {
-        let chosen = match key.version() {
-            Some(n) => self.versions.iter().find(|v| v.record.version == n),
-            None => self
-                .versions
-                .iter()
-                .rev()
-                .find(|v| v.record.state == KeyState::Active)
-                .or_else(|| self.versions.last()),
-        }
-        .ok_or_else(|| BackendError::Rejected(Rejection::UnknownKey(key.to_string())))?;
-        let state = lifecycle.effective_state(&chosen.record);
-        match (&chosen.material, state) {
-            (Some(material), KeyState::Active) => Ok((chosen, material)),
-            _ => Err(BackendError::Rejected(Rejection::KeyNotActive {
-                key: self.key.to_string(),
-                version: chosen.record.version,
-                state,
-                operation,
-            })),
-        }
+        let record = lifecycle.producing(&self.key, &self.records, key.version(), operation)?;
+        let version = self
+            .versions
+            .iter()
+            .find(|v| v.record.version == record.version)
+            .ok_or_else(|| BackendError::Rejected(Rejection::UnknownKey(key.to_string())))?;
+        let material = version.material.as_ref().ok_or_else(|| {
+            BackendError::unavailable("software", format!("{} has no key material", version.kid))
+        })?;
+        Ok((version, material))
     }
 
-    /// The material of a version that may verify or decrypt: ACTIVE, or DEPRECATED within
-    /// retention.
+    /// The material of a version that may verify or decrypt, by the rules of
+    /// [`Lifecycle::check_consuming`].
     pub fn consuming<'r>(
         &self,
         version: &'r LoadedVersion,
         lifecycle: &Lifecycle,
     ) -> Result<&'r Arc<Material>, BackendError> {
-        let recorded = version.record.state;
-        match (
-            lifecycle.effective_state(&version.record),
-            &version.material,
-        ) {
-            (KeyState::Active | KeyState::Deprecated, Some(m)) => Ok(m),
-            (KeyState::Destroyed, _) if recorded == KeyState::Deprecated => {
-                Err(BackendError::Rejected(Rejection::RetentionExpired {
-                    key: self.key.to_string(),
-                    version: version.record.version,
-                }))
-            }
-            (state, _) => Err(BackendError::Rejected(Rejection::KeyUnusable {
+        lifecycle.check_consuming(&self.key, &version.record)?;
+        version.material.as_ref().ok_or_else(|| {
+            BackendError::Rejected(Rejection::KeyUnusable {
                 key: self.key.to_string(),
                 version: version.record.version,
-                state,
-            })),
-        }
+                state: KeyState::Destroyed,
+            })
+        })
     }
 }
