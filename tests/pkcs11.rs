@@ -490,3 +490,47 @@ token_test!(wycheproof_vectors_through_the_token_verify_path, |token| {
         );
     });
 });
+
+token_test!(
+    a_changed_pin_stops_logins_instead_of_locking_the_token,
+    |token| {
+        runtime().block_on(async {
+            let hsm = Pkcs11Backend::open(options(&token)).unwrap();
+            let k = key("signing");
+            hsm.generate_key(&k, Algorithm::Es256).await.unwrap();
+            // An administrator changes the user PIN, then the module is finalised underneath,
+            // so the backend must log in again.
+            let other = cryptoki::context::Pkcs11::new(&token.module).unwrap();
+            {
+                let slot = other.get_slots_with_token().unwrap()[0];
+                let session = other.open_rw_session(slot).unwrap();
+                let _ = session.login(
+                    cryptoki::session::UserType::User,
+                    Some(&cryptoki::types::AuthPin::new(support::softhsm::PIN.into())),
+                );
+                session
+                    .set_pin(
+                        &cryptoki::types::AuthPin::new(support::softhsm::PIN.into()),
+                        &cryptoki::types::AuthPin::new("a-new-pin-5678".into()),
+                    )
+                    .unwrap();
+            }
+            other.finalize().unwrap();
+            // The first call sees the dead module; the next ones try to log in once, then stop.
+            let mut errors = Vec::new();
+            for _ in 0..5 {
+                errors.push(hsm.sign(&k, b"m").await.unwrap_err().to_string());
+            }
+            let refused = errors
+                .iter()
+                .filter(|e| e.contains("no further login is attempted"))
+                .count();
+            let attempts = errors
+                .iter()
+                .filter(|e| e.contains("opening a session and logging in"))
+                .count();
+            assert_eq!(attempts, 1, "{errors:#?}");
+            assert!(refused >= 3, "{errors:#?}");
+        });
+    }
+);

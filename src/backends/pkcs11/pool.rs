@@ -74,6 +74,9 @@ pub struct Shared {
     /// Object handles by (kind, label), valid for one module generation.
     handles: Mutex<HashMap<(u8, String), (ObjectHandle, u64)>>,
     reinitializations: AtomicU64,
+    /// Set when the token refused the PIN: no further login is attempted, because repeated
+    /// wrong-PIN logins lock the user PIN on most HSMs.
+    pin_refused: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -184,9 +187,30 @@ impl Worker {
             self.abandon_session();
         }
         if self.session.is_none() {
+            if self.shared.pin_refused.load(Ordering::Relaxed) {
+                return Err(OpError::Other(BackendError::unavailable(
+                    &self.shared.backend,
+                    "the token refused the user PIN; no further login is attempted (it could lock the PIN); fix the PIN source and restart",
+                )));
+            }
             let slot: Slot = self.shared.token().slot;
-            let session = open_session(self.shared.module.pkcs11(), slot, &self.shared.pin)
-                .map_err(ck("opening a session and logging in"))?;
+            let session = match open_session(self.shared.module.pkcs11(), slot, &self.shared.pin) {
+                Ok(session) => session,
+                Err(error) => {
+                    if matches!(
+                        error,
+                        CkError::Pkcs11(
+                            cryptoki::error::RvError::PinIncorrect
+                                | cryptoki::error::RvError::PinLocked,
+                            _
+                        )
+                    ) {
+                        self.shared.pin_refused.store(true, Ordering::Relaxed);
+                        tracing::error!(backend = %self.shared.backend, "the token refused the user PIN; logins stopped");
+                    }
+                    return Err(ck("opening a session and logging in")(error));
+                }
+            };
             self.session = Some((session, generation));
         }
         match &self.session {
@@ -288,6 +312,7 @@ impl Pool {
             }),
             handles: Mutex::new(HashMap::new()),
             reinitializations: AtomicU64::new(0),
+            pin_refused: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Self {
             shared,

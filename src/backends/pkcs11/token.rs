@@ -58,15 +58,24 @@ pub(super) fn initialize(pkcs11: &Pkcs11) -> Result<(), CkError> {
 impl LoadedModule {
     /// Loads (or reuses) the module at `path`.
     pub fn get(path: &Path) -> Result<Arc<Self>, BackendError> {
-        let mut modules = registry().lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(module) = modules.get(path).and_then(Weak::upgrade) {
-            return Ok(module);
-        }
         if !path.is_file() {
             return Err(BackendError::Rejected(Rejection::InvalidInput(format!(
                 "PKCS#11 module {} does not exist",
                 path.display()
             ))));
+        }
+        // One entry per library file, however it is named: two entries for one library
+        // would finalise it under each other.
+        let canonical = std::fs::canonicalize(path).map_err(|e| {
+            BackendError::Rejected(Rejection::InvalidInput(format!(
+                "PKCS#11 module {}: {e}",
+                path.display()
+            )))
+        })?;
+        let path = canonical.as_path();
+        let mut modules = registry().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(module) = modules.get(path).and_then(Weak::upgrade) {
+            return Ok(module);
         }
         let pkcs11 = Pkcs11::new(path).map_err(|e| {
             BackendError::Rejected(Rejection::InvalidInput(format!(
