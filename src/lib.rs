@@ -24,3 +24,4 @@ pub mod resilience;
 pub mod secret;
 pub mod service;
 pub mod telemetry;
+pub mod token;

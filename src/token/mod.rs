@@ -1,0 +1,451 @@
+//! The Token Service's logic: access tokens (RFC 9068 JWTs signed through the chain),
+//! refresh-token families with rotation and reuse detection, revocation, introspection
+//! (RFC 7662 semantics) and the JWKS. Transport (gRPC, HTTP) sits on top of this.
+
+pub mod claims;
+pub mod refresh;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use self::claims::{AccessClaims, ClientPolicy, Grant};
+use self::refresh::{FamilyId, RefreshToken};
+use self::store::{FamilyRecord, Rotation, Store, StoreError};
+use crate::backends::chain::Chain;
+use crate::backends::clock::Clock;
+use crate::backends::error::{BackendError, ErrorClass};
+use crate::backends::jwk::PublicJwk;
+use crate::backends::types::KeyRef;
+use crate::context::CallContext;
+use crate::jws::{self, CompactJws};
+
+/// What went wrong, in the classes the API reports (gRPC status codes map 1:1).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The request is malformed or not allowed (INVALID_ARGUMENT).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The credential presented is not valid (UNAUTHENTICATED).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// A dependency (key backends, store) cannot serve now (UNAVAILABLE).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Something that must not happen (INTERNAL); details are logged, not returned.
+    #[error("internal error")]
+    Internal,
+}
+
+impl From<BackendError> for TokenError {
+    fn from(error: BackendError) -> Self {
+        match error.class() {
+            ErrorClass::Unavailable => TokenError::Unavailable(error.to_string()),
+            _ => {
+                tracing::error!(%error, "key backend refused a token-service operation");
+                TokenError::Internal
+            }
+        }
+    }
+}
+
+impl From<StoreError> for TokenError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) | StoreError::Full => {
+                TokenError::Unavailable(error.to_string())
+            }
+            StoreError::Exists => TokenError::Internal,
+        }
+    }
+}
+
+/// Settings of the token logic.
+#[derive(Clone, Debug)]
+pub struct TokenSettings {
+    /// `iss` of every token, and what introspection requires.
+    pub issuer: String,
+    /// Default access-token lifetime.
+    pub access_ttl: Duration,
+    /// The longest access-token lifetime a request may ask for.
+    pub max_access_ttl: Duration,
+    /// Refresh-token family lifetime.
+    pub refresh_ttl: Duration,
+    /// Tolerance on exp/nbf when introspecting.
+    pub clock_skew: Duration,
+    /// Registered clients.
+    pub clients: BTreeMap<String, ClientPolicy>,
+}
+
+/// A token request.
+#[derive(Clone, Debug, Default)]
+pub struct TokenRequest {
+    /// Subject.
+    pub subject: String,
+    /// Client.
+    pub client_id: String,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// Audiences (default: the client's first).
+    pub audiences: Vec<String>,
+    /// Requested access-token lifetime (default and maximum from settings).
+    pub access_ttl: Option<Duration>,
+}
+
+/// Tokens as handed to a client.
+pub struct IssuedTokens {
+    /// The access token (JWT).
+    pub access_token: String,
+    /// The refresh token. Never log it.
+    pub refresh_token: Zeroizing<String>,
+    /// Access-token lifetime in seconds.
+    pub expires_in: u64,
+    /// The access token's claims.
+    pub claims: AccessClaims,
+    /// The key that signed it.
+    pub kid: String,
+}
+
+impl std::fmt::Debug for IssuedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedTokens")
+            .field("jti", &self.claims.jti)
+            .field("kid", &self.kid)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of introspection (RFC 7662): inactive tokens carry no claims.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Introspection {
+    /// Whether the token is active.
+    pub active: bool,
+    /// Its claims, when active.
+    pub claims: Option<AccessClaims>,
+}
+
+impl Introspection {
+    fn inactive(why: &str) -> Self {
+        tracing::debug!(reason = why, "token inactive");
+        Self {
+            active: false,
+            claims: None,
+        }
+    }
+}
+
+/// The grant stored (encrypted) with a family.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredGrant {
+    grant: Grant,
+    access_ttl: u64,
+}
+
+/// A JSON Web Key Set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jwks {
+    /// The keys.
+    pub keys: Vec<PublicJwk>,
+}
+
+/// The Token Service's logic, over a chain and a store.
+#[derive(Debug)]
+pub struct TokenService {
+    chain: Arc<Chain>,
+    store: Arc<dyn Store>,
+    settings: TokenSettings,
+    signing_key: KeyRef,
+    encryption_key: KeyRef,
+    clock: Arc<dyn Clock>,
+}
+
+fn random_id() -> Result<String, TokenError> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| TokenError::Unavailable("system RNG failed".into()))?;
+    Ok(B64.encode(bytes))
+}
+
+impl TokenService {
+    /// The service over `chain` and `store`.
+    pub fn new(
+        chain: Arc<Chain>,
+        store: Arc<dyn Store>,
+        settings: TokenSettings,
+        signing_key: KeyRef,
+        encryption_key: KeyRef,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            chain,
+            store,
+            settings,
+            signing_key,
+            encryption_key,
+            clock,
+        }
+    }
+
+    fn access_ttl(&self, requested: Option<Duration>) -> Result<u64, TokenError> {
+        let ttl = requested.unwrap_or(self.settings.access_ttl);
+        if ttl.is_zero() || ttl > self.settings.max_access_ttl {
+            return Err(TokenError::InvalidArgument(format!(
+                "access-token lifetime must be between 1 s and {} s",
+                self.settings.max_access_ttl.as_secs()
+            )));
+        }
+        Ok(ttl.as_secs().max(1))
+    }
+
+    async fn sign_access(
+        &self,
+        ctx: &CallContext,
+        grant: &Grant,
+        family: &FamilyId,
+        ttl: u64,
+    ) -> Result<(String, AccessClaims, String), TokenError> {
+        let now = self.clock.now();
+        let claims = AccessClaims {
+            iss: self.settings.issuer.clone(),
+            sub: grant.subject.clone(),
+            aud: grant.audiences.clone(),
+            exp: now + ttl,
+            iat: now,
+            nbf: now,
+            jti: random_id()?,
+            client_id: grant.client_id.clone(),
+            scope: grant.scopes.join(" "),
+            fid: family.to_string(),
+        };
+        let payload = serde_json::to_vec(&claims).map_err(|_| TokenError::Internal)?;
+        let token = jws::sign(
+            &self.chain,
+            ctx,
+            &self.signing_key,
+            Some("at+jwt"),
+            &payload,
+        )
+        .await?;
+        let kid = CompactJws::parse(&token)
+            .map(|j| j.header.kid)
+            .map_err(|_| TokenError::Internal)?;
+        Ok((token, claims, kid))
+    }
+
+    fn audit(&self, event: &str, claims: &AccessClaims, kid: &str) {
+        tracing::info!(
+            target: "audit",
+            event,
+            sub = %claims.sub,
+            client_id = %claims.client_id,
+            jti = %claims.jti,
+            fid = %claims.fid,
+            kid,
+            exp = claims.exp,
+            "token issued"
+        );
+    }
+
+    /// Issues an access token and starts a refresh-token family.
+    pub async fn generate(
+        &self,
+        ctx: &CallContext,
+        request: &TokenRequest,
+    ) -> Result<IssuedTokens, TokenError> {
+        let grant = Grant::validate(
+            &self.settings.clients,
+            &request.subject,
+            &request.client_id,
+            &request.scopes,
+            &request.audiences,
+        )?;
+        let ttl = self.access_ttl(request.access_ttl)?;
+        let family = FamilyId::generate()?;
+        // Sign first: if the key backends are down, nothing is stored.
+        let (access_token, claims, kid) = self.sign_access(ctx, &grant, &family, ttl).await?;
+        let stored = serde_json::to_vec(&StoredGrant {
+            grant,
+            access_ttl: ttl,
+        })
+        .map_err(|_| TokenError::Internal)?;
+        let data = self
+            .chain
+            .encrypt(
+                ctx,
+                &self.encryption_key,
+                &stored,
+                family.as_str().as_bytes(),
+            )
+            .await?;
+        let refresh = RefreshToken::generate(family.clone())?;
+        let record = FamilyRecord {
+            current: refresh.hash(),
+            retired: Vec::new(),
+            generation: 0,
+            revoked: false,
+            expires_at: self.clock.now() + self.settings.refresh_ttl.as_secs(),
+            data,
+        };
+        self.store.create_family(&family, record).await?;
+        self.audit("issue", &claims, &kid);
+        Ok(IssuedTokens {
+            access_token,
+            refresh_token: refresh.expose(),
+            expires_in: ttl,
+            claims,
+            kid,
+        })
+    }
+
+    /// Presents a refresh token: a new access token and the next refresh token, or, for a
+    /// token already used, revocation of the whole family.
+    ///
+    /// The access token is signed *before* the atomic rotation: if the key backends fail,
+    /// the presented refresh token stays valid and the client can retry. If the rotation
+    /// then loses (a concurrent refresh won, or the token was a used one), the access token
+    /// just signed is discarded undelivered.
+    pub async fn refresh(
+        &self,
+        ctx: &CallContext,
+        refresh_token: &str,
+    ) -> Result<IssuedTokens, TokenError> {
+        let presented = RefreshToken::parse(refresh_token)?;
+        let family = presented.family().clone();
+        let now = self.clock.now();
+        let record = match self.store.get_family(&family, now).await? {
+            None => {
+                return Err(TokenError::Unauthenticated(
+                    "unknown or expired refresh token".into(),
+                ));
+            }
+            Some(record) if record.revoked => {
+                return Err(TokenError::Unauthenticated(
+                    "refresh token family is revoked".into(),
+                ));
+            }
+            Some(record) => record,
+        };
+        let stored = self
+            .chain
+            .decrypt(ctx, &record.data, family.as_str().as_bytes())
+            .await?;
+        let StoredGrant { grant, access_ttl } =
+            serde_json::from_slice(&stored).map_err(|_| TokenError::Internal)?;
+        let (access_token, claims, kid) =
+            self.sign_access(ctx, &grant, &family, access_ttl).await?;
+        let next = RefreshToken::generate(family.clone())?;
+        match self
+            .store
+            .rotate(&family, &presented.hash(), next.hash(), now)
+            .await?
+        {
+            Rotation::Rotated(_) => {
+                self.audit("refresh", &claims, &kid);
+                Ok(IssuedTokens {
+                    access_token,
+                    refresh_token: next.expose(),
+                    expires_in: access_ttl,
+                    claims,
+                    kid,
+                })
+            }
+            Rotation::Reused(_) => {
+                tracing::warn!(target: "audit", event = "reuse_detected", sub = %grant.subject, client_id = %grant.client_id, fid = %family, "refresh token reused: family revoked");
+                Err(TokenError::Unauthenticated(
+                    "refresh token was already used; the token family is revoked".into(),
+                ))
+            }
+            Rotation::Revoked => Err(TokenError::Unauthenticated(
+                "refresh token family is revoked".into(),
+            )),
+            Rotation::Unknown => Err(TokenError::Unauthenticated(
+                "unknown or expired refresh token".into(),
+            )),
+        }
+    }
+
+    /// Revokes the family of a refresh token.
+    pub async fn revoke_refresh_token(&self, refresh_token: &str) -> Result<bool, TokenError> {
+        let presented = RefreshToken::parse(refresh_token)?;
+        self.revoke_family(presented.family()).await
+    }
+
+    /// Revokes a family: its refresh token stops working and its access tokens turn inactive.
+    pub async fn revoke_family(&self, family: &FamilyId) -> Result<bool, TokenError> {
+        let revoked = self.store.revoke_family(family, self.clock.now()).await?;
+        tracing::info!(target: "audit", event = "revoke_family", fid = %family, revoked);
+        Ok(revoked)
+    }
+
+    /// Denies one access token (by jti) until its expiry.
+    pub async fn revoke_access_token(&self, jti: &str, exp: u64) -> Result<(), TokenError> {
+        if jti.is_empty() || jti.len() > 64 {
+            return Err(TokenError::InvalidArgument("malformed jti".into()));
+        }
+        self.store.deny_jti(jti, exp).await?;
+        tracing::info!(target: "audit", event = "revoke_access", jti, exp);
+        Ok(())
+    }
+
+    /// Every key that may have signed a live token: all backends of the sign chain, active
+    /// and retained versions.
+    pub async fn jwks(&self, ctx: &CallContext) -> Result<Jwks, TokenError> {
+        Ok(Jwks {
+            keys: self.chain.public_keys(ctx, &self.signing_key).await?,
+        })
+    }
+
+    /// RFC 7662 introspection: signature against the published keys, `typ`, exp/nbf with the
+    /// configured skew, issuer, the jti denylist and the family's state. Anything wrong with
+    /// the token is "inactive", not an error; only outages are errors.
+    pub async fn introspect(
+        &self,
+        ctx: &CallContext,
+        token: &str,
+    ) -> Result<Introspection, TokenError> {
+        let Ok(jws) = CompactJws::parse(token) else {
+            return Ok(Introspection::inactive("not a JWS we accept"));
+        };
+        if jws.header.typ.as_deref() != Some("at+jwt") {
+            return Ok(Introspection::inactive("typ is not at+jwt"));
+        }
+        let keys = self.chain.public_keys(ctx, &self.signing_key).await?;
+        match jws.verify(&self.chain, ctx, &keys).await {
+            Ok(()) => {}
+            Err(error) if error.class() == ErrorClass::Unavailable => return Err(error.into()),
+            Err(_) => return Ok(Introspection::inactive("signature")),
+        }
+        let Ok(claims) = serde_json::from_slice::<AccessClaims>(&jws.payload) else {
+            return Ok(Introspection::inactive("claims"));
+        };
+        let now = self.clock.now();
+        let skew = self.settings.clock_skew.as_secs();
+        if claims.exp.saturating_add(skew) <= now || claims.nbf > now.saturating_add(skew) {
+            return Ok(Introspection::inactive("time"));
+        }
+        if claims.iss != self.settings.issuer {
+            return Ok(Introspection::inactive("issuer"));
+        }
+        if self.store.is_denied(&claims.jti, now).await? {
+            return Ok(Introspection::inactive("revoked jti"));
+        }
+        let Ok(family) = FamilyId::parse(&claims.fid) else {
+            return Ok(Introspection::inactive("family id"));
+        };
+        if !self.store.family_active(&family, now).await? {
+            return Ok(Introspection::inactive("family revoked"));
+        }
+        Ok(Introspection {
+            active: true,
+            claims: Some(claims),
+        })
+    }
+}
