@@ -29,6 +29,41 @@ pub async fn run(
         .await
 }
 
+/// Serves the public routes (`GET /.well-known/jwks.json`) until `shutdown` resolves.
+pub async fn run_public(
+    listener: tokio::net::TcpListener,
+    service: Service,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route("/.well-known/jwks.json", get(jwks))
+        .with_state(service);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn jwks(State(service): State<Service>) -> Response {
+    let ctx = CallContext::new();
+    match service.tokens.jwks(&ctx).await {
+        Ok(jwks) => {
+            let max_age = service.config.server.jwks_max_age.as_secs();
+            (
+                [
+                    (header::CONTENT_TYPE, "application/jwk-set+json".to_owned()),
+                    (header::CACHE_CONTROL, format!("public, max-age={max_age}")),
+                ],
+                axum::Json(jwks),
+            )
+                .into_response()
+        }
+        Err(error) => {
+            tracing::warn!(%error, "JWKS unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "JWKS unavailable\n").into_response()
+        }
+    }
+}
+
 /// The admin routes.
 pub fn router(service: Service) -> Router {
     Router::new()
@@ -45,6 +80,13 @@ async fn livez() -> &'static str {
 
 async fn readyz(State(service): State<Service>) -> Response {
     let ctx = CallContext::new();
+    if let Err(error) = service.store.ping().await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {error}\n"),
+        )
+            .into_response();
+    }
     match service.chain.can_sign(&ctx, &service.signing_key).await {
         Ok(backend) => (StatusCode::OK, format!("ready: {backend} can sign\n")).into_response(),
         Err(reason) => (

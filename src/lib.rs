@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod api;
 pub mod backends;
 pub mod config;
 pub mod context;

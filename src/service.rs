@@ -4,13 +4,19 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::api::grpc::GrpcTokenService;
+use crate::api::proto;
 use crate::backends::chain::{Chain, ChainBuildError, ConfiguredBackend, Routes};
+use crate::backends::clock::SystemClock;
 use crate::backends::pkcs11::{Pkcs11Backend, Pkcs11Options};
 use crate::backends::software::{SoftwareBackend, SoftwareOptions};
 use crate::backends::{BackendError, KeyRef};
 use crate::config::{Config, VerifyMode};
 use crate::context::CallContext;
 use crate::metrics::Metrics;
+use crate::token::store::Store;
+use crate::token::store::memory::MemoryStore;
+use crate::token::{TokenService, TokenSettings};
 
 /// Errors assembling or running the service.
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +50,16 @@ pub enum ServiceError {
     },
 }
 
-/// The assembled framework: the chain and the keys the configuration names.
+/// The assembled service: the chain, the keys the configuration names, the token logic and
+/// its store.
 #[derive(Debug, Clone)]
 pub struct Service {
     /// The chain.
     pub chain: Arc<Chain>,
+    /// The token logic.
+    pub tokens: Arc<TokenService>,
+    /// The token store.
+    pub store: Arc<dyn Store>,
     /// The token signing key (`crypto.key_namespace` / `keys.signing.name`).
     pub signing_key: KeyRef,
     /// The cache encryption key.
@@ -128,8 +139,27 @@ impl Service {
             &config.keys.encryption.name,
         )
         .map_err(key_error)?;
+        let chain = Arc::new(chain);
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.tokens.memory_capacity));
+        let tokens = Arc::new(TokenService::new(
+            chain.clone(),
+            store.clone(),
+            TokenSettings {
+                issuer: config.tokens.issuer.clone(),
+                access_ttl: config.tokens.access_ttl,
+                max_access_ttl: config.tokens.max_access_ttl,
+                refresh_ttl: config.tokens.refresh_ttl,
+                clock_skew: config.tokens.clock_skew,
+                clients: config.tokens.clients.clone(),
+            },
+            signing_key.clone(),
+            encryption_key.clone(),
+            Arc::new(SystemClock),
+        ));
         Ok(Self {
-            chain: Arc::new(chain),
+            chain,
+            tokens,
+            store,
             signing_key,
             encryption_key,
             config: Arc::new(config),
@@ -167,19 +197,90 @@ impl Service {
         Ok(())
     }
 
-    /// Runs the admin endpoint until SIGTERM or SIGINT, then shuts down gracefully.
+    /// Serves the gRPC API, the public HTTP endpoint and the admin endpoint until SIGTERM
+    /// or SIGINT; then stops accepting, lets in-flight calls finish, and returns.
     pub async fn serve(&self) -> Result<(), ServiceError> {
-        let addr = self.config.admin.listen;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServiceError::Listen { addr, source })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|source| ServiceError::Listen { addr, source })?;
-        tracing::info!(%bound, "admin endpoint listening on http://{bound}");
-        crate::admin::run(listener, self.clone(), shutdown_signal())
-            .await
-            .map_err(|source| ServiceError::Listen { addr, source })?;
+        let bind = |addr: SocketAddr| async move {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServiceError::Listen { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| ServiceError::Listen { addr, source })?;
+            Ok::<_, ServiceError>((listener, bound))
+        };
+        let server = &self.config.server;
+        let (grpc_listener, grpc_addr) = bind(SocketAddr::new(server.host, server.port)).await?;
+        let (public_listener, public_addr) = bind(server.public_listen).await?;
+        let (admin_listener, admin_addr) = bind(self.config.admin.listen).await?;
+
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let signal = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }
+        };
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<proto::token_service_server::TokenServiceServer<GrpcTokenService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ServiceError::Listen {
+                addr: grpc_addr,
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let api = GrpcTokenService::new(
+            self.tokens.clone(),
+            self.config.tokens.max_access_ttl.as_secs(),
+        );
+        let grpc = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(api.into_server())
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(grpc_listener),
+                signal(),
+            );
+        let public = crate::admin::run_public(public_listener, self.clone(), signal());
+        let admin = crate::admin::run(admin_listener, self.clone(), signal());
+        tracing::info!(%grpc_addr, "gRPC API listening on http://{grpc_addr}");
+        tracing::info!(%public_addr, "public HTTP listening on http://{public_addr}");
+        tracing::info!(%admin_addr, "admin endpoint listening on http://{admin_addr}");
+
+        let (deadline_tx, deadline) = tokio::sync::oneshot::channel::<()>();
+        let grace = server.shutdown_grace;
+        let stopper = tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+            // In-flight calls get the grace period; then the rest is dropped.
+            tokio::time::sleep(grace).await;
+            let _ = deadline_tx.send(());
+        });
+        let servers = async { tokio::join!(grpc, public, admin) };
+        let (grpc, public, admin) = tokio::select! {
+            finished = servers => finished,
+            _ = deadline => {
+                tracing::warn!(grace_secs = grace.as_secs(), "connections still open after the shutdown grace period; dropping them");
+                return Ok(());
+            }
+        };
+        stopper.abort();
+        grpc.map_err(|e| ServiceError::Listen {
+            addr: grpc_addr,
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        public.map_err(|source| ServiceError::Listen {
+            addr: public_addr,
+            source,
+        })?;
+        admin.map_err(|source| ServiceError::Listen {
+            addr: admin_addr,
+            source,
+        })?;
         tracing::info!("shut down cleanly");
         Ok(())
     }

@@ -106,7 +106,7 @@ fn setup_script_then_airgapped_profile_signs_verifies_and_serves() {
     assert_eq!(String::from_utf8_lossy(&verified.stdout), "{\"hsm\":true}");
 
     let mut env_with_port = env_refs.clone();
-    env_with_port.push(("ADMIN_LISTEN", "127.0.0.1:0"));
+    env_with_port.extend(support::process::FREE_PORTS);
     let service = ServiceProcess::start_with_env(Some(&profile), work.path(), &env_with_port);
     let (status, body) = http_get(service.admin, "/admin/v1/readyz");
     assert_eq!(status, 200, "{body}");

@@ -61,7 +61,7 @@ fn start_and_stop_without_config(cwd: &std::path::Path, check: impl FnOnce(&Serv
 }
 
 fn start_without_config(cwd: &std::path::Path) -> ServiceProcess {
-    ServiceProcess::start_with_env(None, cwd, &[("ADMIN_LISTEN", "127.0.0.1:0")])
+    ServiceProcess::start_with_env(None, cwd, &support::process::FREE_PORTS)
 }
 
 #[test]

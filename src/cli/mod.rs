@@ -1,5 +1,6 @@
 //! Command-line interface.
 
+mod client;
 mod doctor;
 mod keys;
 mod sign;
@@ -32,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the service (the default): builds the chain, creates missing keys, serves the
-    /// admin endpoint until SIGTERM/SIGINT.
+    /// gRPC Token API, the public JWKS endpoint and the admin endpoint until SIGTERM/SIGINT.
     Serve,
     /// Manage key rings.
     #[command(subcommand)]
@@ -46,6 +47,8 @@ enum Command {
     Config(ConfigCommand),
     /// Probe every configured backend: health, capabilities, a sign/verify round trip.
     Doctor,
+    /// Call a running Token Service: generate, refresh, revoke, introspect, jwks.
+    Client(client::ClientArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +111,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Verify(args) => sign::verify(&cli.config, args).await,
         Command::Config(ConfigCommand::Check) => config_check(&cli.config),
         Command::Doctor => doctor::run(&cli.config).await,
+        Command::Client(args) => client::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

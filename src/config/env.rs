@@ -65,6 +65,64 @@ pub(super) fn apply_overrides(config: &mut Config, env: &dyn EnvSource) -> Resul
             pkcs11.pin = Some(crate::secret::SecretSource::File(value.into()));
         }
     }
+    if let Some(value) = env.get("HOST") {
+        config.server.host = value.trim().parse().map_err(|_| {
+            ConfigError::invalid(
+                "HOST (overrides server.host)",
+                format!(
+                    "expected an IP address such as 0.0.0.0, found `{}`",
+                    crate::backends::types::truncate_for_message(&value)
+                ),
+            )
+        })?;
+    }
+    if let Some(value) = env.get("PORT") {
+        config.server.port = value.trim().parse().map_err(|_| {
+            ConfigError::invalid(
+                "PORT (overrides server.port)",
+                format!(
+                    "expected a port number, found `{}`",
+                    crate::backends::types::truncate_for_message(&value)
+                ),
+            )
+        })?;
+    }
+    for (variable, setting, target) in [
+        (
+            "ACCESS_TOKEN_TTL",
+            "tokens.access_ttl",
+            &mut config.tokens.access_ttl,
+        ),
+        (
+            "REFRESH_TOKEN_TTL",
+            "tokens.refresh_ttl",
+            &mut config.tokens.refresh_ttl,
+        ),
+    ] {
+        if let Some(value) = env.get(variable) {
+            let seconds: u64 = value.trim().parse().map_err(|_| {
+                ConfigError::invalid(
+                    format!("{variable} (overrides {setting})"),
+                    format!(
+                        "expected a number of seconds, found `{}`",
+                        crate::backends::types::truncate_for_message(&value)
+                    ),
+                )
+            })?;
+            *target = std::time::Duration::from_secs(seconds);
+        }
+    }
+    if let Some(value) = env.get("PUBLIC_LISTEN") {
+        config.server.public_listen = value.trim().parse().map_err(|_| {
+            ConfigError::invalid(
+                "PUBLIC_LISTEN (overrides server.public_listen)",
+                format!(
+                    "expected an address such as 0.0.0.0:8080, found `{}`",
+                    crate::backends::types::truncate_for_message(&value)
+                ),
+            )
+        })?;
+    }
     if let Some(value) = env.get("ADMIN_LISTEN") {
         config.admin.listen = value.trim().parse().map_err(|_| {
             ConfigError::invalid(

@@ -65,6 +65,12 @@ pub struct Config {
     /// Settings shared by every backend.
     #[serde(default)]
     pub crypto: CryptoConfig,
+    /// The gRPC API and the public HTTP endpoint.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Token issuance.
+    #[serde(default)]
+    pub tokens: TokensConfig,
     /// The admin HTTP endpoint.
     #[serde(default)]
     pub admin: AdminConfig,
@@ -94,6 +100,75 @@ impl Default for CryptoConfig {
         Self {
             key_namespace: "token".into(),
             fallback_enabled: true,
+        }
+    }
+}
+
+/// `[server]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC listen address (env `HOST`).
+    pub host: std::net::IpAddr,
+    /// gRPC port (env `PORT`); 0 picks a free port.
+    pub port: u16,
+    /// The public HTTP endpoint (`/.well-known/jwks.json`).
+    pub public_listen: SocketAddr,
+    /// `Cache-Control: max-age` of the JWKS.
+    #[serde(with = "humantime_serde")]
+    pub jwks_max_age: Duration,
+    /// After SIGTERM/SIGINT, how long in-flight calls may take to finish before the
+    /// remaining connections are dropped.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: std::net::IpAddr::from([0, 0, 0, 0]),
+            port: 50052,
+            public_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            jwks_max_age: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[tokens]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    /// `iss` of every token.
+    pub issuer: String,
+    /// Default access-token lifetime (env `ACCESS_TOKEN_TTL`, seconds).
+    #[serde(with = "humantime_serde")]
+    pub access_ttl: Duration,
+    /// Longest access-token lifetime a request may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_access_ttl: Duration,
+    /// Refresh-token family lifetime (env `REFRESH_TOKEN_TTL`, seconds).
+    #[serde(with = "humantime_serde")]
+    pub refresh_ttl: Duration,
+    /// Tolerance on exp/nbf in introspection.
+    #[serde(with = "humantime_serde")]
+    pub clock_skew: Duration,
+    /// Capacity of the in-memory store (families, and denied jtis).
+    pub memory_capacity: usize,
+    /// Registered clients by id.
+    pub clients: std::collections::BTreeMap<String, crate::token::claims::ClientPolicy>,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "token-service".into(),
+            access_ttl: Duration::from_secs(900),
+            max_access_ttl: Duration::from_secs(3600),
+            refresh_ttl: Duration::from_secs(604_800),
+            clock_skew: Duration::from_secs(60),
+            memory_capacity: crate::token::store::memory::DEFAULT_CAPACITY,
+            clients: std::collections::BTreeMap::new(),
         }
     }
 }

@@ -110,6 +110,41 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         &config.keys.encryption.name,
     )?;
 
+    let tokens = &config.tokens;
+    if tokens.issuer.is_empty() {
+        return Err(ConfigError::invalid(
+            "tokens.issuer",
+            "expected the issuer name or URL tokens carry in `iss`",
+        ));
+    }
+    if tokens.access_ttl.is_zero() || tokens.access_ttl > tokens.max_access_ttl {
+        return Err(ConfigError::invalid(
+            "tokens.access_ttl",
+            "expected a duration above zero and at most tokens.max_access_ttl",
+        ));
+    }
+    if tokens.refresh_ttl < tokens.access_ttl {
+        return Err(ConfigError::invalid(
+            "tokens.refresh_ttl",
+            "expected at least tokens.access_ttl",
+        ));
+    }
+    for (id, client) in &tokens.clients {
+        if crate::token::claims::Grant::validate(
+            &tokens.clients,
+            "check",
+            id,
+            &client.scopes,
+            &client.audiences,
+        )
+        .is_err()
+        {
+            return Err(ConfigError::invalid(
+                format!("tokens.clients.{id}"),
+                "expected a client id without whitespace, valid scope tokens, and at least one audience",
+            ));
+        }
+    }
     if !config.admin.listen.ip().is_loopback() {
         return Err(ConfigError::invalid(
             "admin.listen",

@@ -395,6 +395,15 @@ impl TokenService {
         Ok(())
     }
 
+    /// Denies one access token by jti alone, until no token it could name can still be live:
+    /// now + the longest access-token lifetime + the clock skew.
+    pub async fn revoke_jti(&self, jti: &str) -> Result<(), TokenError> {
+        let until = self.clock.now()
+            + self.settings.max_access_ttl.as_secs()
+            + self.settings.clock_skew.as_secs();
+        self.revoke_access_token(jti, until).await
+    }
+
     /// Every key that may have signed a live token: all backends of the sign chain, active
     /// and retained versions.
     pub async fn jwks(&self, ctx: &CallContext) -> Result<Jwks, TokenError> {

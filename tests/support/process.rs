@@ -85,7 +85,10 @@ impl Sandbox {
 pub fn default_config(data_dir: &Path, extra: &str) -> String {
     let base = include_str!("../../config/default.toml")
         .replace("data/keys", &data_dir.display().to_string())
-        .replace("127.0.0.1:9464", "127.0.0.1:0");
+        .replace("127.0.0.1:9464", "127.0.0.1:0")
+        .replace("host = \"0.0.0.0\"", "host = \"127.0.0.1\"")
+        .replace("port = 50052", "port = 0")
+        .replace("0.0.0.0:8080", "127.0.0.1:0");
     format!("{base}\n{extra}\n")
 }
 
@@ -129,8 +132,18 @@ pub fn run_cli(
 pub struct ServiceProcess {
     child: Child,
     pub admin: SocketAddr,
+    pub grpc: SocketAddr,
+    pub public: SocketAddr,
     log: Arc<Mutex<String>>,
 }
+
+/// Loopback-only ports for a service started without a config file.
+pub const FREE_PORTS: [(&str, &str); 4] = [
+    ("ADMIN_LISTEN", "127.0.0.1:0"),
+    ("PUBLIC_LISTEN", "127.0.0.1:0"),
+    ("HOST", "127.0.0.1"),
+    ("PORT", "0"),
+];
 
 impl ServiceProcess {
     /// Starts `serve` with `config` in `cwd` (or the embedded default when `config` is None)
@@ -159,34 +172,51 @@ impl ServiceProcess {
             .expect("spawn token-service serve");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::channel::<(String, SocketAddr)>();
         let sink = log.clone();
         std::thread::spawn(move || {
-            let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1)
-                    && let Some(tx) = tx.take()
-                {
-                    // Text or JSON log line: the address is the run of address characters.
-                    let addr: String = rest
-                        .chars()
-                        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
-                        .collect();
-                    let _ = tx.send(addr);
+                for what in ["admin endpoint", "gRPC API", "public HTTP"] {
+                    if let Some(rest) = line.split(&format!("{what} listening on http://")).nth(1) {
+                        // Text or JSON log line: the address is the run of address characters.
+                        let addr: String = rest
+                            .chars()
+                            .take_while(|c| {
+                                c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')
+                            })
+                            .collect();
+                        if let Ok(addr) = addr.parse() {
+                            let _ = tx.send((what.to_owned(), addr));
+                        }
+                    }
                 }
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
                 log.push('\n');
             }
         });
-        let admin = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(addr) => addr.parse().expect("admin address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("service did not start; log:\n{}", log.lock().unwrap());
+        let mut found = std::collections::HashMap::new();
+        while found.len() < 3 {
+            match rx.recv_timeout(Duration::from_secs(120)) {
+                Ok((what, addr)) => {
+                    found.insert(what, addr);
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("service did not start; log:\n{}", log.lock().unwrap());
+                }
             }
-        };
-        Self { child, admin, log }
+        }
+        let admin = found["admin endpoint"];
+        let grpc = found["gRPC API"];
+        let public = found["public HTTP"];
+        Self {
+            child,
+            admin,
+            grpc,
+            public,
+            log,
+        }
     }
 
     /// The service's log so far.

@@ -1,0 +1,200 @@
+//! The gRPC Token API (`token.v1.TokenService`) over the token logic. Each call gets a
+//! [`CallContext`] whose correlation id comes from the caller's `x-correlation-id` metadata
+//! when it is well-formed, and is returned in the response metadata.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::proto;
+use super::proto::token_service_server::TokenService as TokenApi;
+use crate::context::CallContext;
+use crate::token::refresh::FamilyId;
+use crate::token::{IssuedTokens, TokenError, TokenRequest, TokenService};
+
+/// Largest message accepted by the server, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct GrpcTokenService {
+    tokens: Arc<TokenService>,
+    max_access_ttl_secs: u64,
+}
+
+impl GrpcTokenService {
+    /// The service over the token logic.
+    pub fn new(tokens: Arc<TokenService>, max_access_ttl_secs: u64) -> Self {
+        Self {
+            tokens,
+            max_access_ttl_secs,
+        }
+    }
+
+    /// The tonic server for this service, with message limits.
+    pub fn into_server(self) -> proto::token_service_server::TokenServiceServer<Self> {
+        proto::token_service_server::TokenServiceServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+fn context<T>(request: &Request<T>) -> CallContext {
+    match request
+        .metadata()
+        .get("x-correlation-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(id) => CallContext::with_correlation_id(id),
+        None => CallContext::new(),
+    }
+}
+
+fn status(error: TokenError) -> Status {
+    match error {
+        TokenError::InvalidArgument(reason) => Status::invalid_argument(reason),
+        TokenError::Unauthenticated(reason) => Status::unauthenticated(reason),
+        TokenError::Unavailable(reason) => Status::unavailable(reason),
+        TokenError::Internal => Status::internal("internal error"),
+    }
+}
+
+fn respond<T>(ctx: &CallContext, body: T) -> Response<T> {
+    let mut response = Response::new(body);
+    if let Ok(value) = ctx.correlation_id().parse() {
+        response.metadata_mut().insert("x-correlation-id", value);
+    }
+    response
+}
+
+fn token_response(issued: IssuedTokens) -> proto::TokenResponse {
+    proto::TokenResponse {
+        access_token: issued.access_token,
+        refresh_token: issued.refresh_token.to_string(),
+        token_type: "Bearer".into(),
+        expires_in: issued.expires_in,
+        scope: issued.claims.scope,
+        kid: issued.kid,
+    }
+}
+
+#[tonic::async_trait]
+impl TokenApi for GrpcTokenService {
+    async fn generate_tokens(
+        &self,
+        request: Request<proto::GenerateTokensRequest>,
+    ) -> Result<Response<proto::TokenResponse>, Status> {
+        let ctx = context(&request);
+        let body = request.into_inner();
+        let ttl = match body.access_token_ttl_seconds {
+            0 => None,
+            n if u64::from(n) > self.max_access_ttl_secs => {
+                return Err(Status::invalid_argument(format!(
+                    "access_token_ttl_seconds above the maximum of {}",
+                    self.max_access_ttl_secs
+                )));
+            }
+            n => Some(std::time::Duration::from_secs(u64::from(n))),
+        };
+        let issued = self
+            .tokens
+            .generate(
+                &ctx,
+                &TokenRequest {
+                    subject: body.subject,
+                    client_id: body.client_id,
+                    scopes: body.scopes,
+                    audiences: body.audiences,
+                    access_ttl: ttl,
+                },
+            )
+            .await
+            .map_err(status)?;
+        Ok(respond(&ctx, token_response(issued)))
+    }
+
+    async fn refresh_tokens(
+        &self,
+        request: Request<proto::RefreshTokensRequest>,
+    ) -> Result<Response<proto::TokenResponse>, Status> {
+        let ctx = context(&request);
+        let body = request.into_inner();
+        let issued = self
+            .tokens
+            .refresh(&ctx, &body.refresh_token)
+            .await
+            .map_err(status)?;
+        Ok(respond(&ctx, token_response(issued)))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<proto::RevokeTokenRequest>,
+    ) -> Result<Response<proto::RevokeTokenResponse>, Status> {
+        use proto::revoke_token_request::Target;
+        let ctx = context(&request);
+        let revoked = match request.into_inner().target {
+            Some(Target::RefreshToken(token)) => self.tokens.revoke_refresh_token(&token).await,
+            Some(Target::FamilyId(id)) => match FamilyId::parse(&id) {
+                Ok(family) => self.tokens.revoke_family(&family).await,
+                Err(e) => Err(e),
+            },
+            Some(Target::AccessTokenJti(jti)) => self.tokens.revoke_jti(&jti).await.map(|()| true),
+            None => Err(TokenError::InvalidArgument(
+                "name a refresh_token, family_id or access_token_jti".into(),
+            )),
+        }
+        .map_err(status)?;
+        Ok(respond(&ctx, proto::RevokeTokenResponse { revoked }))
+    }
+
+    async fn get_jwks(
+        &self,
+        request: Request<proto::GetJwksRequest>,
+    ) -> Result<Response<proto::GetJwksResponse>, Status> {
+        let ctx = context(&request);
+        let jwks = self.tokens.jwks(&ctx).await.map_err(status)?;
+        let jwks_json =
+            serde_json::to_string(&jwks).map_err(|_| Status::internal("internal error"))?;
+        Ok(respond(&ctx, proto::GetJwksResponse { jwks_json }))
+    }
+
+    async fn introspect_token(
+        &self,
+        request: Request<proto::IntrospectTokenRequest>,
+    ) -> Result<Response<proto::IntrospectTokenResponse>, Status> {
+        let ctx = context(&request);
+        let body = request.into_inner();
+        let seen = self
+            .tokens
+            .introspect(&ctx, &body.token)
+            .await
+            .map_err(status)?;
+        let response = match seen.claims {
+            Some(c) if seen.active => proto::IntrospectTokenResponse {
+                active: true,
+                iss: c.iss,
+                sub: c.sub,
+                aud: c.aud,
+                exp: c.exp,
+                iat: c.iat,
+                nbf: c.nbf,
+                jti: c.jti,
+                client_id: c.client_id,
+                scope: c.scope,
+                token_type: "Bearer".into(),
+            },
+            _ => proto::IntrospectTokenResponse::default(),
+        };
+        Ok(respond(&ctx, response))
+    }
+
+    async fn validate_d_po_p(
+        &self,
+        _request: Request<proto::ValidateDPoPRequest>,
+    ) -> Result<Response<proto::ValidateDPoPResponse>, Status> {
+        Err(Status::unimplemented(
+            "DPoP validation is not available in this version",
+        ))
+    }
+}

@@ -1,0 +1,161 @@
+//! `client`: calls a running Token Service over gRPC and prints the answer as JSON.
+
+use clap::{Args, Subcommand};
+use token_service::api::proto::token_service_client::TokenServiceClient;
+use token_service::api::proto::{
+    GenerateTokensRequest, GetJwksRequest, IntrospectTokenRequest, RefreshTokensRequest,
+    RevokeTokenRequest, revoke_token_request::Target,
+};
+
+use super::Failure;
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Address of the Token Service's gRPC API.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:50052",
+        env = "TOKEN_SERVICE_ADDRESS"
+    )]
+    address: String,
+    #[command(subcommand)]
+    command: ClientCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientCommand {
+    /// Issue an access token and a refresh token.
+    Generate {
+        /// Subject.
+        #[arg(long)]
+        subject: String,
+        /// Client id.
+        #[arg(long, default_value = "demo")]
+        client_id: String,
+        /// Scope (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Audience (repeatable; default: the client's first).
+        #[arg(long = "audience")]
+        audiences: Vec<String>,
+    },
+    /// Rotate a refresh token.
+    Refresh {
+        /// The refresh token.
+        refresh_token: String,
+    },
+    /// Revoke a refresh token's family, a family by id, or an access token by jti.
+    Revoke {
+        /// A refresh token (revokes its family).
+        #[arg(long, conflicts_with_all = ["family_id", "jti"])]
+        refresh_token: Option<String>,
+        /// A family id.
+        #[arg(long, conflicts_with = "jti")]
+        family_id: Option<String>,
+        /// An access token's jti.
+        #[arg(long)]
+        jti: Option<String>,
+    },
+    /// Introspect an access token.
+    Introspect {
+        /// The access token.
+        token: String,
+    },
+    /// Print the JWKS.
+    Jwks,
+}
+
+fn failure(status: tonic::Status) -> Failure {
+    Failure::new(format!("{:?}: {}", status.code(), status.message()))
+}
+
+fn print_json(value: serde_json::Value) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(&value).map_err(|e| Failure::new(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+pub async fn run(args: ClientArgs) -> Result<(), Failure> {
+    let mut client = TokenServiceClient::connect(args.address.clone())
+        .await
+        .map_err(|e| Failure::new(format!("cannot connect to {}: {e}", args.address)))?;
+    match args.command {
+        ClientCommand::Generate {
+            subject,
+            client_id,
+            scopes,
+            audiences,
+        } => {
+            let r = client
+                .generate_tokens(GenerateTokensRequest {
+                    subject,
+                    client_id,
+                    scopes,
+                    audiences,
+                    access_token_ttl_seconds: 0,
+                })
+                .await
+                .map_err(failure)?
+                .into_inner();
+            print_json(serde_json::json!({
+                "access_token": r.access_token, "refresh_token": r.refresh_token,
+                "token_type": r.token_type, "expires_in": r.expires_in, "scope": r.scope, "kid": r.kid,
+            }))
+        }
+        ClientCommand::Refresh { refresh_token } => {
+            let r = client
+                .refresh_tokens(RefreshTokensRequest { refresh_token })
+                .await
+                .map_err(failure)?
+                .into_inner();
+            print_json(serde_json::json!({
+                "access_token": r.access_token, "refresh_token": r.refresh_token,
+                "token_type": r.token_type, "expires_in": r.expires_in, "scope": r.scope, "kid": r.kid,
+            }))
+        }
+        ClientCommand::Revoke {
+            refresh_token,
+            family_id,
+            jti,
+        } => {
+            let target = match (refresh_token, family_id, jti) {
+                (Some(t), _, _) => Target::RefreshToken(t),
+                (_, Some(f), _) => Target::FamilyId(f),
+                (_, _, Some(j)) => Target::AccessTokenJti(j),
+                _ => return Err(Failure::new("give --refresh-token, --family-id or --jti")),
+            };
+            let r = client
+                .revoke_token(RevokeTokenRequest {
+                    target: Some(target),
+                })
+                .await
+                .map_err(failure)?
+                .into_inner();
+            print_json(serde_json::json!({ "revoked": r.revoked }))
+        }
+        ClientCommand::Introspect { token } => {
+            let r = client
+                .introspect_token(IntrospectTokenRequest { token })
+                .await
+                .map_err(failure)?
+                .into_inner();
+            if !r.active {
+                return print_json(serde_json::json!({ "active": false }));
+            }
+            print_json(serde_json::json!({
+                "active": true, "iss": r.iss, "sub": r.sub, "aud": r.aud, "exp": r.exp, "iat": r.iat,
+                "nbf": r.nbf, "jti": r.jti, "client_id": r.client_id, "scope": r.scope, "token_type": r.token_type,
+            }))
+        }
+        ClientCommand::Jwks => {
+            let r = client
+                .get_jwks(GetJwksRequest {})
+                .await
+                .map_err(failure)?
+                .into_inner();
+            let value: serde_json::Value =
+                serde_json::from_str(&r.jwks_json).map_err(|e| Failure::new(e.to_string()))?;
+            print_json(value)
+        }
+    }
+}

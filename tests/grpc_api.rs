@@ -1,0 +1,316 @@
+//! The Token API over gRPC on a real socket, against the real binary with the embedded
+//! profile (software backend, memory store): issue → introspect → refresh → reuse → family
+//! revoked; JWKS over HTTP verifies every token with jsonwebtoken; bad input gets status
+//! codes with reasons; health; graceful shutdown.
+
+mod support;
+
+use support::process::{Sandbox, ServiceProcess, http_get};
+use token_service::api::proto::token_service_client::TokenServiceClient;
+use token_service::api::proto::{
+    GenerateTokensRequest, GetJwksRequest, IntrospectTokenRequest, RefreshTokensRequest,
+    RevokeTokenRequest, ValidateDPoPRequest, revoke_token_request::Target,
+};
+use tonic::Code;
+
+fn generate(subject: &str) -> GenerateTokensRequest {
+    GenerateTokensRequest {
+        subject: subject.into(),
+        client_id: "demo".into(),
+        scopes: vec!["read".into()],
+        ..Default::default()
+    }
+}
+
+fn verify_with_jwks(token: &str, jwks_json: &str) -> serde_json::Value {
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(jwks_json).unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+    let jwk = jwks
+        .find(header.kid.as_deref().unwrap())
+        .expect("kid in JWKS");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_audience(&["api"]);
+    validation.set_issuer(&["token-service"]);
+    jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
+        .unwrap()
+        .claims
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_api_end_to_end_over_grpc() {
+    let sandbox = Sandbox::new("");
+    let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
+    let mut client = TokenServiceClient::connect(format!("http://{}", service.grpc))
+        .await
+        .unwrap();
+
+    let first = client
+        .generate_tokens(generate("alice"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            first.token_type.as_str(),
+            first.expires_in,
+            first.scope.as_str()
+        ),
+        ("Bearer", 900, "read")
+    );
+    assert!(first.refresh_token.starts_with("rt1."));
+
+    let seen = client
+        .introspect_token(IntrospectTokenRequest {
+            token: first.access_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(seen.active);
+    assert_eq!(
+        (seen.sub.as_str(), seen.client_id.as_str()),
+        ("alice", "demo")
+    );
+
+    let second = client
+        .refresh_tokens(RefreshTokensRequest {
+            refresh_token: first.refresh_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let reuse = client
+        .refresh_tokens(RefreshTokensRequest {
+            refresh_token: first.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reuse.code(), Code::Unauthenticated);
+    assert!(
+        reuse.message().contains("already used"),
+        "{}",
+        reuse.message()
+    );
+    for token in [&first.access_token, &second.access_token] {
+        let seen = client
+            .introspect_token(IntrospectTokenRequest {
+                token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!seen.active);
+        assert!(seen.sub.is_empty(), "an inactive token shows no claims");
+    }
+
+    // JWKS over HTTP (with a cache lifetime) and over gRPC agree and verify every token.
+    let (status, body) = http_get(service.public, "/.well-known/jwks.json");
+    assert_eq!(status, 200);
+    let grpc_jwks = client
+        .get_jwks(GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jwks_json;
+    let http: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let grpc: serde_json::Value = serde_json::from_str(&grpc_jwks).unwrap();
+    assert_eq!(http, grpc);
+    for token in [&first.access_token, &second.access_token] {
+        let claims = verify_with_jwks(token, &body);
+        assert_eq!(claims["sub"], "alice");
+    }
+
+    // Revocation by jti.
+    let third = client
+        .generate_tokens(generate("bob"))
+        .await
+        .unwrap()
+        .into_inner();
+    let jti = verify_with_jwks(&third.access_token, &body)["jti"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let revoked = client
+        .revoke_token(RevokeTokenRequest {
+            target: Some(Target::AccessTokenJti(jti)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(revoked.revoked);
+    assert!(
+        !client
+            .introspect_token(IntrospectTokenRequest {
+                token: third.access_token
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .active
+    );
+
+    // Bad input: a clear status and reason each.
+    for (request, code, needle) in [
+        (
+            GenerateTokensRequest {
+                subject: String::new(),
+                ..generate("x")
+            },
+            Code::InvalidArgument,
+            "subject is empty",
+        ),
+        (
+            GenerateTokensRequest {
+                subject: "x".repeat(300),
+                ..generate("x")
+            },
+            Code::InvalidArgument,
+            "longer than",
+        ),
+        (
+            GenerateTokensRequest {
+                client_id: "nobody".into(),
+                ..generate("x")
+            },
+            Code::InvalidArgument,
+            "unknown client",
+        ),
+        (
+            GenerateTokensRequest {
+                access_token_ttl_seconds: 100_000,
+                ..generate("x")
+            },
+            Code::InvalidArgument,
+            "maximum",
+        ),
+    ] {
+        let error = client.generate_tokens(request).await.unwrap_err();
+        assert_eq!(error.code(), code);
+        assert!(error.message().contains(needle), "{}", error.message());
+    }
+    for (token, code, needle) in [
+        ("garbage", Code::InvalidArgument, "malformed refresh token"),
+        (second.access_token.as_str(), Code::InvalidArgument, "JWT"),
+        (
+            "rt1.AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            Code::Unauthenticated,
+            "unknown",
+        ),
+    ] {
+        let error = client
+            .refresh_tokens(RefreshTokensRequest {
+                refresh_token: token.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), code, "{token}");
+        assert!(error.message().contains(needle), "{}", error.message());
+    }
+    let oversized = client
+        .generate_tokens(generate(&"y".repeat(100_000)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            oversized.code(),
+            Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument
+        ),
+        "{oversized:?}"
+    );
+    let dpop = client
+        .validate_d_po_p(ValidateDPoPRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(dpop.code(), Code::Unimplemented);
+
+    // The correlation id comes back; the standard health service answers.
+    let mut request = tonic::Request::new(generate("carol"));
+    request
+        .metadata_mut()
+        .insert("x-correlation-id", "req-123".parse().unwrap());
+    let response = client.generate_tokens(request).await.unwrap();
+    assert_eq!(
+        response.metadata().get("x-correlation-id").unwrap(),
+        "req-123"
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", service.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "token.v1.TokenService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    // Nothing secret in the log: no refresh token, no full access token.
+    let log = service.log();
+    assert!(!log.contains(&first.refresh_token[4..]) && !log.contains(&first.access_token));
+    assert!(log.contains("token issued"), "audit lines expected");
+    assert!(
+        log.contains("reuse_detected"),
+        "the reuse must be audited:\n{log}"
+    );
+    drop(client);
+    drop(health);
+    let status = tokio::task::spawn_blocking(move || service.terminate())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// A newcomer's first token in one command, without grpcurl.
+#[test]
+fn the_client_subcommand_issues_and_introspects() {
+    let sandbox = Sandbox::new("");
+    let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
+    let address = format!("http://{}", service.grpc);
+    let generated = sandbox.run(
+        &[
+            "client",
+            "--address",
+            &address,
+            "generate",
+            "--subject",
+            "alice",
+            "--scope",
+            "read",
+        ],
+        None,
+    );
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let tokens: serde_json::Value = serde_json::from_slice(&generated.stdout).unwrap();
+    let access = tokens["access_token"].as_str().unwrap();
+    let seen = sandbox.run(
+        &["client", "--address", &address, "introspect", access],
+        None,
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&seen.stdout).unwrap();
+    assert_eq!(seen["active"], true);
+    assert_eq!(seen["sub"], "alice");
+    let bad = sandbox.run(
+        &["client", "--address", &address, "refresh", "nonsense"],
+        None,
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("InvalidArgument"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert_eq!(service.terminate().code(), Some(0));
+}
