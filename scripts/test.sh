@@ -10,9 +10,9 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
 
-# Debian packages the tests need: SoftHSM for the PKCS#11 tests, and what building kryoptic
-# (the second PKCS#11 token) takes.
-APT_PACKAGES=(softhsm2 libclang-dev libssl-dev libsqlite3-dev pkg-config)
+# Debian packages the tests need: SoftHSM for the PKCS#11 tests, Redis for the store tests,
+# and what building kryoptic (the second PKCS#11 token) takes.
+APT_PACKAGES=(softhsm2 redis-server libclang-dev libssl-dev libsqlite3-dev pkg-config)
 
 install_apt_packages() {
     local missing=()

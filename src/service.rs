@@ -11,11 +11,12 @@ use crate::backends::clock::SystemClock;
 use crate::backends::pkcs11::{Pkcs11Backend, Pkcs11Options};
 use crate::backends::software::{SoftwareBackend, SoftwareOptions};
 use crate::backends::{BackendError, KeyRef};
-use crate::config::{Config, VerifyMode};
+use crate::config::{Config, StoreKind, VerifyMode};
 use crate::context::CallContext;
 use crate::metrics::Metrics;
 use crate::token::store::Store;
 use crate::token::store::memory::MemoryStore;
+use crate::token::store::redis::RedisStore;
 use crate::token::{TokenService, TokenSettings};
 
 /// Errors assembling or running the service.
@@ -40,6 +41,9 @@ pub enum ServiceError {
         /// Why.
         source: BackendError,
     },
+    /// The token store could not be reached.
+    #[error("token store: {0}")]
+    Store(String),
     /// The admin endpoint could not listen.
     #[error("admin endpoint could not listen on {addr}: {source}")]
     Listen {
@@ -115,8 +119,8 @@ pub fn open_backends(config: &Config) -> Result<Vec<ConfiguredBackend>, ServiceE
 }
 
 impl Service {
-    /// Builds the chain from `config`, without touching keys.
-    pub fn build(config: Config, metrics: Metrics) -> Result<Self, ServiceError> {
+    /// Builds the chain and connects the token store, without touching keys.
+    pub async fn build(config: Config, metrics: Metrics) -> Result<Self, ServiceError> {
         let routes = Routes {
             sign: config.chain.sign.clone(),
             verify: config.chain.verify.clone(),
@@ -140,7 +144,14 @@ impl Service {
         )
         .map_err(key_error)?;
         let chain = Arc::new(chain);
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.tokens.memory_capacity));
+        let store: Arc<dyn Store> = match (config.tokens.store, &config.tokens.redis_url) {
+            (StoreKind::Redis, Some(url)) => Arc::new(
+                RedisStore::connect(url)
+                    .await
+                    .map_err(|e| ServiceError::Store(e.to_string()))?,
+            ),
+            _ => Arc::new(MemoryStore::new(config.tokens.memory_capacity)),
+        };
         let tokens = Arc::new(TokenService::new(
             chain.clone(),
             store.clone(),

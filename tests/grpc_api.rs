@@ -314,3 +314,72 @@ fn the_client_subcommand_issues_and_introspects() {
     );
     assert_eq!(service.terminate().code(), Some(0));
 }
+
+/// Two service processes sharing one Redis: what one revokes, the other refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_through_one_instance_is_seen_by_another_sharing_redis() {
+    let Some(redis) = support::redis::RedisServer::start() else {
+        return;
+    };
+    let sandbox = Sandbox::new("");
+    let url = redis.url();
+    let (config, cwd) = (sandbox.config_path(), sandbox.dir.path().to_path_buf());
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        let env = [("REDIS_URL", url.as_str())];
+        let a = ServiceProcess::start_with_env(Some(&config), &cwd, &env);
+        let b = ServiceProcess::start_with_env(Some(&config), &cwd, &env);
+        (a, b)
+    })
+    .await
+    .unwrap();
+    let mut to_a = TokenServiceClient::connect(format!("http://{}", a.grpc))
+        .await
+        .unwrap();
+    let mut to_b = TokenServiceClient::connect(format!("http://{}", b.grpc))
+        .await
+        .unwrap();
+
+    let issued = to_a
+        .generate_tokens(generate("alice"))
+        .await
+        .unwrap()
+        .into_inner();
+    let seen = to_b
+        .introspect_token(IntrospectTokenRequest {
+            token: issued.access_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(seen.active, "B sees A's token");
+    let revoked = to_a
+        .revoke_token(RevokeTokenRequest {
+            target: Some(Target::RefreshToken(issued.refresh_token.clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(revoked.revoked);
+    let seen = to_b
+        .introspect_token(IntrospectTokenRequest {
+            token: issued.access_token,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!seen.active, "B sees A's revocation at once");
+    let refused = to_b
+        .refresh_tokens(RefreshTokensRequest {
+            refresh_token: issued.refresh_token,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    drop((to_a, to_b));
+    tokio::task::spawn_blocking(move || {
+        assert_eq!(a.terminate().code(), Some(0));
+        assert_eq!(b.terminate().code(), Some(0));
+    })
+    .await
+    .unwrap();
+}

@@ -89,7 +89,7 @@ async fn readiness_follows_the_ability_to_sign() {
         .replace("refresh_interval = \"1s\"", "refresh_interval = \"0s\"");
     sandbox.write_config(&text);
     let config = Config::load(Some(&sandbox.config_path()), &HashMap::new()).unwrap();
-    let service = Service::build(config, Metrics::new()).unwrap();
+    let service = Service::build(config, Metrics::new()).await.unwrap();
     service.ensure_keys().await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -9,7 +9,7 @@ use token_service::context::CallContext;
 use super::{Failure, build};
 
 pub async fn run(config: &Option<PathBuf>) -> Result<(), Failure> {
-    let service = build(config)?;
+    let service = build(config).await?;
     let ctx = CallContext::new();
     let key: &KeyRef = &service.signing_key;
     let label = key.to_string();

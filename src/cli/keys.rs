@@ -119,7 +119,7 @@ fn print_versions(rows: &[KeyMetadata]) {
 }
 
 pub async fn run(config: &Option<PathBuf>, command: KeysCommand) -> Result<(), Failure> {
-    let service = build(config)?;
+    let service = build(config).await?;
     let ctx = CallContext::new();
     match command {
         KeysCommand::Generate { key, algorithm } => {

@@ -96,10 +96,10 @@ impl From<token_service::backends::BackendError> for Failure {
 }
 
 /// Loads the configuration and builds the service (without touching keys).
-fn build(cli_config: &Option<PathBuf>) -> Result<Service, Failure> {
+async fn build(cli_config: &Option<PathBuf>) -> Result<Service, Failure> {
     let config = Config::load(cli_config.as_deref(), &ProcessEnv)?;
     token_service::telemetry::init(&config.logging);
-    Ok(Service::build(config, Metrics::new())?)
+    Ok(Service::build(config, Metrics::new()).await?)
 }
 
 /// Runs the parsed command line.
@@ -123,7 +123,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 async fn serve(config: &Option<PathBuf>) -> Result<(), Failure> {
-    let service = build(config)?;
+    let service = build(config).await?;
     service.ensure_keys().await?;
     service.serve().await?;
     Ok(())

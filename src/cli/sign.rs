@@ -51,7 +51,7 @@ fn read_input(input: &Option<PathBuf>) -> Result<Vec<u8>, Failure> {
 }
 
 pub async fn sign(config: &Option<PathBuf>, args: SignArgs) -> Result<(), Failure> {
-    let service = build(config)?;
+    let service = build(config).await?;
     service.ensure_keys().await?;
     let key = match &args.key {
         Some(name) => KeyRef::new(service.signing_key.namespace(), name)?,
@@ -65,7 +65,7 @@ pub async fn sign(config: &Option<PathBuf>, args: SignArgs) -> Result<(), Failur
 }
 
 pub async fn verify(config: &Option<PathBuf>, args: VerifyArgs) -> Result<(), Failure> {
-    let service = build(config)?;
+    let service = build(config).await?;
     let key = match &args.key {
         Some(name) => KeyRef::new(service.signing_key.namespace(), name)?,
         None => service.signing_key.clone(),

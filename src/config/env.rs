@@ -65,6 +65,10 @@ pub(super) fn apply_overrides(config: &mut Config, env: &dyn EnvSource) -> Resul
             pkcs11.pin = Some(crate::secret::SecretSource::File(value.into()));
         }
     }
+    if let Some(value) = env.get("REDIS_URL") {
+        config.tokens.redis_url = Some(value);
+        config.tokens.store = super::StoreKind::Redis;
+    }
     if let Some(value) = env.get("HOST") {
         config.server.host = value.trim().parse().map_err(|_| {
             ConfigError::invalid(

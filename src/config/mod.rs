@@ -153,6 +153,12 @@ pub struct TokensConfig {
     /// Tolerance on exp/nbf in introspection.
     #[serde(with = "humantime_serde")]
     pub clock_skew: Duration,
+    /// Where token state lives: `memory` (one instance) or `redis` (a fleet).
+    pub store: StoreKind,
+    /// Redis URL for `store = "redis"` (env `REDIS_URL`, which also selects Redis). It may
+    /// hold a password, so it is shown redacted.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redact")]
+    pub redis_url: Option<String>,
     /// Capacity of the in-memory store (families, and denied jtis).
     pub memory_capacity: usize,
     /// Registered clients by id.
@@ -167,9 +173,29 @@ impl Default for TokensConfig {
             max_access_ttl: Duration::from_secs(3600),
             refresh_ttl: Duration::from_secs(604_800),
             clock_skew: Duration::from_secs(60),
+            store: StoreKind::Memory,
+            redis_url: None,
             memory_capacity: crate::token::store::memory::DEFAULT_CAPACITY,
             clients: std::collections::BTreeMap::new(),
         }
+    }
+}
+
+/// Kinds of token store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In memory: one instance.
+    #[default]
+    Memory,
+    /// Redis: shared by a fleet.
+    Redis,
+}
+
+fn redact<S: serde::Serializer>(value: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => serializer.serialize_str("<redacted>"),
+        None => serializer.serialize_none(),
     }
 }
 

@@ -276,3 +276,25 @@ fn the_airgapped_profile_loads_as_is() {
     assert_eq!(config.chain.sign, vec!["pkcs11".to_owned()]);
     assert!(config.backends.software.is_none());
 }
+
+#[test]
+fn redis_store_settings() {
+    let env: HashMap<String, String> = [(
+        "REDIS_URL".to_owned(),
+        "redis://:secret@10.0.0.5:6379/0".to_owned(),
+    )]
+    .into();
+    let config = load_str(DEFAULT_TOML, &env).unwrap();
+    assert_eq!(config.tokens.store, StoreKind::Redis);
+    let shown = config.to_redacted_toml().unwrap();
+    assert!(!shown.contains("secret"), "{shown}");
+    assert!(shown.contains("redis_url = \"<redacted>\""), "{shown}");
+    expect_setting(
+        load_str(
+            &DEFAULT_TOML.replace("[tokens]", "[tokens]\nstore = \"redis\""),
+            &no_env(),
+        ),
+        "tokens.redis_url",
+        "redis://",
+    );
+}

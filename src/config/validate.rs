@@ -129,6 +129,17 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "expected at least tokens.access_ttl",
         ));
     }
+    if tokens.store == super::StoreKind::Redis {
+        match tokens.redis_url.as_deref() {
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    "tokens.redis_url",
+                    "expected redis://host:port (or rediss://) when tokens.store = \"redis\"; env REDIS_URL",
+                ));
+            }
+        }
+    }
     for (id, client) in &tokens.clients {
         if crate::token::claims::Grant::validate(
             &tokens.clients,

@@ -347,7 +347,7 @@ impl TokenService {
             .rotate(&family, &presented.hash(), next.hash(), now)
             .await?
         {
-            Rotation::Rotated(_) => {
+            Rotation::Rotated => {
                 self.audit("refresh", &claims, &kid);
                 Ok(IssuedTokens {
                     access_token,
@@ -357,7 +357,7 @@ impl TokenService {
                     kid,
                 })
             }
-            Rotation::Reused(_) => {
+            Rotation::Reused => {
                 tracing::warn!(target: "audit", event = "reuse_detected", sub = %grant.subject, client_id = %grant.client_id, fid = %family, "refresh token reused: family revoked");
                 Err(TokenError::Unauthenticated(
                     "refresh token was already used; the token family is revoked".into(),

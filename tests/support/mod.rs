@@ -5,5 +5,6 @@
 
 pub mod fault;
 pub mod process;
+pub mod redis;
 pub mod softhsm;
 pub mod vectors;

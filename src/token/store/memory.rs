@@ -123,7 +123,7 @@ impl Store for MemoryStore {
                 record.retired.remove(0);
             }
             record.generation += 1;
-            return Ok(Rotation::Rotated(record.clone()));
+            return Ok(Rotation::Rotated);
         }
         // Check every retired hash (no early exit), so timing does not tell which matched.
         let reused = record
@@ -132,7 +132,7 @@ impl Store for MemoryStore {
             .fold(false, |found, old| found | old.matches(presented));
         if reused {
             record.revoked = true;
-            return Ok(Rotation::Reused(record.clone()));
+            return Ok(Rotation::Reused);
         }
         Ok(Rotation::Unknown)
     }

@@ -6,6 +6,7 @@
 //! exactly one wins.
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -38,9 +39,9 @@ pub struct FamilyRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rotation {
     /// It was the current token: it is retired, `next` is current now.
-    Rotated(FamilyRecord),
+    Rotated,
     /// It was a retired token: the family is revoked now.
-    Reused(FamilyRecord),
+    Reused,
     /// The family was already revoked.
     Revoked,
     /// No such family, expired, or a hash the family never had.

@@ -1,0 +1,255 @@
+//! The Redis store, for a fleet of instances sharing state (single node here; Redis Cluster
+//! uses the same keys: a family's keys share the hash tag `{<family id>}`).
+//!
+//! Keys: `ts:fam:{F}` (hash: current, generation, revoked, expires_at, data) and
+//! `ts:fam:{F}:retired` (set of used token hashes), both expiring with the family;
+//! `ts:deny:<jti>` expiring with the access token. Every decision is one Lua script, so it
+//! is atomic: of many instances presenting one refresh token at once, exactly one rotates.
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+
+use super::{FamilyRecord, MAX_RETIRED, Rotation, Store, StoreError};
+use crate::token::refresh::{FamilyId, SecretHash};
+
+const ROTATE: &str = r#"
+local f = redis.call('HMGET', KEYS[1], 'current', 'revoked', 'expires_at', 'generation')
+if not f[1] or tonumber(f[3]) <= tonumber(ARGV[3]) then return 'unknown' end
+if f[2] == '1' then return 'revoked' end
+if f[1] == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'current', ARGV[2], 'generation', tonumber(f[4]) + 1)
+  redis.call('SADD', KEYS[2], ARGV[1])
+  if redis.call('SCARD', KEYS[2]) > tonumber(ARGV[4]) then redis.call('SPOP', KEYS[2]) end
+  redis.call('EXPIREAT', KEYS[2], f[3])
+  return 'rotated'
+end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'revoked', '1')
+  return 'reused'
+end
+return 'unknown'
+"#;
+
+const CREATE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'current', ARGV[1], 'generation', ARGV[2], 'revoked', ARGV[3], 'expires_at', ARGV[4], 'data', ARGV[5])
+redis.call('EXPIREAT', KEYS[1], ARGV[4])
+return 1
+"#;
+
+const REVOKE: &str = r#"
+local f = redis.call('HMGET', KEYS[1], 'revoked', 'expires_at')
+if not f[2] or tonumber(f[2]) <= tonumber(ARGV[1]) or f[1] == '1' then return 0 end
+redis.call('HSET', KEYS[1], 'revoked', '1')
+return 1
+"#;
+
+/// The Redis store.
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ConnectionManager,
+    rotate: Script,
+    create: Script,
+    revoke: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: never shown.
+        f.write_str("RedisStore")
+    }
+}
+
+fn unavailable(error: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {error}"))
+}
+
+fn family_key(family: &FamilyId) -> String {
+    format!("ts:fam:{{{family}}}")
+}
+
+fn retired_key(family: &FamilyId) -> String {
+    format!("ts:fam:{{{family}}}:retired")
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://host:port/db`). The connection reconnects by itself after
+    /// an outage; calls made meanwhile fail as unavailable.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Unavailable(format!("redis URL: {e}")))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(std::time::Duration::from_millis(500));
+        let connection = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(unavailable)?;
+        Ok(Self {
+            connection,
+            rotate: Script::new(ROTATE),
+            create: Script::new(CREATE),
+            revoke: Script::new(REVOKE),
+        })
+    }
+
+    fn hash_text(hash: &SecretHash) -> String {
+        serde_json::to_value(hash)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn create_family(
+        &self,
+        family: &FamilyId,
+        record: FamilyRecord,
+    ) -> Result<(), StoreError> {
+        let created: i64 = self
+            .create
+            .key(family_key(family))
+            .arg(Self::hash_text(&record.current))
+            .arg(record.generation)
+            .arg(if record.revoked { "1" } else { "0" })
+            .arg(record.expires_at)
+            .arg(&record.data)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        if created == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Exists)
+        }
+    }
+
+    async fn get_family(
+        &self,
+        family: &FamilyId,
+        now: u64,
+    ) -> Result<Option<FamilyRecord>, StoreError> {
+        let fields: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(family_key(family))
+            .arg(&["current", "generation", "revoked", "expires_at", "data"])
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        let [
+            Some(current),
+            Some(generation),
+            Some(revoked),
+            Some(expires_at),
+            Some(data),
+        ] = <[Option<String>; 5]>::try_from(fields).unwrap_or_default()
+        else {
+            return Ok(None);
+        };
+        let expires_at: u64 = expires_at.parse().unwrap_or(0);
+        if expires_at <= now {
+            return Ok(None);
+        }
+        let current: SecretHash = serde_json::from_value(serde_json::Value::String(current))
+            .map_err(|_| StoreError::Unavailable("corrupt family record".into()))?;
+        Ok(Some(FamilyRecord {
+            current,
+            retired: Vec::new(),
+            generation: generation.parse().unwrap_or(0),
+            revoked: revoked == "1",
+            expires_at,
+            data,
+        }))
+    }
+
+    async fn rotate(
+        &self,
+        family: &FamilyId,
+        presented: &SecretHash,
+        next: SecretHash,
+        now: u64,
+    ) -> Result<Rotation, StoreError> {
+        let outcome: String = self
+            .rotate
+            .key(family_key(family))
+            .key(retired_key(family))
+            .arg(Self::hash_text(presented))
+            .arg(Self::hash_text(&next))
+            .arg(now)
+            .arg(MAX_RETIRED)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(match outcome.as_str() {
+            "rotated" => Rotation::Rotated,
+            "reused" => Rotation::Reused,
+            "revoked" => Rotation::Revoked,
+            _ => Rotation::Unknown,
+        })
+    }
+
+    async fn revoke_family(&self, family: &FamilyId, now: u64) -> Result<bool, StoreError> {
+        let revoked: i64 = self
+            .revoke
+            .key(family_key(family))
+            .arg(now)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(revoked == 1)
+    }
+
+    async fn family_active(&self, family: &FamilyId, now: u64) -> Result<bool, StoreError> {
+        let fields: (Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(family_key(family))
+            .arg(&["revoked", "expires_at"])
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(
+            matches!(fields, (Some(revoked), Some(expires_at)) if revoked == "0" && expires_at > now),
+        )
+    }
+
+    async fn deny_jti(&self, jti: &str, until: u64) -> Result<(), StoreError> {
+        let key = format!("ts:deny:{jti}");
+        // Keep the later expiry if the jti is denied twice.
+        redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(&key)
+            .arg(1)
+            .arg("NX")
+            .arg("EXAT")
+            .arg(until)
+            .ignore()
+            .cmd("EXPIREAT")
+            .arg(&key)
+            .arg(until)
+            .arg("GT")
+            .ignore()
+            .query_async::<()>(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn is_denied(&self, jti: &str, _now: u64) -> Result<bool, StoreError> {
+        self.connection
+            .clone()
+            .exists(format!("ts:deny:{jti}"))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.connection.clone())
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}

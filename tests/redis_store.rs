@@ -1,0 +1,207 @@
+//! The token logic over a real Redis, as a fleet runs it: several instances sharing one
+//! store see each other's rotations and revocations; Redis dying is UNAVAILABLE, not data
+//! loss, and the service carries on when it returns.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::redis::RedisServer;
+use token_service::backends::chain::{Chain, Routes};
+use token_service::backends::clock::SystemClock;
+use token_service::backends::software::{SoftwareBackend, SoftwareOptions};
+use token_service::backends::{Algorithm, Backend, KeyRef};
+use token_service::context::CallContext;
+use token_service::metrics::Metrics;
+use token_service::resilience::ResilienceConfig;
+use token_service::token::claims::ClientPolicy;
+use token_service::token::store::Store;
+use token_service::token::store::redis::RedisStore;
+use token_service::token::{TokenError, TokenRequest, TokenService, TokenSettings};
+
+/// One service instance: its own backend handle on the shared key directory, its own
+/// connection to the shared Redis.
+async fn instance(keys: &Path, redis_url: &str) -> Arc<TokenService> {
+    let backend = Arc::new(SoftwareBackend::open(keys, SoftwareOptions::default()).unwrap());
+    let signing = KeyRef::new("token", "signing").unwrap();
+    let encryption = KeyRef::new("token-cache", "aes").unwrap();
+    let _ = backend.generate_key(&signing, Algorithm::Es256).await;
+    let _ = backend.generate_key(&encryption, Algorithm::A256Gcm).await;
+    let chain = Arc::new(
+        Chain::new(
+            vec![(backend as Arc<dyn Backend>, ResilienceConfig::default())],
+            &Routes {
+                sign: vec!["software".into()],
+                verify: vec!["software".into()],
+                encrypt: vec!["software".into()],
+            },
+            true,
+            Metrics::new(),
+        )
+        .unwrap(),
+    );
+    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(redis_url).await.unwrap());
+    let settings = TokenSettings {
+        issuer: "token-service".into(),
+        access_ttl: Duration::from_secs(900),
+        max_access_ttl: Duration::from_secs(3600),
+        refresh_ttl: Duration::from_secs(3600),
+        clock_skew: Duration::from_secs(60),
+        clients: BTreeMap::from([(
+            "web".to_owned(),
+            ClientPolicy {
+                scopes: vec!["read".into()],
+                audiences: vec!["api".into()],
+            },
+        )]),
+    };
+    Arc::new(TokenService::new(
+        chain,
+        store,
+        settings,
+        signing,
+        encryption,
+        Arc::new(SystemClock),
+    ))
+}
+
+fn request(subject: &str) -> TokenRequest {
+    TokenRequest {
+        subject: subject.into(),
+        client_id: "web".into(),
+        scopes: vec!["read".into()],
+        ..Default::default()
+    }
+}
+
+fn ctx() -> CallContext {
+    CallContext::new()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_rotation_reuse_and_revocation() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let a = instance(&keys.path().join("keys"), &redis.url()).await;
+    let b = instance(&keys.path().join("keys"), &redis.url()).await;
+
+    let first = a.generate(&ctx(), &request("alice")).await.unwrap();
+    assert!(
+        b.introspect(&ctx(), &first.access_token)
+            .await
+            .unwrap()
+            .active
+    );
+    // Refreshed through B, reused through A: the family is revoked for both.
+    let second = b.refresh(&ctx(), &first.refresh_token).await.unwrap();
+    match a.refresh(&ctx(), &first.refresh_token).await {
+        Err(TokenError::Unauthenticated(reason)) => {
+            assert!(reason.contains("already used"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    for service in [&a, &b] {
+        for token in [&first.access_token, &second.access_token] {
+            assert!(!service.introspect(&ctx(), token).await.unwrap().active);
+        }
+    }
+    // A revocation by jti through A is seen at once by B.
+    let third = a.generate(&ctx(), &request("bob")).await.unwrap();
+    assert!(
+        b.introspect(&ctx(), &third.access_token)
+            .await
+            .unwrap()
+            .active
+    );
+    a.revoke_access_token(&third.claims.jti, third.claims.exp)
+        .await
+        .unwrap();
+    assert!(
+        !b.introspect(&ctx(), &third.access_token)
+            .await
+            .unwrap()
+            .active
+    );
+    // And a family revoked through B is dead for A.
+    let fourth = a.generate(&ctx(), &request("carol")).await.unwrap();
+    assert!(b.revoke_refresh_token(&fourth.refresh_token).await.unwrap());
+    assert!(a.refresh(&ctx(), &fourth.refresh_token).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_refreshes_across_instances_exactly_one_wins() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let instances = [
+        instance(&keys.path().join("keys"), &redis.url()).await,
+        instance(&keys.path().join("keys"), &redis.url()).await,
+    ];
+    let issued = instances[0]
+        .generate(&ctx(), &request("alice"))
+        .await
+        .unwrap();
+    let token = Arc::new(issued.refresh_token.to_string());
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let (service, token) = (instances[i % 2].clone(), token.clone());
+            tokio::spawn(async move { service.refresh(&CallContext::new(), &token).await })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(TokenError::Unauthenticated(_)) => {}
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(wins, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dying_is_unavailable_and_the_service_recovers_without_a_restart() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let service = instance(&keys.path().join("keys"), &redis.url()).await;
+    service.generate(&ctx(), &request("alice")).await.unwrap();
+
+    redis.kill();
+    match service.generate(&ctx(), &request("bob")).await {
+        Err(TokenError::Unavailable(reason)) => assert!(reason.contains("redis"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let forged = "rt1.AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    assert!(matches!(
+        service.refresh(&ctx(), forged).await,
+        Err(TokenError::Unavailable(_))
+    ));
+
+    redis.restart();
+    // The connection comes back by itself; the first calls may still see the old one fail.
+    let mut recovered = None;
+    for _ in 0..50 {
+        match service.generate(&ctx(), &request("carol")).await {
+            Ok(tokens) => {
+                recovered = Some(tokens);
+                break;
+            }
+            Err(TokenError::Unavailable(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    let tokens = recovered.expect("no recovery after Redis came back");
+    // The family written after recovery is whole: it refreshes.
+    service
+        .refresh(&ctx(), &tokens.refresh_token)
+        .await
+        .unwrap();
+}
