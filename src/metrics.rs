@@ -127,6 +127,14 @@ impl Metrics {
             &["backend"],
         )
         .expect("static metric definition");
+        // CPU time, memory and file descriptors of this process (process_cpu_seconds_total...):
+        // `token-service bench` divides the CPU time by the tokens issued.
+        #[cfg(target_os = "linux")]
+        {
+            let _ = registry.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
+        }
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),

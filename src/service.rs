@@ -253,7 +253,9 @@ impl Service {
             .add_service(reflection)
             .add_service(api.into_server())
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(grpc_listener),
+                // Without TCP_NODELAY, Nagle's algorithm meets the client's delayed ACKs and
+                // every small response waits ~40 ms (measured: 44 ms p50, 728 tokens/s).
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 signal(),
             );
         let public = crate::admin::run_public(public_listener, self.clone(), signal());

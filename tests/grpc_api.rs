@@ -383,3 +383,38 @@ async fn a_revocation_through_one_instance_is_seen_by_another_sharing_redis() {
     .await
     .unwrap();
 }
+
+/// `bench` drives the API and reports; figures are for people, not asserted here.
+#[test]
+fn the_bench_subcommand_reports_rate_latency_and_cpu() {
+    let sandbox = Sandbox::new("");
+    let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
+    let output = sandbox.run(
+        &[
+            "bench",
+            "--address",
+            &format!("http://{}", service.grpc),
+            "--admin",
+            &service.admin.to_string(),
+            "--concurrency",
+            "4",
+            "--duration",
+            "1s",
+            "--refresh",
+        ],
+        None,
+    );
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        out.contains("tokens/s") && out.contains("p99") && out.contains("errors 0"),
+        "{out}"
+    );
+    assert!(out.contains("ms per token"), "{out}");
+    assert!(out.contains("raw ES256 sign"), "{out}");
+    assert_eq!(service.terminate().code(), Some(0));
+}

@@ -1,5 +1,6 @@
 //! Command-line interface.
 
+mod bench;
 mod client;
 mod doctor;
 mod keys;
@@ -49,6 +50,8 @@ enum Command {
     Doctor,
     /// Call a running Token Service: generate, refresh, revoke, introspect, jwks.
     Client(client::ClientArgs),
+    /// Load a running Token Service over gRPC and print tokens/s, latency and CPU per token.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +115,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Config(ConfigCommand::Check) => config_check(&cli.config),
         Command::Doctor => doctor::run(&cli.config).await,
         Command::Client(args) => client::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

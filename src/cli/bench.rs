@@ -1,0 +1,211 @@
+//! `bench`: drives GenerateTokens (optionally with RefreshTokens) over gRPC at a given
+//! concurrency for a given time, with a progress line; prints tokens/s, latency percentiles,
+//! errors, the raw ES256 sign rate measured in the same run on this machine, and — given the
+//! server's admin address — the server's CPU time per token.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use token_service::api::proto::token_service_client::TokenServiceClient;
+use token_service::api::proto::{GenerateTokensRequest, RefreshTokensRequest};
+
+use super::Failure;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The Token Service's gRPC address.
+    #[arg(long, default_value = "http://127.0.0.1:50052")]
+    address: String,
+    /// The server's admin address, to read its CPU time from /metrics.
+    #[arg(long)]
+    admin: Option<String>,
+    /// Concurrent requests in flight.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// How long to run (e.g. 10s).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Follow each GenerateTokens with a RefreshTokens.
+    #[arg(long)]
+    refresh: bool,
+    /// Client id.
+    #[arg(long, default_value = "demo")]
+    client_id: String,
+}
+
+/// process_cpu_seconds_total of the server, from its admin /metrics.
+async fn server_cpu_seconds(admin: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = admin.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
+    stream
+        .write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Raw ES256 signatures per second on one thread (aws-lc-rs), for scale.
+fn raw_es256_rate() -> f64 {
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+    let Ok(pair) = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING) else {
+        return 0.0;
+    };
+    let rng = SystemRandom::new();
+    let message = [0x61u8; 300];
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < Duration::from_secs(1) {
+        if pair.sign(&rng, &message).is_ok() {
+            n += 1;
+        }
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index] as f64 / 1000.0
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), Failure> {
+    let raw = tokio::task::spawn_blocking(raw_es256_rate)
+        .await
+        .unwrap_or(0.0);
+    println!("raw ES256 sign (aws-lc-rs, one thread, this machine): {raw:.0}/s");
+    let channels = {
+        let mut channels = Vec::new();
+        // A few HTTP/2 connections, as a fleet of clients would open.
+        for _ in 0..args.concurrency.clamp(1, 4) {
+            let channel = tonic::transport::Endpoint::from_shared(args.address.clone())
+                .map_err(|e| Failure::new(format!("bad address: {e}")))?
+                .connect()
+                .await
+                .map_err(|e| Failure::new(format!("cannot connect to {}: {e}", args.address)))?;
+            channels.push(channel);
+        }
+        channels
+    };
+    let cpu_before = match &args.admin {
+        Some(admin) => server_cpu_seconds(admin).await,
+        None => None,
+    };
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let tasks: Vec<_> = (0..args.concurrency.max(1))
+        .map(|i| {
+            let mut client = TokenServiceClient::new(channels[i % channels.len()].clone());
+            let (done, errors, client_id, refresh) = (
+                done.clone(),
+                errors.clone(),
+                args.client_id.clone(),
+                args.refresh,
+            );
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let begun = Instant::now();
+                    let request = GenerateTokensRequest {
+                        subject: format!("user-{i}-{n}"),
+                        client_id: client_id.clone(),
+                        ..Default::default()
+                    };
+                    n += 1;
+                    match client.generate_tokens(request).await {
+                        Ok(response) => {
+                            latencies.push(begun.elapsed().as_micros() as u64);
+                            done.fetch_add(1, Ordering::Relaxed);
+                            if refresh {
+                                let begun = Instant::now();
+                                let refresh_token = response.into_inner().refresh_token;
+                                match client
+                                    .refresh_tokens(RefreshTokensRequest { refresh_token })
+                                    .await
+                                {
+                                    Ok(_) => {
+                                        latencies.push(begun.elapsed().as_micros() as u64);
+                                        done.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    Err(_) => {
+                                        errors.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                }
+                            }
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let progress = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = done.load(Ordering::Relaxed);
+                eprint!("\r{now} tokens, {}/s in the last second   ", now - last);
+                last = now;
+            }
+        })
+    };
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap_or_default());
+    }
+    progress.abort();
+    eprintln!();
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = match &args.admin {
+        Some(admin) => server_cpu_seconds(admin).await,
+        None => None,
+    };
+    latencies.sort_unstable();
+    let total = done.load(Ordering::Relaxed);
+    let rate = total as f64 / elapsed;
+    println!(
+        "{} tokens in {elapsed:.1} s at concurrency {}: {rate:.0} tokens/s; latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms; errors {}",
+        total,
+        args.concurrency,
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.95),
+        percentile(&latencies, 0.99),
+        errors.load(Ordering::Relaxed)
+    );
+    if let (Some(before), Some(after)) = (cpu_before, cpu_after)
+        && total > 0
+    {
+        println!(
+            "server CPU: {:.1} s in all, {:.3} ms per token",
+            after - before,
+            (after - before) * 1000.0 / total as f64
+        );
+    }
+    if raw > 0.0 {
+        println!(
+            "issuance rate / raw one-thread ES256 sign rate: {:.2}",
+            rate / raw
+        );
+    }
+    Ok(())
+}
