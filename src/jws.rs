@@ -43,6 +43,17 @@ pub struct CompactJws {
     signature: Vec<u8>,
 }
 
+/// A compact JWS just made, with the key that signed it.
+#[derive(Clone, Debug)]
+pub struct SignedJws {
+    /// The compact serialization.
+    pub compact: String,
+    /// The `kid` in its header.
+    pub kid: String,
+    /// The algorithm.
+    pub algorithm: Algorithm,
+}
+
 /// Signs `payload` with `key` through the chain, returning a compact JWS whose header names
 /// the `alg` and `kid` of the key version that actually signed (which may be a fallback
 /// backend's).
@@ -52,7 +63,7 @@ pub async fn sign(
     key: &KeyRef,
     typ: Option<&str>,
     payload: &[u8],
-) -> Result<String, BackendError> {
+) -> Result<SignedJws, BackendError> {
     let payload_b64 = B64.encode(payload);
     let (signing_input, signature) = chain
         .sign_prepared(ctx, key, |active| {
@@ -66,11 +77,15 @@ pub async fn sign(
             Ok(format!("{}.{}", B64.encode(header_json), payload_b64).into_bytes())
         })
         .await?;
-    let mut out = String::from_utf8(signing_input)
+    let mut compact = String::from_utf8(signing_input)
         .map_err(|_| BackendError::invalid_input("JWS signing input is not ASCII"))?;
-    out.push('.');
-    out.push_str(&B64.encode(&signature.bytes));
-    Ok(out)
+    compact.push('.');
+    compact.push_str(&B64.encode(&signature.bytes));
+    Ok(SignedJws {
+        compact,
+        kid: signature.kid,
+        algorithm: signature.algorithm,
+    })
 }
 
 impl CompactJws {

@@ -81,6 +81,15 @@ async fn every_algorithm_verifies_with_jsonwebtoken_from_the_published_jwk() {
         )
         .await
         .unwrap();
+        // The kid reported is the one in the header.
+        assert_eq!(
+            jsonwebtoken::decode_header(&token.compact)
+                .unwrap()
+                .kid
+                .as_deref(),
+            Some(token.kid.as_str())
+        );
+        let token = token.compact;
 
         let published = chain.public_keys(&ctx, &key).await.unwrap();
         assert_eq!(published.len(), 1);

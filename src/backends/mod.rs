@@ -17,8 +17,8 @@ use zeroize::Zeroizing;
 pub use error::{BackendError, ErrorClass, Rejection, SecurityViolation, UnavailableReason};
 pub use jwk::PublicJwk;
 pub use types::{
-    Algorithm, Capabilities, Health, KeyMetadata, KeyRef, KeyState, Operation, Signature,
-    VerificationKey, VerifyRequest,
+    ActiveKey, Algorithm, Capabilities, Health, KeyMetadata, KeyRef, KeyState, Operation,
+    Signature, VerificationKey, VerifyRequest,
 };
 
 /// The contract of a key store. Keys are logical names inside a namespace; each backend maps
@@ -74,6 +74,31 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Metadata of every version of the ring (or only the pinned version), oldest first.
     async fn key_metadata(&self, key: &KeyRef) -> Result<Vec<KeyMetadata>, BackendError>;
+
+    /// The version that signs or encrypts now (the newest ACTIVE one): its version number,
+    /// kid and algorithm. On the signing path of every token, so backends that cache their
+    /// rings answer it without building the whole ring's metadata.
+    async fn active_key(&self, key: &KeyRef) -> Result<ActiveKey, BackendError> {
+        let ring = key.ring();
+        self.key_metadata(&ring)
+            .await?
+            .into_iter()
+            .rev()
+            .find(|m| m.state == KeyState::Active)
+            .map(|m| ActiveKey {
+                version: m.version,
+                kid: m.kid,
+                algorithm: m.algorithm,
+            })
+            .ok_or_else(|| {
+                BackendError::Rejected(Rejection::KeyNotActive {
+                    key: ring.to_string(),
+                    version: 0,
+                    state: KeyState::Disabled,
+                    operation: Operation::Sign,
+                })
+            })
+    }
 
     /// The public keys that may verify signatures of this ring: ACTIVE and retained
     /// DEPRECATED versions, with `kid`, `alg` and `use` set.

@@ -275,6 +275,17 @@ pub struct KeyMetadata {
     pub public_jwk: Option<PublicJwk>,
 }
 
+/// The version of a key that signs or encrypts now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActiveKey {
+    /// Its version.
+    pub version: u32,
+    /// Its kid.
+    pub kid: String,
+    /// Its algorithm.
+    pub algorithm: Algorithm,
+}
+
 /// An operation of the [`Backend`](super::Backend) trait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

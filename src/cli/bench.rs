@@ -35,7 +35,7 @@ pub struct BenchArgs {
     client_id: String,
 }
 
-/// process_cpu_seconds_total of the server, from its admin /metrics.
+/// The server's CPU time, from token_service_process_cpu_seconds on its admin /metrics.
 async fn server_cpu_seconds(admin: &str) -> Option<f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let host = admin.trim_start_matches("http://").trim_end_matches('/');
@@ -50,7 +50,7 @@ async fn server_cpu_seconds(admin: &str) -> Option<f64> {
     let mut body = String::new();
     stream.read_to_string(&mut body).await.ok()?;
     body.lines()
-        .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+        .find_map(|l| l.strip_prefix("token_service_process_cpu_seconds "))
         .and_then(|v| v.trim().parse().ok())
 }
 
@@ -196,7 +196,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         && total > 0
     {
         println!(
-            "server CPU: {:.1} s in all, {:.3} ms per token",
+            "server CPU: {:.2} s in all, {:.3} ms per token",
             after - before,
             (after - before) * 1000.0 / total as f64
         );

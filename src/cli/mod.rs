@@ -117,6 +117,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Client(args) => client::run(args).await,
         Command::Bench(args) => bench::run(args).await,
     };
+    token_service::telemetry::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {

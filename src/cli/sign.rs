@@ -59,8 +59,8 @@ pub async fn sign(config: &Option<PathBuf>, args: SignArgs) -> Result<(), Failur
     };
     let payload = read_input(&args.input)?;
     let ctx = CallContext::new();
-    let compact = jws::sign(&service.chain, &ctx, &key, args.typ.as_deref(), &payload).await?;
-    println!("{compact}");
+    let signed = jws::sign(&service.chain, &ctx, &key, args.typ.as_deref(), &payload).await?;
+    println!("{}", signed.compact);
     Ok(())
 }
 

@@ -226,7 +226,7 @@ impl TokenService {
             fid: family.to_string(),
         };
         let payload = serde_json::to_vec(&claims).map_err(|_| TokenError::Internal)?;
-        let token = jws::sign(
+        let signed = jws::sign(
             &self.chain,
             ctx,
             &self.signing_key,
@@ -234,10 +234,7 @@ impl TokenService {
             &payload,
         )
         .await?;
-        let kid = CompactJws::parse(&token)
-            .map(|j| j.header.kid)
-            .map_err(|_| TokenError::Internal)?;
-        Ok((token, claims, kid))
+        Ok((signed.compact, claims, signed.kid))
     }
 
     fn audit(&self, event: &str, claims: &AccessClaims, kid: &str) {

@@ -23,7 +23,8 @@ use super::envelope::Envelope;
 use super::error::{BackendError, ErrorClass, Rejection, UnavailableReason};
 use super::jwk::PublicJwk;
 use super::types::{
-    Algorithm, KeyMetadata, KeyRef, KeyState, Operation, Signature, VerificationKey, VerifyRequest,
+    ActiveKey, Algorithm, KeyMetadata, KeyRef, KeyState, Operation, Signature, VerificationKey,
+    VerifyRequest,
 };
 use crate::context::CallContext;
 use crate::metrics::Metrics;
@@ -280,27 +281,13 @@ impl Chain {
         prepare: F,
     ) -> Result<(Vec<u8>, Signature), BackendError>
     where
-        F: Fn(&KeyMetadata) -> Result<Vec<u8>, BackendError> + Send + Sync,
+        F: Fn(&ActiveKey) -> Result<Vec<u8>, BackendError> + Send + Sync,
     {
         let prepare = &prepare;
         self.route(ctx, Operation::Sign, &self.sign, None, key, |backend| {
             Box::pin(async move {
-                let ring = key.ring();
-                let active = backend
-                    .key_metadata(&ring)
-                    .await?
-                    .into_iter()
-                    .rev()
-                    .find(|m| m.state == KeyState::Active)
-                    .ok_or_else(|| {
-                        BackendError::Rejected(Rejection::KeyNotActive {
-                            key: ring.to_string(),
-                            version: 0,
-                            state: KeyState::Disabled,
-                            operation: Operation::Sign,
-                        })
-                    })?;
-                let pinned = ring.with_version(active.version);
+                let active = backend.active_key(key).await?;
+                let pinned = key.ring().with_version(active.version);
                 let message = prepare(&active)?;
                 let signature = backend.sign(&pinned, &message).await?;
                 check_signature(backend.name(), &pinned, &signature)?;

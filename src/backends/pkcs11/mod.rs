@@ -41,8 +41,8 @@ use super::jwk::{self, PublicJwk};
 use super::lifecycle::{Lifecycle, RingRecord, VersionRecord};
 use super::software::material::RsaBits;
 use super::types::{
-    Algorithm, Capabilities, Health, KeyMetadata, KeyRef, KeyState, Operation, Signature,
-    VerificationKey, VerifyRequest,
+    ActiveKey, Algorithm, Capabilities, Health, KeyMetadata, KeyRef, KeyState, Operation,
+    Signature, VerificationKey, VerifyRequest,
 };
 use crate::secret::Secret;
 
@@ -557,6 +557,18 @@ impl Backend for Pkcs11Backend {
             )));
         }
         Ok(all)
+    }
+
+    async fn active_key(&self, key: &KeyRef) -> Result<ActiveKey, BackendError> {
+        let ring = self.ring(key).await?;
+        let record =
+            self.lifecycle()
+                .producing(&ring.key, &ring.record.versions, None, Operation::Sign)?;
+        Ok(ActiveKey {
+            version: record.version,
+            kid: ring.view(record.version)?.kid.clone(),
+            algorithm: ring.record.algorithm,
+        })
     }
 
     async fn public_keys(&self, key: &KeyRef) -> Result<Vec<PublicJwk>, BackendError> {

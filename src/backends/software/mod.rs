@@ -27,8 +27,8 @@ use super::error::{BackendError, Rejection};
 use super::jwk::{self, PublicJwk};
 use super::lifecycle::{Lifecycle, RingRecord, VersionRecord};
 use super::types::{
-    Algorithm, Capabilities, Health, KeyMetadata, KeyRef, KeyState, Operation, Signature,
-    VerificationKey, VerifyRequest,
+    ActiveKey, Algorithm, Capabilities, Health, KeyMetadata, KeyRef, KeyState, Operation,
+    Signature, VerificationKey, VerifyRequest,
 };
 
 /// Settings of the software backend.
@@ -468,6 +468,16 @@ impl Backend for SoftwareBackend {
             )));
         }
         Ok(all)
+    }
+
+    async fn active_key(&self, key: &KeyRef) -> Result<ActiveKey, BackendError> {
+        let ring = self.ring(key).await?;
+        let (version, _) = ring.producing(&key.ring(), Operation::Sign, &self.lifecycle())?;
+        Ok(ActiveKey {
+            version: version.record.version,
+            kid: version.kid.clone(),
+            algorithm: ring.algorithm,
+        })
     }
 
     async fn public_keys(&self, key: &KeyRef) -> Result<Vec<PublicJwk>, BackendError> {
