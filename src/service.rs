@@ -162,6 +162,7 @@ impl Service {
                 refresh_ttl: config.tokens.refresh_ttl,
                 clock_skew: config.tokens.clock_skew,
                 clients: config.tokens.clients.clone(),
+                rate_limit: config.tokens.rate_limit.clone(),
             },
             signing_key.clone(),
             encryption_key.clone(),

@@ -418,3 +418,40 @@ fn the_bench_subcommand_reports_rate_latency_and_cpu() {
     assert!(out.contains("raw ES256 sign"), "{out}");
     assert_eq!(service.terminate().code(), Some(0));
 }
+
+/// Per-client rate limit: over it, RESOURCE_EXHAUSTED with a retry-after; other clients
+/// are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_limit_is_told_when_to_retry() {
+    let sandbox = Sandbox::new(
+        "[tokens.rate_limit]\nper_second = 1\nburst = 2\n\n[tokens.clients.other]\nscopes = []\naudiences = [\"api\"]\n",
+    );
+    let (config, cwd) = (sandbox.config_path(), sandbox.dir.path().to_path_buf());
+    let service = tokio::task::spawn_blocking(move || ServiceProcess::start(Some(&config), &cwd))
+        .await
+        .unwrap();
+    let mut client = TokenServiceClient::connect(format!("http://{}", service.grpc))
+        .await
+        .unwrap();
+    client.generate_tokens(generate("a")).await.unwrap();
+    client.generate_tokens(generate("b")).await.unwrap();
+    let limited = client.generate_tokens(generate("c")).await.unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+    assert!(
+        limited.message().contains("rate limit of client `demo`"),
+        "{}",
+        limited.message()
+    );
+    assert_eq!(limited.metadata().get("retry-after").unwrap(), "1");
+    // Another client has its own bucket.
+    let other = GenerateTokensRequest {
+        client_id: "other".into(),
+        scopes: vec![],
+        ..generate("d")
+    };
+    client.generate_tokens(other).await.unwrap();
+    drop(client);
+    tokio::task::spawn_blocking(move || assert_eq!(service.terminate().code(), Some(0)))
+        .await
+        .unwrap();
+}

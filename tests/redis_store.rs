@@ -50,6 +50,7 @@ async fn instance(keys: &Path, redis_url: &str) -> Arc<TokenService> {
         max_access_ttl: Duration::from_secs(3600),
         refresh_ttl: Duration::from_secs(3600),
         clock_skew: Duration::from_secs(60),
+        rate_limit: None,
         clients: BTreeMap::from([(
             "web".to_owned(),
             ClientPolicy {

@@ -32,6 +32,7 @@ fn settings() -> TokenSettings {
         max_access_ttl: Duration::from_secs(3600),
         refresh_ttl: Duration::from_secs(604_800),
         clock_skew: Duration::from_secs(60),
+        rate_limit: None,
         clients: BTreeMap::from([(
             "web".to_owned(),
             ClientPolicy {

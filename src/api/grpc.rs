@@ -55,6 +55,19 @@ fn status(error: TokenError) -> Status {
         TokenError::InvalidArgument(reason) => Status::invalid_argument(reason),
         TokenError::Unauthenticated(reason) => Status::unauthenticated(reason),
         TokenError::Unavailable(reason) => Status::unavailable(reason),
+        TokenError::RateLimited {
+            client_id,
+            retry_after_ms,
+        } => {
+            let mut status = Status::resource_exhausted(format!(
+                "rate limit of client `{client_id}` reached; retry in {retry_after_ms} ms"
+            ));
+            // Whole seconds, rounded up, as HTTP's Retry-After.
+            if let Ok(value) = retry_after_ms.div_ceil(1000).to_string().parse() {
+                status.metadata_mut().insert("retry-after", value);
+            }
+            status
+        }
         TokenError::Internal => Status::internal("internal error"),
     }
 }

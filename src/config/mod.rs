@@ -163,6 +163,10 @@ pub struct TokensConfig {
     pub memory_capacity: usize,
     /// Registered clients by id.
     pub clients: std::collections::BTreeMap<String, crate::token::claims::ClientPolicy>,
+    /// Per-client limit on GenerateTokens + RefreshTokens: `{ per_second = 100, burst = 200 }`;
+    /// none when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::resilience::RateLimitConfig>,
 }
 
 impl Default for TokensConfig {
@@ -177,6 +181,7 @@ impl Default for TokensConfig {
             redis_url: None,
             memory_capacity: crate::token::store::memory::DEFAULT_CAPACITY,
             clients: std::collections::BTreeMap::new(),
+            rate_limit: None,
         }
     }
 }

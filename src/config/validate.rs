@@ -140,6 +140,16 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             }
         }
     }
+    if tokens
+        .rate_limit
+        .as_ref()
+        .is_some_and(|r| r.per_second == 0)
+    {
+        return Err(ConfigError::invalid(
+            "tokens.rate_limit.per_second",
+            "expected at least 1",
+        ));
+    }
     for (id, client) in &tokens.clients {
         if crate::token::claims::Grant::validate(
             &tokens.clients,

@@ -40,6 +40,24 @@ impl RateLimiter {
         }
     }
 
+    /// Takes a token if one is available; otherwise says how long until one will be.
+    pub fn try_acquire_or_wait_time(&self) -> Result<(), std::time::Duration> {
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, last) = &mut *state;
+        let refill = now.duration_since(*last).as_secs_f64() * self.per_second;
+        *tokens = (*tokens + refill).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(std::time::Duration::from_secs_f64(
+                (1.0 - *tokens) / self.per_second.max(f64::MIN_POSITIVE),
+            ))
+        }
+    }
+
     /// Takes a token if one is available.
     pub fn try_acquire(&self) -> bool {
         let now = Instant::now();

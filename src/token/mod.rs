@@ -38,6 +38,14 @@ pub enum TokenError {
     /// A dependency (key backends, store) cannot serve now (UNAVAILABLE).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The client is over its rate limit (RESOURCE_EXHAUSTED); retry after the given time.
+    #[error("rate limit of client `{client_id}` reached; retry in {retry_after_ms} ms")]
+    RateLimited {
+        /// The client.
+        client_id: String,
+        /// When a request will be admitted again.
+        retry_after_ms: u64,
+    },
     /// Something that must not happen (INTERNAL); details are logged, not returned.
     #[error("internal error")]
     Internal,
@@ -81,6 +89,9 @@ pub struct TokenSettings {
     pub clock_skew: Duration,
     /// Registered clients.
     pub clients: BTreeMap<String, ClientPolicy>,
+    /// Requests per second each client may make (GenerateTokens and RefreshTokens); none
+    /// when absent.
+    pub rate_limit: Option<crate::resilience::RateLimitConfig>,
 }
 
 /// A token request.
@@ -165,6 +176,8 @@ pub struct TokenService {
     signing_key: KeyRef,
     encryption_key: KeyRef,
     clock: Arc<dyn Clock>,
+    limiters:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<crate::resilience::RateLimiter>>>,
 }
 
 fn random_id() -> Result<String, TokenError> {
@@ -191,7 +204,32 @@ impl TokenService {
             signing_key,
             encryption_key,
             clock,
+            limiters: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// Admits one request of `client_id` under the per-client rate limit. Only registered
+    /// clients get a bucket, so unknown ids cannot grow the table.
+    fn admit(&self, client_id: &str) -> Result<(), TokenError> {
+        let Some(config) = &self.settings.rate_limit else {
+            return Ok(());
+        };
+        if !self.settings.clients.contains_key(client_id) {
+            return Ok(()); // refused later as an unknown client
+        }
+        let limiter = {
+            let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+            limiters
+                .entry(client_id.to_owned())
+                .or_insert_with(|| Arc::new(crate::resilience::RateLimiter::new(config)))
+                .clone()
+        };
+        limiter
+            .try_acquire_or_wait_time()
+            .map_err(|wait| TokenError::RateLimited {
+                client_id: client_id.to_owned(),
+                retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
+            })
     }
 
     fn access_ttl(&self, requested: Option<Duration>) -> Result<u64, TokenError> {
@@ -257,6 +295,7 @@ impl TokenService {
         ctx: &CallContext,
         request: &TokenRequest,
     ) -> Result<IssuedTokens, TokenError> {
+        self.admit(&request.client_id)?;
         let grant = Grant::validate(
             &self.settings.clients,
             &request.subject,
@@ -336,6 +375,7 @@ impl TokenService {
             .await?;
         let StoredGrant { grant, access_ttl } =
             serde_json::from_slice(&stored).map_err(|_| TokenError::Internal)?;
+        self.admit(&grant.client_id)?;
         let (access_token, claims, kid) =
             self.sign_access(ctx, &grant, &family, access_ttl).await?;
         let next = RefreshToken::generate(family.clone())?;
