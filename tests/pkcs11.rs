@@ -534,3 +534,123 @@ token_test!(
         });
     }
 );
+
+token_test!(
+    tokens_signed_by_the_fallback_while_the_hsm_is_down_verify_from_the_jwks,
+    |token| {
+        use std::collections::BTreeMap;
+        use token_service::token::claims::ClientPolicy;
+        use token_service::token::store::memory::MemoryStore;
+        use token_service::token::{TokenRequest, TokenService, TokenSettings};
+        runtime().block_on(async {
+            let hsm = Arc::new(Pkcs11Backend::open(options(&token)).unwrap());
+            let dir = tempfile::tempdir().unwrap();
+            let software = Arc::new(
+                SoftwareBackend::open(&dir.path().join("k"), SoftwareOptions::default()).unwrap(),
+            );
+            let once = ResilienceConfig {
+                retry: RetryConfig {
+                    max_attempts: 1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let chain = Arc::new(
+                Chain::new(
+                    vec![
+                        (hsm.clone() as Arc<dyn Backend>, once.clone()),
+                        (software.clone() as Arc<dyn Backend>, once),
+                    ],
+                    &Routes {
+                        sign: vec!["pkcs11".into(), "software".into()],
+                        verify: vec!["software".into()],
+                        encrypt: vec!["software".into()],
+                    },
+                    true,
+                    Metrics::new(),
+                )
+                .unwrap(),
+            );
+            let signing = key("signing");
+            let encryption = KeyRef::new("token-cache", "aes").unwrap();
+            let ctx = CallContext::new();
+            chain
+                .ensure_key(&ctx, chain.sign_backends(), &signing, Algorithm::Es256)
+                .await
+                .unwrap();
+            software
+                .generate_key(&encryption, Algorithm::A256Gcm)
+                .await
+                .unwrap();
+            let tokens = TokenService::new(
+                chain.clone(),
+                Arc::new(MemoryStore::default()),
+                TokenSettings {
+                    issuer: "token-service".into(),
+                    access_ttl: Duration::from_secs(900),
+                    max_access_ttl: Duration::from_secs(3600),
+                    refresh_ttl: Duration::from_secs(3600),
+                    clock_skew: Duration::from_secs(60),
+                    clients: BTreeMap::from([(
+                        "web".to_owned(),
+                        ClientPolicy {
+                            scopes: vec![],
+                            audiences: vec!["api".into()],
+                        },
+                    )]),
+                    rate_limit: None,
+                },
+                signing,
+                encryption,
+                Arc::new(token_service::backends::clock::SystemClock),
+            );
+            let request = TokenRequest {
+                subject: "alice".into(),
+                client_id: "web".into(),
+                ..Default::default()
+            };
+            let from_hsm = tokens.generate(&ctx, &request).await.unwrap();
+
+            // The HSM goes away: the next token is signed by the software fallback.
+            cryptoki::context::Pkcs11::new(&token.module)
+                .unwrap()
+                .finalize()
+                .unwrap();
+            let from_fallback = tokens.generate(&ctx, &request).await.unwrap();
+            assert_ne!(
+                from_hsm.kid, from_fallback.kid,
+                "the fallback signs with its own key"
+            );
+            assert_eq!(
+                chain
+                    .metrics()
+                    .fallback_count(Operation::Sign, "pkcs11", "software"),
+                1
+            );
+
+            // The JWKS holds both backends' keys, so both tokens verify independently.
+            let jwks = tokens.jwks(&ctx).await.unwrap();
+            assert_eq!(jwks.keys.len(), 2, "{jwks:?}");
+            let set: jsonwebtoken::jwk::JwkSet =
+                serde_json::from_value(serde_json::to_value(&jwks).unwrap()).unwrap();
+            for issued in [&from_hsm, &from_fallback] {
+                let jwk = set.find(&issued.kid).expect("kid published");
+                let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+                validation.set_audience(&["api"]);
+                jsonwebtoken::decode::<serde_json::Value>(
+                    &issued.access_token,
+                    &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
+                    &validation,
+                )
+                .unwrap();
+                assert!(
+                    tokens
+                        .introspect(&ctx, &issued.access_token)
+                        .await
+                        .unwrap()
+                        .active
+                );
+            }
+        });
+    }
+);
