@@ -10,7 +10,7 @@ use crate::backends::chain::{Chain, ChainBuildError, ConfiguredBackend, Routes};
 use crate::backends::clock::SystemClock;
 use crate::backends::pkcs11::{Pkcs11Backend, Pkcs11Options};
 use crate::backends::software::{SoftwareBackend, SoftwareOptions};
-use crate::backends::{BackendError, KeyRef};
+use crate::backends::{BackendError, KeyRef, Operation};
 use crate::config::{Config, StoreKind, VerifyMode};
 use crate::context::CallContext;
 use crate::metrics::Metrics;
@@ -209,6 +209,40 @@ impl Service {
         Ok(())
     }
 
+    /// Rotates the signing key on every backend of the sign chain, every `every`. Failures
+    /// are logged and retried at the next tick; the old versions keep verifying for their
+    /// retention, so a missed rotation never breaks a token.
+    async fn rotate_every(self, every: std::time::Duration) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await; // the first tick is immediate: rotate only after a full interval
+        loop {
+            ticks.tick().await;
+            let ctx = CallContext::new();
+            for guarded in self.chain.sign_backends() {
+                if !guarded
+                    .backend()
+                    .capabilities()
+                    .supports(Operation::RotateKey)
+                {
+                    continue;
+                }
+                let key = &self.signing_key;
+                match guarded
+                    .call(&ctx, Operation::RotateKey, key, |b| b.rotate_key(key))
+                    .await
+                {
+                    Ok(m) => {
+                        tracing::info!(target: "audit", event = "scheduled_rotation", backend = guarded.name(), key = %key, version = m.version, kid = %m.kid, "signing key rotated")
+                    }
+                    Err(error) => {
+                        tracing::warn!(backend = guarded.name(), %error, "scheduled rotation failed; retrying at the next interval")
+                    }
+                }
+            }
+        }
+    }
+
     /// Serves the gRPC API, the public HTTP endpoint and the admin endpoint until SIGTERM
     /// or SIGINT; then stops accepting, lets in-flight calls finish, and returns.
     pub async fn serve(&self) -> Result<(), ServiceError> {
@@ -267,6 +301,11 @@ impl Service {
 
         let (deadline_tx, deadline) = tokio::sync::oneshot::channel::<()>();
         let grace = server.shutdown_grace;
+        let rotation = self
+            .config
+            .keys
+            .rotation_interval
+            .map(|every| tokio::spawn(self.clone().rotate_every(every)));
         let stopper = tokio::spawn(async move {
             shutdown_signal().await;
             let _ = stop.send(true);
@@ -283,6 +322,9 @@ impl Service {
             }
         };
         stopper.abort();
+        if let Some(rotation) = rotation {
+            rotation.abort();
+        }
         grpc.map_err(|e| ServiceError::Listen {
             addr: grpc_addr,
             source: std::io::Error::other(e.to_string()),

@@ -145,3 +145,40 @@ async fn readiness_follows_the_ability_to_sign() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+/// With `keys.rotation_interval` set, the running service rotates its signing key by
+/// itself; the new version signs and the old one stays published.
+#[test]
+fn scheduled_rotation_rotates_the_signing_key() {
+    let sandbox = Sandbox::new("");
+    let text = std::fs::read_to_string(sandbox.config_path())
+        .unwrap()
+        .replace(
+            "[keys.signing]",
+            "[keys]\nrotation_interval = \"1s\"\n\n[keys.signing]",
+        );
+    sandbox.write_config(&text);
+    let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
+    let mut versions = 0;
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let shown = String::from_utf8(sandbox.run(&["keys", "show"], None).stdout).unwrap();
+        versions = shown
+            .lines()
+            .filter(|l| l.contains("token/signing"))
+            .count();
+        if versions >= 2 {
+            assert!(
+                shown.lines().any(|l| l.contains(" 1 DEPRECATED ")),
+                "{shown}"
+            );
+            break;
+        }
+    }
+    assert!(versions >= 2, "no scheduled rotation happened");
+    let (_, jwks) = http_get(service.public, "/.well-known/jwks.json");
+    let jwks: serde_json::Value = serde_json::from_str(&jwks).unwrap();
+    assert!(jwks["keys"].as_array().unwrap().len() >= 2, "{jwks}");
+    assert!(service.log().contains("scheduled_rotation"));
+    assert_eq!(service.terminate().code(), Some(0));
+}

@@ -258,6 +258,14 @@ pub struct KeysConfig {
     /// The cache encryption key.
     #[serde(default)]
     pub encryption: EncryptionKeyConfig,
+    /// Rotate the signing key on every backend of the sign chain at this interval (off when
+    /// absent). Enable it on one instance of a fleet only: each instance would rotate.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub rotation_interval: Option<Duration>,
 }
 
 /// `[keys.signing]`
