@@ -25,6 +25,14 @@ use token_service::token::{TokenError, TokenRequest, TokenService, TokenSettings
 /// One service instance: its own backend handle on the shared key directory, its own
 /// connection to the shared Redis.
 async fn instance(keys: &Path, redis_url: &str) -> Arc<TokenService> {
+    instance_with_store(
+        keys,
+        Arc::new(RedisStore::connect(redis_url).await.unwrap()),
+    )
+    .await
+}
+
+async fn instance_with_store(keys: &Path, store: Arc<dyn Store>) -> Arc<TokenService> {
     let backend = Arc::new(SoftwareBackend::open(keys, SoftwareOptions::default()).unwrap());
     let signing = KeyRef::new("token", "signing").unwrap();
     let encryption = KeyRef::new("token-cache", "aes").unwrap();
@@ -43,7 +51,6 @@ async fn instance(keys: &Path, redis_url: &str) -> Arc<TokenService> {
         )
         .unwrap(),
     );
-    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(redis_url).await.unwrap());
     let settings = TokenSettings {
         issuer: "token-service".into(),
         access_ttl: Duration::from_secs(900),
@@ -205,4 +212,103 @@ async fn redis_dying_is_unavailable_and_the_service_recovers_without_a_restart()
         .refresh(&ctx(), &tokens.refresh_token)
         .await
         .unwrap();
+}
+
+async fn cluster_instance(keys: &Path, seeds: &[String]) -> Arc<TokenService> {
+    instance_with_store(
+        keys,
+        Arc::new(RedisStore::connect_cluster(seeds).await.unwrap()),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_rotation_reuse_and_concurrency() {
+    let Some(cluster) = support::redis::RedisCluster::start() else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let a = cluster_instance(&keys.path().join("keys"), &cluster.seeds()).await;
+    let b = cluster_instance(&keys.path().join("keys"), &cluster.seeds()).await;
+    // Families land on different slots and masters; each behaves the same.
+    for i in 0..6 {
+        let first = a
+            .generate(&ctx(), &request(&format!("user-{i}")))
+            .await
+            .unwrap();
+        let second = b.refresh(&ctx(), &first.refresh_token).await.unwrap();
+        assert!(matches!(
+            a.refresh(&ctx(), &first.refresh_token).await,
+            Err(TokenError::Unauthenticated(_))
+        ));
+        assert!(
+            !b.introspect(&ctx(), &second.access_token)
+                .await
+                .unwrap()
+                .active
+        );
+    }
+    let issued = a.generate(&ctx(), &request("race")).await.unwrap();
+    let token = Arc::new(issued.refresh_token.to_string());
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let (service, token) = (
+                if i % 2 == 0 { a.clone() } else { b.clone() },
+                token.clone(),
+            );
+            tokio::spawn(async move { service.refresh(&CallContext::new(), &token).await })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        if t.await.unwrap().is_ok() {
+            wins += 1;
+        }
+    }
+    assert_eq!(wins, 1);
+    let denied = a.generate(&ctx(), &request("denied")).await.unwrap();
+    a.revoke_access_token(&denied.claims.jti, denied.claims.exp)
+        .await
+        .unwrap();
+    assert!(
+        !b.introspect(&ctx(), &denied.access_token)
+            .await
+            .unwrap()
+            .active
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_cluster_master_loses_no_family() {
+    let Some(mut cluster) = support::redis::RedisCluster::start() else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let service = cluster_instance(&keys.path().join("keys"), &cluster.seeds()).await;
+    let mut families = Vec::new();
+    for i in 0..12 {
+        families.push(
+            service
+                .generate(&ctx(), &request(&format!("user-{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    cluster.sync_replicas();
+    let master = cluster.masters()[0];
+    cluster.kill(master);
+    // Every family refreshes again once a replica has taken over; meanwhile calls fail as
+    // unavailable, never as a wrong answer.
+    for issued in families {
+        let started = std::time::Instant::now();
+        loop {
+            match service.refresh(&ctx(), &issued.refresh_token).await {
+                Ok(_) => break,
+                Err(TokenError::Unavailable(_)) if started.elapsed() < Duration::from_secs(30) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => panic!("family lost or broken after failover: {other:?}"),
+            }
+        }
+    }
 }

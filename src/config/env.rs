@@ -67,7 +67,9 @@ pub(super) fn apply_overrides(config: &mut Config, env: &dyn EnvSource) -> Resul
     }
     if let Some(value) = env.get("REDIS_URL") {
         config.tokens.redis_url = Some(value);
-        config.tokens.store = super::StoreKind::Redis;
+        if config.tokens.store == super::StoreKind::Memory {
+            config.tokens.store = super::StoreKind::Redis;
+        }
     }
     if let Some(value) = env.get("HOST") {
         config.server.host = value.trim().parse().map_err(|_| {

@@ -153,7 +153,7 @@ pub struct TokensConfig {
     /// Tolerance on exp/nbf in introspection.
     #[serde(with = "humantime_serde")]
     pub clock_skew: Duration,
-    /// Where token state lives: `memory` (one instance) or `redis` (a fleet).
+    /// Where token state lives: `memory` (one instance), `redis` or `redis_cluster` (a fleet).
     pub store: StoreKind,
     /// Redis URL for `store = "redis"` (env `REDIS_URL`, which also selects Redis). It may
     /// hold a password, so it is shown redacted.
@@ -188,13 +188,15 @@ impl Default for TokensConfig {
 
 /// Kinds of token store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum StoreKind {
     /// In memory: one instance.
     #[default]
     Memory,
     /// Redis: shared by a fleet.
     Redis,
+    /// Redis Cluster: `redis_url` lists seed nodes, comma-separated.
+    RedisCluster,
 }
 
 fn redact<S: serde::Serializer>(value: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {

@@ -129,15 +129,22 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "expected at least tokens.access_ttl",
         ));
     }
-    if tokens.store == super::StoreKind::Redis {
-        match tokens.redis_url.as_deref() {
-            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {}
-            _ => {
-                return Err(ConfigError::invalid(
-                    "tokens.redis_url",
-                    "expected redis://host:port (or rediss://) when tokens.store = \"redis\"; env REDIS_URL",
-                ));
-            }
+    if tokens.store != super::StoreKind::Memory {
+        let urls: Vec<&str> = tokens
+            .redis_url
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .collect();
+        let well_formed = urls
+            .iter()
+            .all(|u| u.starts_with("redis://") || u.starts_with("rediss://"));
+        if !well_formed || (tokens.store == super::StoreKind::Redis && urls.len() != 1) {
+            return Err(ConfigError::invalid(
+                "tokens.redis_url",
+                "expected redis://host:port (or rediss://) for tokens.store = \"redis\", or comma-separated seed nodes for \"redis_cluster\"; env REDIS_URL",
+            ));
         }
     }
     if tokens

@@ -102,3 +102,182 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// A 6-node Redis Cluster (3 masters, 3 replicas) on loopback, stopped when dropped.
+pub struct RedisCluster {
+    nodes: Vec<(u16, Option<Child>)>,
+    _dir: tempfile::TempDir,
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+impl RedisCluster {
+    /// Starts the nodes, creates the cluster and waits until it is whole.
+    pub fn start() -> Option<Self> {
+        require_tool("redis-server")?;
+        require_tool("redis-cli")?;
+        let dir = tempfile::tempdir().unwrap();
+        let listeners: Vec<TcpListener> = (0..12)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        drop(listeners);
+        let mut nodes = Vec::new();
+        for i in 0..6 {
+            let (port, bus) = (ports[i], ports[i + 6]);
+            let node_dir = dir.path().join(port.to_string());
+            std::fs::create_dir(&node_dir).unwrap();
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--cluster-port",
+                    &bus.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                ])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+                .args([
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-replica-validity-factor",
+                    "0",
+                ])
+                .args([
+                    "--repl-diskless-sync-delay",
+                    "0",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server");
+            nodes.push((port, Some(child)));
+        }
+        let started = Instant::now();
+        for (port, _) in &nodes {
+            while !pong(*port) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "cluster node did not answer"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "{}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let cluster = Self { nodes, _dir: dir };
+        cluster.wait_until_whole(Duration::from_secs(30));
+        Some(cluster)
+    }
+
+    /// Waits until every live node says `cluster_state:ok` and every replica's link is up.
+    pub fn wait_until_whole(&self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let whole = self.live_ports().iter().all(|port| {
+                let info = redis_cli(*port, &["cluster", "info"]);
+                let replication = redis_cli(*port, &["info", "replication"]);
+                info.contains("cluster_state:ok")
+                    && (replication.contains("role:master")
+                        || replication.contains("master_link_status:up"))
+            });
+            if whole {
+                return;
+            }
+            assert!(started.elapsed() < limit, "cluster did not become whole");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn live_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|(_, c)| c.is_some())
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Seed URLs.
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|(p, _)| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// Ports of the live masters.
+    pub fn masters(&self) -> Vec<u16> {
+        self.live_ports()
+            .into_iter()
+            .filter(|p| redis_cli(*p, &["info", "replication"]).contains("role:master"))
+            .collect()
+    }
+
+    /// Waits until every master's writes reached a replica (`WAIT 1`).
+    pub fn sync_replicas(&self) {
+        for port in self.masters() {
+            let acked = redis_cli(port, &["wait", "1", "5000"]);
+            assert!(
+                acked.trim() != "0",
+                "master {port}: no replica acknowledged"
+            );
+        }
+    }
+
+    /// Kills one node (SIGKILL).
+    pub fn kill(&mut self, port: u16) {
+        for (p, child) in &mut self.nodes {
+            if *p == port
+                && let Some(mut c) = child.take()
+            {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}

@@ -1,5 +1,6 @@
-//! The Redis store, for a fleet of instances sharing state (single node here; Redis Cluster
-//! uses the same keys: a family's keys share the hash tag `{<family id>}`).
+//! The Redis store, for a fleet of instances sharing state: one Redis, or a Redis Cluster
+//! (every key of a family shares the hash tag `{<family id>}`, so each script touches one
+//! slot).
 //!
 //! Keys: `ts:fam:{F}` (hash: current, generation, revoked, expires_at, data) and
 //! `ts:fam:{F}:retired` (set of used token hashes), both expiring with the family;
@@ -7,8 +8,9 @@
 //! is atomic: of many instances presenting one refresh token at once, exactly one rotates.
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 
 use super::{FamilyRecord, MAX_RETIRED, Rotation, Store, StoreError};
 use crate::token::refresh::{FamilyId, SecretHash};
@@ -38,6 +40,12 @@ redis.call('EXPIREAT', KEYS[1], ARGV[4])
 return 1
 "#;
 
+const DENY: &str = r#"
+redis.call('SET', KEYS[1], '1', 'NX', 'EXAT', ARGV[1])
+redis.call('EXPIREAT', KEYS[1], ARGV[1], 'GT')
+return 1
+"#;
+
 const REVOKE: &str = r#"
 local f = redis.call('HMGET', KEYS[1], 'revoked', 'expires_at')
 if not f[2] or tonumber(f[2]) <= tonumber(ARGV[1]) or f[1] == '1' then return 0 end
@@ -45,13 +53,49 @@ redis.call('HSET', KEYS[1], 'revoked', '1')
 return 1
 "#;
 
+/// A connection to one Redis or to a cluster; both reconnect by themselves.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// The Redis store.
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: Connection,
     rotate: Script,
     create: Script,
     revoke: Script,
+    deny: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -88,12 +132,30 @@ impl RedisStore {
             .get_connection_manager_with_config(config)
             .await
             .map_err(unavailable)?;
-        Ok(Self {
+        Ok(Self::with(Connection::Single(connection)))
+    }
+
+    /// Connects to a Redis Cluster through any of `seeds` (`redis://host:port`). Slot moves
+    /// and failovers are followed by the client; calls during a failover fail as unavailable.
+    pub async fn connect_cluster(seeds: &[String]) -> Result<Self, StoreError> {
+        let client = redis::cluster::ClusterClient::builder(seeds.iter().map(String::as_str))
+            .connection_timeout(std::time::Duration::from_secs(2))
+            .response_timeout(std::time::Duration::from_secs(2))
+            .retries(3)
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("redis cluster seeds: {e}")))?;
+        let connection = client.get_async_connection().await.map_err(unavailable)?;
+        Ok(Self::with(Connection::Cluster(connection)))
+    }
+
+    fn with(connection: Connection) -> Self {
+        Self {
             connection,
             rotate: Script::new(ROTATE),
             create: Script::new(CREATE),
             revoke: Script::new(REVOKE),
-        })
+            deny: Script::new(DENY),
+        }
     }
 
     fn hash_text(hash: &SecretHash) -> String {
@@ -216,24 +278,13 @@ impl Store for RedisStore {
     }
 
     async fn deny_jti(&self, jti: &str, until: u64) -> Result<(), StoreError> {
-        let key = format!("ts:deny:{jti}");
-        // Keep the later expiry if the jti is denied twice.
-        redis::pipe()
-            .atomic()
-            .cmd("SET")
-            .arg(&key)
-            .arg(1)
-            .arg("NX")
-            .arg("EXAT")
+        // One script on one key: keeps the later expiry if the jti is denied twice.
+        self.deny
+            .key(format!("ts:deny:{jti}"))
             .arg(until)
-            .ignore()
-            .cmd("EXPIREAT")
-            .arg(&key)
-            .arg(until)
-            .arg("GT")
-            .ignore()
-            .query_async::<()>(&mut self.connection.clone())
+            .invoke_async::<i64>(&mut self.connection.clone())
             .await
+            .map(|_| ())
             .map_err(unavailable)
     }
 
