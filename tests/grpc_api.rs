@@ -455,3 +455,53 @@ async fn a_client_over_its_rate_limit_is_told_when_to_retry() {
         .await
         .unwrap();
 }
+
+/// Redis dies under a running service: UNAVAILABLE with a clear message and not ready;
+/// when Redis returns, the service carries on without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_is_unavailable_and_not_ready_then_recovers() {
+    let Some(mut redis) = support::redis::RedisServer::start() else {
+        return;
+    };
+    let sandbox = Sandbox::new("");
+    let url = redis.url();
+    let (config, cwd) = (sandbox.config_path(), sandbox.dir.path().to_path_buf());
+    let service = tokio::task::spawn_blocking(move || {
+        ServiceProcess::start_with_env(Some(&config), &cwd, &[("REDIS_URL", url.as_str())])
+    })
+    .await
+    .unwrap();
+    let mut client = TokenServiceClient::connect(format!("http://{}", service.grpc))
+        .await
+        .unwrap();
+    client.generate_tokens(generate("alice")).await.unwrap();
+    let admin = service.admin;
+
+    redis.kill();
+    let error = client.generate_tokens(generate("bob")).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable);
+    assert!(error.message().contains("redis"), "{}", error.message());
+    let (status, body) = tokio::task::spawn_blocking(move || http_get(admin, "/admin/v1/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(status, 503, "{body}");
+
+    redis.restart();
+    let mut recovered = false;
+    for _ in 0..50 {
+        if client.generate_tokens(generate("carol")).await.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "no recovery after Redis returned");
+    let (status, _) = tokio::task::spawn_blocking(move || http_get(admin, "/admin/v1/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    drop(client);
+    tokio::task::spawn_blocking(move || assert_eq!(service.terminate().code(), Some(0)))
+        .await
+        .unwrap();
+}
