@@ -505,3 +505,102 @@ async fn redis_down_is_unavailable_and_not_ready_then_recovers() {
         .await
         .unwrap();
 }
+
+/// The refresh-family flow and 50 concurrent refreshes of one token, over gRPC.
+async fn family_flow_and_race(grpc: std::net::SocketAddr) {
+    let mut client = TokenServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let first = client
+        .generate_tokens(generate("alice"))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = client
+        .refresh_tokens(RefreshTokensRequest {
+            refresh_token: first.refresh_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let reuse = client
+        .refresh_tokens(RefreshTokensRequest {
+            refresh_token: first.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reuse.code(), Code::Unauthenticated);
+    for token in [first.access_token, second.access_token] {
+        assert!(
+            !client
+                .introspect_token(IntrospectTokenRequest { token })
+                .await
+                .unwrap()
+                .into_inner()
+                .active
+        );
+    }
+    let raced = client
+        .generate_tokens(generate("bob"))
+        .await
+        .unwrap()
+        .into_inner();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (mut client, refresh_token) = (client.clone(), raced.refresh_token.clone());
+            tokio::spawn(async move {
+                client
+                    .refresh_tokens(RefreshTokensRequest { refresh_token })
+                    .await
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(status) => assert_eq!(status.code(), Code::Unauthenticated, "{status:?}"),
+        }
+    }
+    assert_eq!(wins, 1, "exactly one of 50 concurrent refreshes may win");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_flow_and_fifty_concurrent_refreshes_over_grpc_memory_store() {
+    let sandbox = Sandbox::new("");
+    let (config, cwd) = (sandbox.config_path(), sandbox.dir.path().to_path_buf());
+    let service = tokio::task::spawn_blocking(move || ServiceProcess::start(Some(&config), &cwd))
+        .await
+        .unwrap();
+    family_flow_and_race(service.grpc).await;
+    tokio::task::spawn_blocking(move || assert_eq!(service.terminate().code(), Some(0)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_flow_and_fifty_concurrent_refreshes_over_grpc_redis_cluster() {
+    let Some(cluster) = tokio::task::spawn_blocking(support::redis::RedisCluster::start)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let sandbox = Sandbox::new("");
+    let text = std::fs::read_to_string(sandbox.config_path())
+        .unwrap()
+        .replace("[tokens]", "[tokens]\nstore = \"redis_cluster\"");
+    sandbox.write_config(&text);
+    let seeds = cluster.seeds().join(",");
+    let (config, cwd) = (sandbox.config_path(), sandbox.dir.path().to_path_buf());
+    let service = tokio::task::spawn_blocking(move || {
+        ServiceProcess::start_with_env(Some(&config), &cwd, &[("REDIS_URL", seeds.as_str())])
+    })
+    .await
+    .unwrap();
+    family_flow_and_race(service.grpc).await;
+    tokio::task::spawn_blocking(move || assert_eq!(service.terminate().code(), Some(0)))
+        .await
+        .unwrap();
+    drop(cluster);
+}
