@@ -247,14 +247,36 @@ impl RedisCluster {
             .collect()
     }
 
-    /// Waits until every master's writes reached a replica (`WAIT 1`).
+    /// Waits until every master's replicas have caught up: each replica's offset equals its
+    /// master's `master_repl_offset`. (`WAIT` would not do from another connection: it only
+    /// waits for the writes of the connection that sends it.)
     pub fn sync_replicas(&self) {
+        let started = Instant::now();
         for port in self.masters() {
-            let acked = redis_cli(port, &["wait", "1", "5000"]);
-            assert!(
-                acked.trim() != "0",
-                "master {port}: no replica acknowledged"
-            );
+            loop {
+                let info = redis_cli(port, &["info", "replication"]);
+                let master_offset: Option<u64> = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("master_repl_offset:"))
+                    .and_then(|v| v.trim().parse().ok());
+                let replica_offsets: Vec<u64> = info
+                    .lines()
+                    .filter(|l| l.starts_with("slave") && l.contains("offset="))
+                    .filter_map(|l| l.split(',').find_map(|f| f.strip_prefix("offset=")))
+                    .filter_map(|v| v.trim().parse().ok())
+                    .collect();
+                if let Some(offset) = master_offset
+                    && !replica_offsets.is_empty()
+                    && replica_offsets.iter().all(|r| *r >= offset)
+                {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "replicas of {port} did not catch up"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 
