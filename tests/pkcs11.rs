@@ -46,18 +46,6 @@ fn key(name: &str) -> KeyRef {
     KeyRef::new("token", name).unwrap()
 }
 
-fn jsonwebtoken_algorithm(algorithm: Algorithm) -> jsonwebtoken::Algorithm {
-    match algorithm {
-        Algorithm::Es256 => jsonwebtoken::Algorithm::ES256,
-        Algorithm::Es384 => jsonwebtoken::Algorithm::ES384,
-        Algorithm::Ps256 => jsonwebtoken::Algorithm::PS256,
-        Algorithm::Ps384 => jsonwebtoken::Algorithm::PS384,
-        Algorithm::Ps512 => jsonwebtoken::Algorithm::PS512,
-        Algorithm::EdDsa => jsonwebtoken::Algorithm::EdDSA,
-        Algorithm::A256Gcm => unreachable!(),
-    }
-}
-
 token_test!(
     every_algorithm_signs_on_the_token_and_verifies_elsewhere,
     |token| {
@@ -136,7 +124,8 @@ token_test!(
                     &serde_json::from_value(serde_json::to_value(&jwk).unwrap()).unwrap(),
                 )
                 .unwrap();
-                let validation = jsonwebtoken::Validation::new(jsonwebtoken_algorithm(algorithm));
+                let validation =
+                    jsonwebtoken::Validation::new(support::jsonwebtoken_algorithm(algorithm));
                 jsonwebtoken::decode::<serde_json::Value>(&compact, &decoding, &validation)
                     .unwrap_or_else(|e| panic!("{algorithm}: jsonwebtoken refused: {e}"));
                 // A flipped bit fails everywhere.

@@ -69,6 +69,13 @@ fn failure(status: tonic::Status) -> Failure {
     Failure::new(format!("{:?}: {}", status.code(), status.message()))
 }
 
+fn print_tokens(r: token_service::api::proto::TokenResponse) -> Result<(), Failure> {
+    print_json(serde_json::json!({
+        "access_token": r.access_token, "refresh_token": r.refresh_token,
+        "token_type": r.token_type, "expires_in": r.expires_in, "scope": r.scope, "kid": r.kid,
+    }))
+}
+
 fn print_json(value: serde_json::Value) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(&value).map_err(|e| Failure::new(e.to_string()))?;
     println!("{text}");
@@ -97,10 +104,7 @@ pub async fn run(args: ClientArgs) -> Result<(), Failure> {
                 .await
                 .map_err(failure)?
                 .into_inner();
-            print_json(serde_json::json!({
-                "access_token": r.access_token, "refresh_token": r.refresh_token,
-                "token_type": r.token_type, "expires_in": r.expires_in, "scope": r.scope, "kid": r.kid,
-            }))
+            print_tokens(r)
         }
         ClientCommand::Refresh { refresh_token } => {
             let r = client
@@ -108,10 +112,7 @@ pub async fn run(args: ClientArgs) -> Result<(), Failure> {
                 .await
                 .map_err(failure)?
                 .into_inner();
-            print_json(serde_json::json!({
-                "access_token": r.access_token, "refresh_token": r.refresh_token,
-                "token_type": r.token_type, "expires_in": r.expires_in, "scope": r.scope, "kid": r.kid,
-            }))
+            print_tokens(r)
         }
         ClientCommand::Revoke {
             refresh_token,

@@ -8,3 +8,19 @@ pub mod process;
 pub mod redis;
 pub mod softhsm;
 pub mod vectors;
+
+/// jsonwebtoken's name for one of our signing algorithms.
+pub fn jsonwebtoken_algorithm(
+    algorithm: token_service::backends::Algorithm,
+) -> jsonwebtoken::Algorithm {
+    use token_service::backends::Algorithm;
+    match algorithm {
+        Algorithm::Es256 => jsonwebtoken::Algorithm::ES256,
+        Algorithm::Es384 => jsonwebtoken::Algorithm::ES384,
+        Algorithm::Ps256 => jsonwebtoken::Algorithm::PS256,
+        Algorithm::Ps384 => jsonwebtoken::Algorithm::PS384,
+        Algorithm::Ps512 => jsonwebtoken::Algorithm::PS512,
+        Algorithm::EdDsa => jsonwebtoken::Algorithm::EdDSA,
+        Algorithm::A256Gcm => unreachable!("not a signing algorithm"),
+    }
+}

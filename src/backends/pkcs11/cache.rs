@@ -46,6 +46,22 @@ impl CachedRing {
             })
     }
 
+    /// Refuses a request for another algorithm than the ring's.
+    pub fn check_algorithm(
+        &self,
+        requested: crate::backends::types::Algorithm,
+    ) -> Result<(), BackendError> {
+        if self.record.algorithm == requested {
+            Ok(())
+        } else {
+            Err(BackendError::Rejected(Rejection::AlgorithmMismatch {
+                key: self.key.to_string(),
+                requested: requested.as_str().to_owned(),
+                actual: self.record.algorithm,
+            }))
+        }
+    }
+
     /// The record of one version.
     pub fn record(&self, version: u32) -> Option<&VersionRecord> {
         self.record.versions.iter().find(|v| v.version == version)

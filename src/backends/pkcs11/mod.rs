@@ -324,17 +324,7 @@ impl Backend for Pkcs11Backend {
             }
             VerificationKey::Managed { key, kid } => {
                 let ring = self.ring(key).await?;
-                ring.record
-                    .algorithm
-                    .eq(&request.algorithm)
-                    .then_some(())
-                    .ok_or_else(|| {
-                        BackendError::Rejected(Rejection::AlgorithmMismatch {
-                            key: ring.key.to_string(),
-                            requested: request.algorithm.as_str().into(),
-                            actual: ring.record.algorithm,
-                        })
-                    })?;
+                ring.check_algorithm(request.algorithm)?;
                 let view = match (key.version(), kid) {
                     (Some(n), _) => ring.views.iter().find(|v| v.version == n),
                     (None, Some(kid)) => ring.views.iter().find(|v| v.kid == kid),
@@ -391,13 +381,7 @@ impl Backend for Pkcs11Backend {
         aad: &[u8],
     ) -> Result<String, BackendError> {
         let ring = self.ring(key).await?;
-        if ring.record.algorithm != Algorithm::A256Gcm {
-            return Err(BackendError::Rejected(Rejection::AlgorithmMismatch {
-                key: ring.key.to_string(),
-                requested: Algorithm::A256Gcm.as_str().into(),
-                actual: ring.record.algorithm,
-            }));
-        }
+        ring.check_algorithm(Algorithm::A256Gcm)?;
         let record = self.lifecycle().producing(
             &ring.key,
             &ring.record.versions,
@@ -445,13 +429,7 @@ impl Backend for Pkcs11Backend {
         }
         let key = KeyRef::new(&kid.namespace, &kid.name)?;
         let ring = self.ring(&key).await?;
-        if ring.record.algorithm != Algorithm::A256Gcm {
-            return Err(BackendError::Rejected(Rejection::AlgorithmMismatch {
-                key: ring.key.to_string(),
-                requested: Algorithm::A256Gcm.as_str().into(),
-                actual: ring.record.algorithm,
-            }));
-        }
+        ring.check_algorithm(Algorithm::A256Gcm)?;
         let record = ring
             .record(kid.version)
             .ok_or_else(|| BackendError::Rejected(Rejection::UnknownKid(kid.to_string())))?;
