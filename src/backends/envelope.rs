@@ -87,6 +87,19 @@ impl EnvelopeKid {
     }
 }
 
+impl EnvelopeKid {
+    /// The key ring this envelope names, if it was sealed by `backend`; an envelope of
+    /// another backend is refused (decrypt is routed by the envelope, never guessed).
+    pub fn key_for(&self, backend: &str) -> Result<super::types::KeyRef, BackendError> {
+        if self.backend != backend {
+            return Err(BackendError::Rejected(Rejection::UnknownEnvelopeBackend(
+                self.backend.clone(),
+            )));
+        }
+        super::types::KeyRef::new(&self.namespace, &self.name)
+    }
+}
+
 impl std::fmt::Display for EnvelopeKid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

@@ -422,12 +422,7 @@ impl Backend for Pkcs11Backend {
         aad: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         let kid = envelope.kid();
-        if kid.backend != self.name {
-            return Err(BackendError::Rejected(Rejection::UnknownEnvelopeBackend(
-                kid.backend.clone(),
-            )));
-        }
-        let key = KeyRef::new(&kid.namespace, &kid.name)?;
+        let key = kid.key_for(&self.name)?;
         let ring = self.ring(&key).await?;
         ring.check_algorithm(Algorithm::A256Gcm)?;
         let record = ring
