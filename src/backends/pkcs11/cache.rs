@@ -101,13 +101,7 @@ pub(super) fn read(
     ring_key: KeyRef,
 ) -> Result<CachedRing, OpError> {
     let other = OpError::Other;
-    let record = objects::read_ring(session, &ring_key)?
-        .ok_or_else(|| {
-            other(BackendError::Rejected(Rejection::UnknownKey(
-                ring_key.to_string(),
-            )))
-        })?
-        .record;
+    let record = objects::require_ring(session, &ring_key)?.record;
     let mut views = Vec::with_capacity(record.versions.len());
     for v in record
         .versions

@@ -199,11 +199,7 @@ impl Pkcs11Backend {
         let ring_key = key.ring();
         self.pool
             .call(move |session, shared| {
-                let stored = objects::read_ring(session, &ring_key)?.ok_or_else(|| {
-                    other(BackendError::Rejected(Rejection::UnknownKey(
-                        ring_key.to_string(),
-                    )))
-                })?;
+                let stored = objects::require_ring(session, &ring_key)?;
                 let mut record = stored.record.clone();
                 let v = record
                     .versions
@@ -487,11 +483,7 @@ impl Backend for Pkcs11Backend {
         );
         self.pool
             .call(move |session, shared| {
-                let stored = objects::read_ring(session, &ring_key)?.ok_or_else(|| {
-                    other(BackendError::Rejected(Rejection::UnknownKey(
-                        ring_key.to_string(),
-                    )))
-                })?;
+                let stored = objects::require_ring(session, &ring_key)?;
                 let mut record = stored.record.clone();
                 let (version, destroyed) = record.rotate(now, retention);
                 // The new key first: the record never names a key that is not there.

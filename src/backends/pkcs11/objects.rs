@@ -179,6 +179,15 @@ pub fn read_ring(session: &Session, key: &KeyRef) -> Result<Option<StoredRing>, 
     }))
 }
 
+/// Like [`read_ring`], but a missing ring is [`Rejection::UnknownKey`].
+pub fn require_ring(session: &Session, key: &KeyRef) -> Result<StoredRing, OpError> {
+    read_ring(session, key)?.ok_or_else(|| {
+        OpError::Other(BackendError::Rejected(Rejection::UnknownKey(
+            key.to_string(),
+        )))
+    })
+}
+
 /// Writes the next revision of a ring record, then removes the older ones.
 pub fn write_ring(
     session: &Session,
