@@ -8,6 +8,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// mimalloc, because with glibc's allocator the issuance cost grew with the memory store:
+// 0.085 ms of server CPU per token on an empty store, 0.13 ms at 150k families (time spent in
+// `unlink_chunk`); with mimalloc it stayed at 0.084-0.10 ms past 250k families.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
