@@ -2,7 +2,7 @@
 //! so building needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/token_service.proto"];
+    let protos = ["proto/token_service.proto", "proto/crypto_service.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -19,6 +19,7 @@ pub mod api;
 pub mod backends;
 pub mod config;
 pub mod context;
+pub mod crypto_server;
 pub mod jws;
 pub mod metrics;
 pub mod resilience;

@@ -8,10 +8,11 @@ use crate::api::grpc::GrpcTokenService;
 use crate::api::proto;
 use crate::backends::chain::{Chain, ChainBuildError, ConfiguredBackend, Routes};
 use crate::backends::clock::SystemClock;
+use crate::backends::crypto_service::{self, CryptoServiceBackend};
 use crate::backends::pkcs11::{Pkcs11Backend, Pkcs11Options};
 use crate::backends::software::{SoftwareBackend, SoftwareOptions};
 use crate::backends::{BackendError, KeyRef, Operation};
-use crate::config::{Config, StoreKind, VerifyMode};
+use crate::config::{BackendsConfig, ChainConfig, Config, StoreKind, VerifyMode};
 use crate::context::CallContext;
 use crate::metrics::Metrics;
 use crate::token::store::Store;
@@ -73,9 +74,9 @@ pub struct Service {
 }
 
 /// Opens every configured backend.
-pub fn open_backends(config: &Config) -> Result<Vec<ConfiguredBackend>, ServiceError> {
+pub fn open_backends(config: &BackendsConfig) -> Result<Vec<ConfiguredBackend>, ServiceError> {
     let mut backends: Vec<ConfiguredBackend> = Vec::new();
-    if let Some(software) = &config.backends.software {
+    if let Some(software) = &config.software {
         let backend = SoftwareBackend::open(
             &software.data_dir,
             SoftwareOptions {
@@ -90,7 +91,7 @@ pub fn open_backends(config: &Config) -> Result<Vec<ConfiguredBackend>, ServiceE
         })?;
         backends.push((Arc::new(backend), software.resilience.clone()));
     }
-    if let Some(pkcs11) = &config.backends.pkcs11 {
+    if let Some(pkcs11) = &config.pkcs11 {
         let failed = |source| ServiceError::Backend {
             backend: "pkcs11".into(),
             source,
@@ -115,19 +116,44 @@ pub fn open_backends(config: &Config) -> Result<Vec<ConfiguredBackend>, ServiceE
         .map_err(failed)?;
         backends.push((Arc::new(backend), pkcs11.resilience.clone()));
     }
+    if let Some(remote) = &config.crypto_service {
+        let backend = CryptoServiceBackend::connect(remote.options()).map_err(|source| {
+            ServiceError::Backend {
+                backend: crypto_service::NAME.into(),
+                source,
+            }
+        })?;
+        backends.push((Arc::new(backend), remote.resilience.clone()));
+    }
     Ok(backends)
+}
+
+/// The routes of `chain`, without the Crypto Service where its signing or encryption is
+/// switched off (`CRYPTO_SIGNING_ENABLED`, `CRYPTO_ENCRYPTION_ENABLED`).
+pub fn routes(chain: &ChainConfig, backends: &BackendsConfig) -> Routes {
+    let (signing, encryption) = backends
+        .crypto_service
+        .as_ref()
+        .map_or((true, true), |c| (c.signing_enabled, c.encryption_enabled));
+    let keep = |list: &[String], enabled: bool| -> Vec<String> {
+        list.iter()
+            .filter(|name| enabled || name.as_str() != crypto_service::NAME)
+            .cloned()
+            .collect()
+    };
+    Routes {
+        sign: keep(&chain.sign, signing),
+        verify: keep(&chain.verify, signing),
+        encrypt: keep(&chain.encrypt, encryption),
+    }
 }
 
 impl Service {
     /// Builds the chain and connects the token store, without touching keys.
     pub async fn build(config: Config, metrics: Metrics) -> Result<Self, ServiceError> {
-        let routes = Routes {
-            sign: config.chain.sign.clone(),
-            verify: config.chain.verify.clone(),
-            encrypt: config.chain.encrypt.clone(),
-        };
+        let routes = routes(&config.chain, &config.backends);
         let chain = Chain::new(
-            open_backends(&config)?,
+            open_backends(&config.backends)?,
             &routes,
             config.crypto.fallback_enabled,
             metrics,

@@ -40,14 +40,7 @@ impl GrpcTokenService {
 }
 
 fn context<T>(request: &Request<T>) -> CallContext {
-    match request
-        .metadata()
-        .get("x-correlation-id")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(id) => CallContext::with_correlation_id(id),
-        None => CallContext::new(),
-    }
+    super::inbound_context(request.metadata(), None)
 }
 
 fn status(error: TokenError) -> Status {

@@ -6,6 +6,12 @@
 //! JSON serialization's `aad` member: the GCM AAD is `ASCII(protected || '.' || BASE64URL(aad))`.
 //! With no caller AAD it is `ASCII(protected)`, as in any compact JWE, so such envelopes
 //! open with any standard JWE library given the key.
+//!
+//! A backend that delegates encryption to a remote service (the Crypto Service) gets back a
+//! ciphertext only that service can open, in a format of its own. It is carried in the same
+//! compact form with `alg: x-remote` (a private algorithm name, so a JWE library refuses it
+//! instead of misreading it), the service's ciphertext as the JWE ciphertext, and empty IV
+//! and tag: the remote service authenticates its own ciphertext and the caller's AAD.
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, NONCE_LEN, Nonce};
 use base64::Engine;
@@ -118,14 +124,38 @@ struct ProtectedHeader {
     kid: String,
 }
 
+/// `alg` of an envelope whose ciphertext only a remote service can open.
+pub const REMOTE_ALG: &str = "x-remote";
+
 /// A parsed envelope. Parsing checks structure only; [`Envelope::open`] authenticates.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
     protected_b64: String,
     kid: EnvelopeKid,
-    nonce: [u8; NONCE_LEN],
-    ciphertext: Vec<u8>,
-    tag: [u8; TAG_LEN],
+    body: Body,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Body {
+    /// AES-256-GCM done here, with the key named by the kid.
+    Gcm {
+        nonce: [u8; NONCE_LEN],
+        ciphertext: Vec<u8>,
+        tag: [u8; TAG_LEN],
+    },
+    /// A remote service's ciphertext.
+    Remote { ciphertext: Vec<u8> },
+}
+
+/// What AES-GCM needs to open a local envelope.
+#[derive(Debug)]
+pub struct GcmParts {
+    /// The nonce.
+    pub nonce: [u8; NONCE_LEN],
+    /// Ciphertext followed by the tag, as PKCS#11 and most devices take it.
+    pub sealed: Vec<u8>,
+    /// The GCM additional data: the protected header and the caller's AAD.
+    pub aad: Vec<u8>,
 }
 
 fn malformed(detail: &str) -> BackendError {
@@ -167,6 +197,23 @@ impl Envelope {
         let header_json = decode(protected_b64, "protected header")?;
         let header: ProtectedHeader = serde_json::from_slice(&header_json)
             .map_err(|_| malformed("protected header is not a JSON object of alg, enc and kid"))?;
+        if header.alg == REMOTE_ALG && header.enc == "A256GCM" {
+            if !encrypted_key.is_empty() || !iv.is_empty() || !tag.is_empty() {
+                return Err(malformed(
+                    "a remote envelope has an empty encrypted key, IV and tag",
+                ));
+            }
+            let kid = EnvelopeKid::parse(&header.kid)?;
+            let ciphertext = decode(ciphertext, "ciphertext")?;
+            if ciphertext.is_empty() {
+                return Err(malformed("a remote envelope needs a ciphertext"));
+            }
+            return Ok(Self {
+                protected_b64: protected_b64.to_owned(),
+                kid,
+                body: Body::Remote { ciphertext },
+            });
+        }
         if header.alg != "dir" || header.enc != "A256GCM" {
             return Err(malformed(&format!(
                 "alg/enc `{}`/`{}` not supported; expected dir/A256GCM",
@@ -188,10 +235,37 @@ impl Envelope {
         Ok(Self {
             protected_b64: protected_b64.to_owned(),
             kid,
-            nonce,
-            ciphertext,
-            tag,
+            body: Body::Gcm {
+                nonce,
+                ciphertext,
+                tag,
+            },
         })
+    }
+
+    /// Wraps a remote service's ciphertext in an envelope named `kid`.
+    pub fn remote(kid: &EnvelopeKid, ciphertext: &[u8]) -> Result<String, BackendError> {
+        let header = serde_json::to_vec(&ProtectedHeader {
+            alg: REMOTE_ALG.into(),
+            enc: "A256GCM".into(),
+            kid: kid.to_string(),
+        })
+        .map_err(|e| BackendError::invalid_input(format!("envelope header: {e}")))?;
+        Ok(format!(
+            "{}...{}.",
+            B64.encode(header),
+            B64.encode(ciphertext)
+        ))
+    }
+
+    /// The remote service's ciphertext; refused for an envelope sealed here.
+    pub fn remote_ciphertext(&self) -> Result<&[u8], BackendError> {
+        match &self.body {
+            Body::Remote { ciphertext } => Ok(ciphertext),
+            Body::Gcm { .. } => Err(malformed(
+                "envelope was sealed locally (alg dir), not by a remote service",
+            )),
+        }
     }
 
     /// The backend, key and version that sealed this envelope.
@@ -266,35 +340,40 @@ impl Envelope {
         ))
     }
 
-    /// The nonce.
-    pub fn nonce(&self) -> &[u8; NONCE_LEN] {
-        &self.nonce
-    }
-
-    /// Ciphertext followed by the tag, as PKCS#11 and most devices take it.
-    pub fn ciphertext_and_tag(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.ciphertext.len() + TAG_LEN);
-        out.extend_from_slice(&self.ciphertext);
-        out.extend_from_slice(&self.tag);
-        out
-    }
-
-    /// The GCM additional data for opening this envelope with the caller's `aad`.
-    pub fn gcm_aad(&self, aad: &[u8]) -> Vec<u8> {
-        gcm_aad(&self.protected_b64, aad)
+    /// Nonce, ciphertext-and-tag and GCM AAD (with the caller's `aad`) of an envelope sealed
+    /// here; refused for a remote envelope.
+    pub fn gcm_parts(&self, aad: &[u8]) -> Result<GcmParts, BackendError> {
+        match &self.body {
+            Body::Gcm {
+                nonce,
+                ciphertext,
+                tag,
+            } => {
+                let mut sealed = Vec::with_capacity(ciphertext.len() + TAG_LEN);
+                sealed.extend_from_slice(ciphertext);
+                sealed.extend_from_slice(tag);
+                Ok(GcmParts {
+                    nonce: *nonce,
+                    sealed,
+                    aad: gcm_aad(&self.protected_b64, aad),
+                })
+            }
+            Body::Remote { .. } => Err(malformed(
+                "envelope was sealed by a remote service (alg x-remote), not with a local key",
+            )),
+        }
     }
 
     /// Authenticates and decrypts with `key` and the caller's `aad`. Any mismatch (key,
     /// ciphertext, tag, header or AAD) is [`BackendError::DecryptionFailed`], with no detail
     /// about which: that detail would be an oracle.
     pub fn open(&self, key: &LessSafeKey, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        let mut in_out = Zeroizing::new(Vec::with_capacity(self.ciphertext.len() + TAG_LEN));
-        in_out.extend_from_slice(&self.ciphertext);
-        in_out.extend_from_slice(&self.tag);
+        let parts = self.gcm_parts(aad)?;
+        let mut in_out = Zeroizing::new(parts.sealed);
         let len = key
             .open_in_place(
-                Nonce::assume_unique_for_key(self.nonce),
-                Aad::from(gcm_aad(&self.protected_b64, aad)),
+                Nonce::assume_unique_for_key(parts.nonce),
+                Aad::from(parts.aad),
                 &mut in_out,
             )
             .map_err(|_| BackendError::DecryptionFailed)?
@@ -340,18 +419,59 @@ mod tests {
             Err(BackendError::DecryptionFailed)
         );
         assert_eq!(env.open(&key(1), b""), Err(BackendError::DecryptionFailed));
-        let mut tampered = env.clone();
-        tampered.ciphertext[0] ^= 1;
+        type Flip = fn(&mut Vec<u8>, &mut [u8; TAG_LEN]);
+        let flips: [Flip; 2] = [|c, _| c[0] ^= 1, |_, t| t[15] ^= 0x80];
+        for flip in flips {
+            let mut tampered = env.clone();
+            let Body::Gcm {
+                ciphertext, tag, ..
+            } = &mut tampered.body
+            else {
+                panic!("a local envelope");
+            };
+            flip(ciphertext, tag);
+            assert_eq!(
+                tampered.open(&key(1), b"ctx"),
+                Err(BackendError::DecryptionFailed)
+            );
+        }
+    }
+
+    #[test]
+    fn remote_envelopes_route_but_never_open_locally() {
+        let remote = Envelope::remote(&kid(), b"opaque service ciphertext").unwrap();
+        let env = Envelope::parse(&remote).unwrap();
+        assert_eq!(env.kid(), &kid());
         assert_eq!(
-            tampered.open(&key(1), b"ctx"),
-            Err(BackendError::DecryptionFailed)
+            env.remote_ciphertext().unwrap(),
+            b"opaque service ciphertext"
         );
-        let mut tampered = env.clone();
-        tampered.tag[15] ^= 0x80;
-        assert_eq!(
-            tampered.open(&key(1), b"ctx"),
-            Err(BackendError::DecryptionFailed)
+        assert!(matches!(
+            env.open(&key(1), b""),
+            Err(BackendError::Rejected(Rejection::MalformedEnvelope(_)))
+        ));
+        let local = Envelope::seal(&kid(), &key(1), b"x", b"").unwrap();
+        assert!(
+            Envelope::parse(&local)
+                .unwrap()
+                .remote_ciphertext()
+                .is_err()
         );
+        // A remote envelope with an IV or tag, or no ciphertext, is malformed.
+        let parts: Vec<&str> = remote.split('.').collect();
+        for bad in [
+            format!("{}..AAAAAAAAAAAAAAAA.{}.", parts[0], parts[3]),
+            format!("{}...{}.AAAAAAAAAAAAAAAAAAAAAA", parts[0], parts[3]),
+            format!("{}....", parts[0]),
+        ] {
+            assert!(
+                matches!(
+                    Envelope::parse(&bad),
+                    Err(BackendError::Rejected(Rejection::MalformedEnvelope(_)))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

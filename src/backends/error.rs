@@ -146,6 +146,9 @@ pub enum Rejection {
     /// Any other malformed input.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A remote service refused the request for a reason with no closer match here.
+    #[error("refused by the remote service: {0}")]
+    Remote(String),
 }
 
 /// The error type of every [`Backend`](super::Backend) operation and of the chain.

@@ -3,6 +3,7 @@
 
 pub mod chain;
 pub mod clock;
+pub mod crypto_service;
 pub mod envelope;
 pub mod error;
 pub mod jwk;

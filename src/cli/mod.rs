@@ -52,6 +52,9 @@ enum Command {
     Client(client::ClientArgs),
     /// Load a running Token Service over gRPC and print tokens/s, latency and CPU per token.
     Bench(bench::BenchArgs),
+    /// Run the reference Crypto Service (proto/crypto_service.proto) over this framework's
+    /// backends, configured by `--config` (see config/crypto-service.toml).
+    CryptoService,
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +119,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Doctor => doctor::run(&cli.config).await,
         Command::Client(args) => client::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::CryptoService => crypto_service(&cli.config).await,
     };
     token_service::telemetry::flush();
     match result {
@@ -132,6 +136,20 @@ async fn serve(config: &Option<PathBuf>) -> Result<(), Failure> {
     service.ensure_keys().await?;
     service.serve().await?;
     Ok(())
+}
+
+async fn crypto_service(path: &Option<PathBuf>) -> Result<(), Failure> {
+    let Some(path) = path else {
+        return Err(Failure {
+            message: "configuration error: crypto-service needs --config <PATH> (see config/crypto-service.toml)".into(),
+            code: EXIT_CONFIG,
+        });
+    };
+    let config = token_service::config::CryptoServerConfig::load(path)?;
+    token_service::telemetry::init(&config.logging);
+    token_service::crypto_server::serve(config)
+        .await
+        .map_err(|e| Failure::new(e.to_string()))
 }
 
 fn config_check(path: &Option<PathBuf>) -> Result<(), Failure> {

@@ -65,6 +65,33 @@ pub(super) fn apply_overrides(config: &mut Config, env: &dyn EnvSource) -> Resul
             pkcs11.pin = Some(crate::secret::SecretSource::File(value.into()));
         }
     }
+    if let Some(value) = env.get("CRYPTO_SERVICE_ADDRESS") {
+        match config.backends.crypto_service.as_mut() {
+            Some(remote) => remote.address = value.trim().to_owned(),
+            None => {
+                return Err(ConfigError::invalid(
+                    "CRYPTO_SERVICE_ADDRESS",
+                    "set, but the configuration has no [backends.crypto_service] table to apply it to",
+                ));
+            }
+        }
+    }
+    if let Some(remote) = config.backends.crypto_service.as_mut() {
+        if let Some(value) = env.get("CRYPTO_SIGNING_ENABLED") {
+            remote.signing_enabled = parse_bool(
+                "CRYPTO_SIGNING_ENABLED",
+                "backends.crypto_service.signing_enabled",
+                &value,
+            )?;
+        }
+        if let Some(value) = env.get("CRYPTO_ENCRYPTION_ENABLED") {
+            remote.encryption_enabled = parse_bool(
+                "CRYPTO_ENCRYPTION_ENABLED",
+                "backends.crypto_service.encryption_enabled",
+                &value,
+            )?;
+        }
+    }
     if let Some(value) = env.get("REDIS_URL") {
         config.tokens.redis_url = Some(value);
         if config.tokens.store == super::StoreKind::Memory {

@@ -2,6 +2,7 @@
 //! with the seeds' names, and validation at start-up. Every error names the setting and says
 //! what was expected.
 
+pub mod crypto_service;
 mod env;
 mod validate;
 
@@ -15,6 +16,7 @@ use crate::backends::software::material::RsaBits;
 use crate::backends::types::Algorithm;
 use crate::resilience::ResilienceConfig;
 
+pub use crypto_service::{CryptoServerConfig, CryptoServiceConfig};
 pub use env::{EnvSource, ProcessEnv};
 
 /// The embedded default configuration (`config/default.toml`).
@@ -321,6 +323,9 @@ pub struct BackendsConfig {
     /// The PKCS#11 backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pkcs11: Option<Pkcs11Config>,
+    /// The Crypto Service client backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crypto_service: Option<CryptoServiceConfig>,
 }
 
 impl BackendsConfig {
@@ -332,6 +337,9 @@ impl BackendsConfig {
         }
         if self.pkcs11.is_some() {
             names.push("pkcs11");
+        }
+        if self.crypto_service.is_some() {
+            names.push(crate::backends::crypto_service::NAME);
         }
         names
     }
@@ -535,12 +543,17 @@ fn located_error(path: String, inner: toml::de::Error, text: &str) -> ConfigErro
     ConfigError::invalid(setting, message)
 }
 
+/// Parses TOML into `T`, naming the setting and line of the first error.
+fn parse_strict<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    let deserializer =
+        toml::de::Deserializer::parse(text).map_err(|e| located_error(".".to_owned(), e, text))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| toml_error(e, text))
+}
+
 impl Config {
     /// Parses TOML text (strictly), without env overrides or validation.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let deserializer = toml::de::Deserializer::parse(text)
-            .map_err(|e| located_error(".".to_owned(), e, text))?;
-        serde_path_to_error::deserialize(deserializer).map_err(|e| toml_error(e, text))
+        parse_strict(text)
     }
 
     /// Loads the configuration: the file at `path`, or the embedded default; then the

@@ -189,24 +189,32 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         ));
     }
 
-    let configured = config.backends.configured();
+    validate_chain(&config.chain, &config.backends)
+}
+
+/// Checks the backends and the chain that names them.
+pub(super) fn validate_chain(
+    chain: &super::ChainConfig,
+    backends: &super::BackendsConfig,
+) -> Result<(), ConfigError> {
+    let configured = backends.configured();
     if configured.is_empty() {
         return Err(ConfigError::invalid(
             "backends",
             "expected at least one backend table, e.g. [backends.software]",
         ));
     }
-    if config.chain.sign.is_empty() {
+    if chain.sign.is_empty() {
         return Err(ConfigError::invalid(
             "chain.sign",
-            "expected at least one backend; the service cannot issue anything without signing",
+            "expected at least one backend; nothing can be signed without one",
         ));
     }
-    check_route("chain.sign", &config.chain.sign, &configured)?;
-    check_route("chain.verify", &config.chain.verify, &configured)?;
-    check_route("chain.encrypt", &config.chain.encrypt, &configured)?;
+    check_route("chain.sign", &chain.sign, &configured)?;
+    check_route("chain.verify", &chain.verify, &configured)?;
+    check_route("chain.encrypt", &chain.encrypt, &configured)?;
 
-    if let Some(software) = &config.backends.software {
+    if let Some(software) = &backends.software {
         if software.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::invalid(
                 "backends.software.data_dir",
@@ -215,9 +223,21 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         }
         check_resilience("backends.software.resilience", &software.resilience)?;
     }
-    if let Some(pkcs11) = &config.backends.pkcs11 {
+    if let Some(pkcs11) = &backends.pkcs11 {
         pkcs11.resolve()?;
         check_resilience("backends.pkcs11.resilience", &pkcs11.resilience)?;
+    }
+    if let Some(remote) = &backends.crypto_service {
+        let options = remote.options();
+        crate::backends::crypto_service::channel::check(&options.channel)
+            .map_err(|e| ConfigError::invalid("backends.crypto_service", e.to_string()))?;
+        if remote.metadata_ttl.is_zero() {
+            return Err(ConfigError::invalid(
+                "backends.crypto_service.metadata_ttl",
+                "expected a duration above zero, e.g. \"30s\"",
+            ));
+        }
+        check_resilience("backends.crypto_service.resilience", &remote.resilience)?;
     }
     Ok(())
 }

@@ -121,7 +121,9 @@ impl GuardedBackend {
             key = %key,
             correlation_id = ctx.correlation_id(),
         );
-        async {
+        // The context is made current so that a remote backend can send the correlation
+        // id and trace context with its request.
+        let attempts = async {
             let mut retries = 0u32;
             loop {
                 let result = self.attempt(operation, &call).await;
@@ -140,9 +142,8 @@ impl GuardedBackend {
                     other => return other,
                 }
             }
-        }
-        .instrument(span)
-        .await
+        };
+        ctx.scope(attempts).instrument(span).await
     }
 
     async fn attempt<'a, T, F>(&'a self, operation: Operation, call: &F) -> Result<T, BackendError>

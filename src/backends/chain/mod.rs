@@ -425,6 +425,7 @@ impl Chain {
     ) -> Result<Vec<KeyMetadata>, BackendError> {
         let label = key;
         let mut out = Vec::new();
+        let mut unreachable = Vec::new();
         for guarded in list {
             let capabilities = guarded.backend().capabilities();
             if !capabilities.supports(Operation::GenerateKey)
@@ -463,15 +464,37 @@ impl Chain {
                     }
                 }
                 Err(BackendError::Rejected(Rejection::UnknownKey(_))) => {
-                    guarded
+                    match guarded
                         .call(ctx, Operation::GenerateKey, label, |backend| {
                             backend.generate_key(key, algorithm)
                         })
-                        .await?
+                        .await
+                    {
+                        Ok(metadata) => metadata,
+                        Err(error) if error.class() == ErrorClass::Unavailable => {
+                            unreachable.push((guarded.name().to_owned(), error));
+                            continue;
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+                // A backend that is down at start-up is skipped: the others serve, and its
+                // key is checked again at the next start. Readiness reports it meanwhile.
+                Err(error) if error.class() == ErrorClass::Unavailable => {
+                    unreachable.push((guarded.name().to_owned(), error));
+                    continue;
                 }
                 Err(error) => return Err(error),
             };
             out.push(metadata);
+        }
+        for (backend, error) in &unreachable {
+            tracing::warn!(backend = %backend, key = %key, %error, "backend unavailable at start-up; its key was not checked");
+        }
+        if out.is_empty()
+            && let Some((_, error)) = unreachable.pop()
+        {
+            return Err(error);
         }
         Ok(out)
     }

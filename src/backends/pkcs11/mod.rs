@@ -419,6 +419,7 @@ impl Backend for Pkcs11Backend {
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         let kid = envelope.kid();
         let key = kid.key_for(&self.name)?;
+        let parts = envelope.gcm_parts(aad)?;
         let ring = self.ring(&key).await?;
         ring.check_algorithm(Algorithm::A256Gcm)?;
         let record = ring
@@ -426,13 +427,10 @@ impl Backend for Pkcs11Backend {
             .ok_or_else(|| BackendError::Rejected(Rejection::UnknownKid(kid.to_string())))?;
         self.lifecycle().check_consuming(&ring.key, record)?;
         let label = version_label(&ring.key, kid.version);
-        let nonce = *envelope.nonce();
-        let gcm_aad = envelope.gcm_aad(aad);
-        let sealed = envelope.ciphertext_and_tag();
         self.pool
             .call(move |session, shared| {
                 let handle = require(session, shared, Kind::Secret, &label)?;
-                ops::decrypt_gcm(session, handle, &nonce, &gcm_aad, &sealed)
+                ops::decrypt_gcm(session, handle, &parts.nonce, &parts.aad, &parts.sealed)
             })
             .await
     }

@@ -1,0 +1,605 @@
+//! The Crypto Service backend: every operation is a call to the central Crypto Service over
+//! gRPC (`proto/crypto_service.proto`), the primary backend in production.
+//!
+//! The service is trusted to hold keys, not to be right: every answer is checked against
+//! what was asked and against the key's metadata (cached for `metadata_ttl`). An answer
+//! naming another key, another algorithm, an older key version than the metadata says is
+//! active, a `kid` the metadata does not list, or a signature of the wrong length is a
+//! *security* error, which the chain never turns into a fallback success. A key with no
+//! ACTIVE version is refused before any Sign or Encrypt is sent. A response naming a newer
+//! version than the cache knows is a rotation: the metadata and public keys are fetched
+//! again at once, so the published JWKS follows.
+
+pub mod channel;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tonic::transport::Channel;
+use zeroize::Zeroizing;
+
+use crate::api::crypto_proto as pb;
+use crate::api::crypto_proto::crypto_service_client::CryptoServiceClient;
+use crate::backends::Backend;
+use crate::backends::envelope::{Envelope, EnvelopeKid};
+use crate::backends::error::{BackendError, Rejection};
+use crate::backends::jwk::PublicJwk;
+use crate::backends::types::{
+    Algorithm, Capabilities, Health, KeyMetadata, KeyRef, KeyState, Operation, Signature,
+    VerificationKey, VerifyRequest,
+};
+use crate::context::CallContext;
+
+pub use channel::{ChannelOptions, ClientTls};
+use wire::{algorithm_to_wire, key_id, metadata_from_wire, status_to_error};
+
+/// The backend's name in configuration, metrics and envelopes.
+pub const NAME: &str = "crypto_service";
+
+/// Settings of the Crypto Service backend.
+#[derive(Clone, Debug)]
+pub struct CryptoServiceOptions {
+    /// How to reach the service.
+    pub channel: ChannelOptions,
+    /// How long key metadata and public keys are cached.
+    pub metadata_ttl: Duration,
+    /// Serve sign (and verify); false takes the backend out of those chains.
+    pub signing_enabled: bool,
+    /// Serve encrypt (and decrypt); false takes the backend out of the encrypt chain.
+    pub encryption_enabled: bool,
+}
+
+/// A key's versions and public keys as last fetched.
+#[derive(Debug)]
+struct CachedKey {
+    fetched: Instant,
+    versions: Vec<KeyMetadata>,
+}
+
+impl CachedKey {
+    fn active(&self) -> Option<&KeyMetadata> {
+        self.versions
+            .iter()
+            .rev()
+            .find(|m| m.state == KeyState::Active)
+    }
+
+    fn version(&self, version: u32) -> Option<&KeyMetadata> {
+        self.versions.iter().find(|m| m.version == version)
+    }
+}
+
+/// The Crypto Service client backend.
+pub struct CryptoServiceBackend {
+    client: CryptoServiceClient<Channel>,
+    health: tonic_health::pb::health_client::HealthClient<Channel>,
+    capabilities: Capabilities,
+    metadata_ttl: Duration,
+    cache: Mutex<HashMap<KeyRef, Arc<CachedKey>>>,
+    address: String,
+}
+
+impl std::fmt::Debug for CryptoServiceBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CryptoServiceBackend")
+            .field("address", &self.address)
+            .field("metadata_ttl", &self.metadata_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The correlation id and trace headers of the call being made.
+fn outbound<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let ctx = CallContext::current().unwrap_or_default();
+    let metadata = request.metadata_mut();
+    // Correlation ids and trace headers are validated ASCII, so these parses succeed; a
+    // failure would only drop the header.
+    if let Ok(value) = ctx.correlation_id().parse() {
+        metadata.insert("x-correlation-id", value);
+    }
+    if let Ok(value) = ctx.trace().outbound_traceparent().parse() {
+        metadata.insert("traceparent", value);
+    }
+    if let Some(state) = ctx.trace().tracestate()
+        && let Ok(value) = state.parse()
+    {
+        metadata.insert("tracestate", value);
+    }
+    request
+}
+
+fn correlation_id() -> String {
+    CallContext::current()
+        .map(|c| c.correlation_id().to_owned())
+        .unwrap_or_default()
+}
+
+fn violation(detail: impl Into<String>) -> BackendError {
+    BackendError::security(NAME, detail)
+}
+
+impl CryptoServiceBackend {
+    /// A backend talking to the service described by `options`. Connecting is lazy: the
+    /// service may be down at start-up.
+    pub fn connect(options: CryptoServiceOptions) -> Result<Self, BackendError> {
+        let channel = channel::connect(&options.channel)?;
+        let mut operations = vec![
+            Operation::GenerateKey,
+            Operation::RotateKey,
+            Operation::KeyMetadata,
+        ];
+        if options.signing_enabled {
+            operations.extend([Operation::Sign, Operation::Verify, Operation::PublicKeys]);
+        }
+        if options.encryption_enabled {
+            operations.extend([Operation::Encrypt, Operation::Decrypt]);
+        }
+        Ok(Self {
+            client: CryptoServiceClient::new(channel.clone()),
+            health: tonic_health::pb::health_client::HealthClient::new(channel),
+            capabilities: Capabilities {
+                operations,
+                algorithms: Algorithm::ALL.to_vec(),
+            },
+            metadata_ttl: options.metadata_ttl,
+            cache: Mutex::new(HashMap::new()),
+            address: options.channel.address,
+        })
+    }
+
+    fn cached(&self, ring: &KeyRef) -> Option<Arc<CachedKey>> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(ring)
+            .filter(|c| c.fetched.elapsed() < self.metadata_ttl)
+            .cloned()
+    }
+
+    fn forget(&self, ring: &KeyRef) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(ring);
+    }
+
+    /// The key's metadata, from the cache unless stale or `refresh`.
+    async fn metadata(&self, key: &KeyRef, refresh: bool) -> Result<Arc<CachedKey>, BackendError> {
+        let ring = key.ring();
+        if !refresh && let Some(cached) = self.cached(&ring) {
+            return Ok(cached);
+        }
+        let mut client = self.client.clone();
+        let wire = client
+            .get_key_metadata(outbound(pb::GetKeyMetadataRequest {
+                correlation_id: correlation_id(),
+                key_id: key_id(&ring),
+            }))
+            .await
+            .map_err(|s| status_to_error(NAME, &s))?
+            .into_inner();
+        let mut versions = metadata_from_wire(NAME, &ring, wire)?;
+        if versions.first().is_some_and(|m| m.algorithm.is_signing()) {
+            self.attach_public_keys(&ring, &mut versions).await?;
+        }
+        let cached = Arc::new(CachedKey {
+            fetched: Instant::now(),
+            versions,
+        });
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ring, cached.clone());
+        Ok(cached)
+    }
+
+    /// Fetches the public keys and attaches each to its version, checking that every JWK's
+    /// thumbprint is the `kid` the metadata lists for that version.
+    async fn attach_public_keys(
+        &self,
+        ring: &KeyRef,
+        versions: &mut [KeyMetadata],
+    ) -> Result<(), BackendError> {
+        let mut client = self.client.clone();
+        let listed = client
+            .list_public_keys(outbound(pb::ListPublicKeysRequest {
+                correlation_id: correlation_id(),
+                key_id: key_id(ring),
+            }))
+            .await
+            .map_err(|s| status_to_error(NAME, &s))?
+            .into_inner();
+        for key in listed.keys {
+            let Some(version) = versions.iter_mut().find(|m| m.version == key.version) else {
+                return Err(violation(format!(
+                    "public key for {ring} version {} that the metadata does not list",
+                    key.version
+                )));
+            };
+            let jwk: PublicJwk = serde_json::from_str(&key.jwk).map_err(|_| {
+                violation(format!(
+                    "public key of {ring} version {} is not a JWK",
+                    key.version
+                ))
+            })?;
+            if jwk.thumbprint()? != version.kid || key.kid != version.kid {
+                return Err(violation(format!(
+                    "public key of {ring} version {} does not match its kid",
+                    key.version
+                )));
+            }
+            version.public_jwk = Some(jwk.published(version.algorithm)?);
+        }
+        Ok(())
+    }
+
+    /// The version a Sign or Encrypt will use, refused before any RPC if it is not ACTIVE.
+    async fn producing(
+        &self,
+        key: &KeyRef,
+        operation: Operation,
+    ) -> Result<(Arc<CachedKey>, KeyMetadata), BackendError> {
+        let cached = self.metadata(key, false).await?;
+        let chosen = match key.version() {
+            Some(v) => cached.version(v).cloned().ok_or_else(|| {
+                BackendError::Rejected(Rejection::UnknownKid(format!("{} version {v}", key.ring())))
+            })?,
+            None => match cached.active() {
+                Some(m) => m.clone(),
+                None => {
+                    let newest = cached.versions.last();
+                    return Err(BackendError::Rejected(Rejection::KeyNotActive {
+                        key: key.ring().to_string(),
+                        version: newest.map_or(0, |m| m.version),
+                        state: newest.map_or(KeyState::Disabled, |m| m.state),
+                        operation,
+                    }));
+                }
+            },
+        };
+        if chosen.state != KeyState::Active {
+            return Err(BackendError::Rejected(Rejection::KeyNotActive {
+                key: key.ring().to_string(),
+                version: chosen.version,
+                state: chosen.state,
+                operation,
+            }));
+        }
+        Ok((cached, chosen))
+    }
+
+    /// Checks the key and version an answer names against the request and the metadata.
+    /// A newer version than the cached ACTIVE one is a rotation: the metadata is fetched
+    /// again, and the answer must then name an ACTIVE version.
+    async fn answered_version(
+        &self,
+        key: &KeyRef,
+        expected: &KeyMetadata,
+        answered_key: &str,
+        answered_version: u32,
+    ) -> Result<KeyMetadata, BackendError> {
+        let ring = key.ring();
+        if answered_key != key_id(&ring) {
+            return Err(violation(format!(
+                "answer names key `{}`, asked for {ring}",
+                crate::backends::types::truncate_for_message(answered_key)
+            )));
+        }
+        if answered_version == expected.version {
+            return Ok(expected.clone());
+        }
+        if key.version().is_some() || answered_version < expected.version {
+            return Err(violation(format!(
+                "answer used {ring} version {answered_version}, expected version {}",
+                expected.version
+            )));
+        }
+        let refreshed = self.metadata(key, true).await?;
+        match refreshed.version(answered_version) {
+            Some(m) if m.state == KeyState::Active => {
+                tracing::info!(key = %ring, version = answered_version, "Crypto Service key rotated; metadata and public keys refreshed");
+                Ok(m.clone())
+            }
+            _ => Err(violation(format!(
+                "answer used {ring} version {answered_version}, which the metadata does not list as ACTIVE"
+            ))),
+        }
+    }
+}
+
+/// Expected JWS signature length for a key version.
+fn signature_len(version: &KeyMetadata) -> Option<usize> {
+    if let Some(len) = version.algorithm.fixed_signature_len() {
+        return Some(len);
+    }
+    let n = version.public_jwk.as_ref()?.n.as_deref()?;
+    // base64url without padding: 4 characters per 3 bytes.
+    let len = n.len() * 3 / 4;
+    Some(len)
+}
+
+#[async_trait]
+impl Backend for CryptoServiceBackend {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    async fn sign(&self, key: &KeyRef, message: &[u8]) -> Result<Signature, BackendError> {
+        let (_, expected) = self.producing(key, Operation::Sign).await?;
+        if !expected.algorithm.is_signing() {
+            return Err(BackendError::Rejected(Rejection::AlgorithmMismatch {
+                key: key.ring().to_string(),
+                requested: "a signature algorithm".into(),
+                actual: expected.algorithm,
+            }));
+        }
+        let mut client = self.client.clone();
+        let answer = client
+            .sign(outbound(pb::SignRequest {
+                correlation_id: correlation_id(),
+                key_id: key_id(key),
+                key_version: key.version().unwrap_or(0),
+                algorithm: algorithm_to_wire(expected.algorithm) as i32,
+                message: message.to_vec(),
+            }))
+            .await
+            .map_err(|s| status_to_error(NAME, &s))?
+            .into_inner();
+        if wire::algorithm_from_wire(answer.algorithm) != Some(expected.algorithm) {
+            return Err(violation(format!(
+                "signature for {} answered with algorithm {} instead of {}",
+                key.ring(),
+                answer.algorithm,
+                expected.algorithm
+            )));
+        }
+        let version = self
+            .answered_version(key, &expected, &answer.key_id, answer.key_version)
+            .await?;
+        if answer.kid != version.kid {
+            return Err(violation(format!(
+                "signature for {} version {} names kid `{}`, the metadata says `{}`",
+                key.ring(),
+                version.version,
+                crate::backends::types::truncate_for_message(&answer.kid),
+                version.kid
+            )));
+        }
+        match signature_len(&version) {
+            Some(len) if len == answer.signature.len() => {}
+            Some(len) => {
+                return Err(violation(format!(
+                    "{} signature of {} bytes from {} version {}; expected {len}",
+                    version.algorithm,
+                    answer.signature.len(),
+                    key.ring(),
+                    version.version
+                )));
+            }
+            None => {
+                return Err(violation(format!(
+                    "no public key known for {} version {}: cannot check the signature length",
+                    key.ring(),
+                    version.version
+                )));
+            }
+        }
+        Ok(Signature {
+            bytes: answer.signature,
+            algorithm: version.algorithm,
+            kid: version.kid,
+            key_version: version.version,
+            backend: NAME.to_owned(),
+        })
+    }
+
+    async fn verify(&self, request: VerifyRequest<'_>) -> Result<(), BackendError> {
+        let key = match request.key {
+            VerificationKey::Managed { key, kid } => {
+                pb::verify_request::Key::Managed(pb::ManagedKey {
+                    key_id: key_id(key),
+                    key_version: key.version().unwrap_or(0),
+                    kid: kid.unwrap_or_default().to_owned(),
+                })
+            }
+            VerificationKey::Jwk(jwk) => pb::verify_request::Key::PublicJwk(
+                serde_json::to_string(jwk)
+                    .map_err(|e| BackendError::invalid_input(format!("public JWK: {e}")))?,
+            ),
+        };
+        let mut client = self.client.clone();
+        let answer = client
+            .verify(outbound(pb::VerifyRequest {
+                correlation_id: correlation_id(),
+                algorithm: algorithm_to_wire(request.algorithm) as i32,
+                message: request.message.to_vec(),
+                signature: request.signature.to_vec(),
+                key: Some(key),
+            }))
+            .await
+            .map_err(|s| status_to_error(NAME, &s))?
+            .into_inner();
+        if answer.valid {
+            Ok(())
+        } else {
+            Err(BackendError::VerificationFailed)
+        }
+    }
+
+    async fn encrypt(
+        &self,
+        key: &KeyRef,
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<String, BackendError> {
+        let (_, expected) = self.producing(key, Operation::Encrypt).await?;
+        if expected.algorithm != Algorithm::A256Gcm {
+            return Err(BackendError::Rejected(Rejection::AlgorithmMismatch {
+                key: key.ring().to_string(),
+                requested: Algorithm::A256Gcm.as_str().into(),
+                actual: expected.algorithm,
+            }));
+        }
+        let mut client = self.client.clone();
+        let answer = client
+            .encrypt(outbound(pb::EncryptRequest {
+                correlation_id: correlation_id(),
+                key_id: key_id(key),
+                plaintext: plaintext.to_vec(),
+                aad: aad.to_vec(),
+            }))
+            .await
+            .map_err(|s| status_to_error(NAME, &s))?
+            .into_inner();
+        if wire::algorithm_from_wire(answer.algorithm) != Some(Algorithm::A256Gcm) {
+            return Err(violation(format!(
+                "encryption under {} answered with algorithm {}",
+                key.ring(),
+                answer.algorithm
+            )));
+        }
+        let version = self
+            .answered_version(key, &expected, &answer.key_id, answer.key_version)
+            .await?;
+        if answer.ciphertext.is_empty() {
+            return Err(violation(format!("empty ciphertext from {}", key.ring())));
+        }
+        let kid = EnvelopeKid {
+            backend: NAME.to_owned(),
+            namespace: key.namespace().to_owned(),
+            name: key.name().to_owned(),
+            version: version.version,
+        };
+        Envelope::remote(&kid, &answer.ciphertext)
+    }
+
+    async fn decrypt(
+        &self,
+        envelope: &Envelope,
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        let kid = envelope.kid();
+        let key = kid.key_for(NAME)?;
+        let ciphertext = envelope.remote_ciphertext()?;
+        let mut client = self.client.clone();
+        let answer = client
+            .decrypt(outbound(pb::DecryptRequest {
+                correlation_id: correlation_id(),
+                ciphertext: ciphertext.to_vec(),
+                aad: aad.to_vec(),
+            }))
+            .await
+            .map_err(|s| status_to_error(NAME, &s))?
+            .into_inner();
+        let plaintext = Zeroizing::new(answer.plaintext);
+        if answer.key_id != key_id(&key) || answer.key_version != kid.version {
+            return Err(violation(format!(
+                "decryption of an envelope for {kid} answered by key `{}` version {}",
+                crate::backends::types::truncate_for_message(&answer.key_id),
+                answer.key_version
+            )));
+        }
+        Ok(plaintext)
+    }
+
+    async fn generate_key(
+        &self,
+        key: &KeyRef,
+        algorithm: Algorithm,
+    ) -> Result<KeyMetadata, BackendError> {
+        let ring = key.ring();
+        let mut client = self.client.clone();
+        let wire = client
+            .generate_key(outbound(pb::GenerateKeyRequest {
+                correlation_id: correlation_id(),
+                key_id: key_id(&ring),
+                algorithm: algorithm_to_wire(algorithm) as i32,
+            }))
+            .await
+            .map_err(|s| status_to_error(NAME, &s))?
+            .into_inner();
+        let versions = metadata_from_wire(NAME, &ring, wire)?;
+        self.forget(&ring);
+        match versions.into_iter().last() {
+            Some(m) if m.algorithm == algorithm => Ok(m),
+            _ => Err(violation(format!(
+                "GenerateKey for {ring} ({algorithm}) answered another key or none"
+            ))),
+        }
+    }
+
+    async fn rotate_key(&self, key: &KeyRef) -> Result<KeyMetadata, BackendError> {
+        let ring = key.ring();
+        let mut client = self.client.clone();
+        let wire = client
+            .rotate_key(outbound(pb::RotateKeyRequest {
+                correlation_id: correlation_id(),
+                key_id: key_id(&ring),
+            }))
+            .await
+            .map_err(|s| status_to_error(NAME, &s))?
+            .into_inner();
+        metadata_from_wire(NAME, &ring, wire)?;
+        let cached = self.metadata(&ring, true).await?;
+        cached
+            .versions
+            .last()
+            .filter(|m| m.state == KeyState::Active)
+            .cloned()
+            .ok_or_else(|| violation(format!("RotateKey for {ring} left no ACTIVE version")))
+    }
+
+    async fn key_metadata(&self, key: &KeyRef) -> Result<Vec<KeyMetadata>, BackendError> {
+        let cached = self.metadata(key, false).await?;
+        Ok(match key.version() {
+            Some(v) => cached.version(v).cloned().into_iter().collect(),
+            None => cached.versions.clone(),
+        })
+    }
+
+    async fn public_keys(&self, key: &KeyRef) -> Result<Vec<PublicJwk>, BackendError> {
+        let cached = self.metadata(key, false).await?;
+        Ok(cached
+            .versions
+            .iter()
+            .filter(|m| matches!(m.state, KeyState::Active | KeyState::Deprecated))
+            .filter_map(|m| m.public_jwk.clone())
+            .collect())
+    }
+
+    async fn list_keys(&self, _namespace: &str) -> Result<Vec<String>, BackendError> {
+        Err(BackendError::Rejected(Rejection::UnsupportedOperation(
+            Operation::ListKeys,
+        )))
+    }
+
+    async fn health(&self) -> Health {
+        let mut health = self.health.clone();
+        match health
+            .check(outbound(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            }))
+            .await
+        {
+            Ok(answer)
+                if answer.get_ref().status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
+            {
+                Health::ok(format!("{} serving", self.address))
+            }
+            Ok(_) => Health::failing(format!("{} not serving", self.address)),
+            Err(status) => Health::failing(format!(
+                "{}: {}",
+                self.address,
+                status_to_error(NAME, &status)
+            )),
+        }
+    }
+}

@@ -1,0 +1,609 @@
+//! The reference Crypto Service: `proto/crypto_service.proto` served over a chain of this
+//! framework's backends (software or PKCS#11). It is what the tests run the client backend
+//! against, and useful on its own as a network front for an HSM.
+//!
+//! Keys are managed on the *home* backend: the first of the sign chain for signature keys,
+//! the first of the encrypt chain for AES keys. Every log line of a call carries its
+//! correlation id and trace id; no line carries a payload, plaintext or key.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::api::crypto_proto as pb;
+use crate::api::crypto_proto::crypto_service_server::{CryptoService, CryptoServiceServer};
+use crate::backends::PublicJwk;
+use crate::backends::chain::{Chain, GuardedBackend};
+use crate::backends::crypto_service::wire::{
+    algorithm_from_wire, algorithm_to_wire, error_to_status, key_id, metadata_to_wire, parse_key_id,
+};
+use crate::backends::envelope::Envelope;
+use crate::backends::error::{BackendError, Rejection};
+use crate::backends::types::{
+    Algorithm, KeyRef, KeyState, Operation, VerificationKey, VerifyRequest,
+};
+use crate::context::CallContext;
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct CryptoServer {
+    chain: Arc<Chain>,
+    max_payload: usize,
+}
+
+fn invalid(detail: impl Into<String>) -> Status {
+    error_to_status(&BackendError::invalid_input(detail))
+}
+
+fn status(error: BackendError) -> Status {
+    error_to_status(&error)
+}
+
+impl CryptoServer {
+    /// A service over `chain`, refusing payloads over `max_payload` bytes.
+    pub fn new(chain: Arc<Chain>, max_payload: usize) -> Self {
+        Self { chain, max_payload }
+    }
+
+    /// The tonic service, with message limits a little above the payload limit so that an
+    /// oversized payload gets our clear INVALID_ARGUMENT rather than a transport error.
+    pub fn into_server(self) -> CryptoServiceServer<Self> {
+        let limit = self.max_payload * 2 + 64 * 1024;
+        CryptoServiceServer::new(self)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+    }
+
+    fn payload(&self, what: &str, bytes: &[u8]) -> Result<(), Status> {
+        if bytes.is_empty() {
+            return Err(invalid(format!("{what} is empty")));
+        }
+        if bytes.len() > self.max_payload {
+            return Err(invalid(format!(
+                "{what} of {} bytes exceeds the {}-byte limit",
+                bytes.len(),
+                self.max_payload
+            )));
+        }
+        Ok(())
+    }
+
+    fn key(text: &str, version: u32) -> Result<KeyRef, Status> {
+        let key = parse_key_id(text).map_err(status)?;
+        Ok(if version == 0 {
+            key
+        } else {
+            key.with_version(version)
+        })
+    }
+
+    /// The backend that holds `key`: the home of signature keys, else of AES keys.
+    async fn home(
+        &self,
+        ctx: &CallContext,
+        key: &KeyRef,
+    ) -> Result<(Arc<GuardedBackend>, Vec<crate::backends::KeyMetadata>), Status> {
+        let homes = [
+            self.chain.sign_backends().first(),
+            self.chain.encrypt_backends().first(),
+        ];
+        let mut last = BackendError::Rejected(Rejection::UnknownKey(key.to_string()));
+        for home in homes.into_iter().flatten() {
+            let ring = key.ring();
+            match home
+                .call(ctx, Operation::KeyMetadata, &ring, |b| {
+                    b.key_metadata(&ring)
+                })
+                .await
+            {
+                Ok(versions) if !versions.is_empty() => return Ok((home.clone(), versions)),
+                Ok(_) => {}
+                Err(BackendError::Rejected(Rejection::UnknownKey(_))) => {}
+                Err(error) => last = error,
+            }
+        }
+        Err(status(last))
+    }
+
+    fn home_for(&self, algorithm: Algorithm) -> Result<Arc<GuardedBackend>, Status> {
+        let list = if algorithm.is_signing() {
+            self.chain.sign_backends()
+        } else {
+            self.chain.encrypt_backends()
+        };
+        list.iter()
+            .find(|g| {
+                let c = g.backend().capabilities();
+                c.supports(Operation::GenerateKey) && c.supports_algorithm(algorithm)
+            })
+            .cloned()
+            .ok_or_else(|| {
+                status(BackendError::Rejected(Rejection::UnsupportedAlgorithm(
+                    algorithm.as_str().to_owned(),
+                )))
+            })
+    }
+}
+
+/// The context and log span of an inbound call.
+fn begin<T>(
+    request: &Request<T>,
+    field: &str,
+    method: &'static str,
+) -> (CallContext, tracing::Span) {
+    let ctx = crate::api::inbound_context(request.metadata(), Some(field));
+    let span = tracing::info_span!(
+        "crypto_rpc",
+        method,
+        correlation_id = ctx.correlation_id(),
+        trace_id = %ctx.trace().trace_id(),
+    );
+    (ctx, span)
+}
+
+fn finish<T>(result: &Result<T, Status>) {
+    match result {
+        Ok(_) => tracing::info!("served"),
+        Err(s) => tracing::info!(code = ?s.code(), message = s.message(), "refused"),
+    }
+}
+
+#[tonic::async_trait]
+impl CryptoService for CryptoServer {
+    async fn sign(
+        &self,
+        request: Request<pb::SignRequest>,
+    ) -> Result<Response<pb::SignResponse>, Status> {
+        let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "Sign");
+        let r = request.into_inner();
+        let result = async {
+            self.payload("message", &r.message)?;
+            let key = Self::key(&r.key_id, r.key_version)?;
+            let expected = algorithm_from_wire(r.algorithm);
+            if r.algorithm != 0 && expected.is_none() {
+                return Err(invalid(format!("unknown algorithm {}", r.algorithm)));
+            }
+            if let Some(expected) = expected {
+                let (_, versions) = self.home(&ctx, &key).await?;
+                if let Some(m) = versions.first()
+                    && m.algorithm != expected
+                {
+                    return Err(status(BackendError::Rejected(
+                        Rejection::AlgorithmMismatch {
+                            key: key.ring().to_string(),
+                            requested: expected.as_str().into(),
+                            actual: m.algorithm,
+                        },
+                    )));
+                }
+            }
+            let signature = self
+                .chain
+                .sign(&ctx, &key, &r.message)
+                .await
+                .map_err(status)?;
+            Ok(Response::new(pb::SignResponse {
+                key_id: key_id(&key),
+                key_version: signature.key_version,
+                algorithm: algorithm_to_wire(signature.algorithm) as i32,
+                signature: signature.bytes,
+                kid: signature.kid,
+            }))
+        }
+        .instrument(span.clone())
+        .await;
+        span.in_scope(|| finish(&result));
+        result
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
+        let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "Verify");
+        let r = request.into_inner();
+        let result = async {
+            self.payload("message", &r.message)?;
+            let algorithm = algorithm_from_wire(r.algorithm)
+                .filter(|a| a.is_signing())
+                .ok_or_else(|| invalid("algorithm: expected a signature algorithm"))?;
+            let jwk: PublicJwk;
+            let managed: KeyRef;
+            let key = match &r.key {
+                Some(pb::verify_request::Key::Managed(m)) => {
+                    managed = Self::key(&m.key_id, m.key_version)?;
+                    VerificationKey::Managed {
+                        key: &managed,
+                        kid: (!m.kid.is_empty()).then_some(m.kid.as_str()),
+                    }
+                }
+                Some(pb::verify_request::Key::PublicJwk(text)) => {
+                    jwk = serde_json::from_str(text)
+                        .map_err(|_| invalid("public_jwk is not a JSON Web Key"))?;
+                    VerificationKey::Jwk(&jwk)
+                }
+                None => return Err(invalid("key: expected managed or public_jwk")),
+            };
+            let outcome = self
+                .chain
+                .verify(
+                    &ctx,
+                    VerifyRequest {
+                        key,
+                        algorithm,
+                        message: &r.message,
+                        signature: &r.signature,
+                    },
+                )
+                .await;
+            match outcome {
+                Ok(()) => Ok(Response::new(pb::VerifyResponse { valid: true })),
+                Err(BackendError::VerificationFailed) => {
+                    Ok(Response::new(pb::VerifyResponse { valid: false }))
+                }
+                Err(error) => Err(status(error)),
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        span.in_scope(|| finish(&result));
+        result
+    }
+
+    async fn encrypt(
+        &self,
+        request: Request<pb::EncryptRequest>,
+    ) -> Result<Response<pb::EncryptResponse>, Status> {
+        let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "Encrypt");
+        let r = request.into_inner();
+        let result = async {
+            self.payload("plaintext", &r.plaintext)?;
+            let key = Self::key(&r.key_id, 0)?;
+            let sealed = self
+                .chain
+                .encrypt(&ctx, &key, &r.plaintext, &r.aad)
+                .await
+                .map_err(status)?;
+            let version = Envelope::parse(&sealed).map_err(status)?.kid().version;
+            Ok(Response::new(pb::EncryptResponse {
+                key_id: key_id(&key),
+                key_version: version,
+                algorithm: pb::Algorithm::A256gcm as i32,
+                ciphertext: sealed.into_bytes(),
+            }))
+        }
+        .instrument(span.clone())
+        .await;
+        span.in_scope(|| finish(&result));
+        result
+    }
+
+    async fn decrypt(
+        &self,
+        request: Request<pb::DecryptRequest>,
+    ) -> Result<Response<pb::DecryptResponse>, Status> {
+        let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "Decrypt");
+        let r = request.into_inner();
+        let result = async {
+            if r.ciphertext.len() > self.max_payload * 2 {
+                return Err(invalid("ciphertext exceeds the size limit"));
+            }
+            let text = std::str::from_utf8(&r.ciphertext).map_err(|_| {
+                status(BackendError::Rejected(Rejection::MalformedEnvelope(
+                    "ciphertext is not one this service produced".into(),
+                )))
+            })?;
+            let envelope = Envelope::parse(text).map_err(status)?;
+            let kid = envelope.kid().clone();
+            let plaintext = self
+                .chain
+                .decrypt(&ctx, text, &r.aad)
+                .await
+                .map_err(status)?;
+            Ok(Response::new(pb::DecryptResponse {
+                plaintext: plaintext.to_vec(),
+                key_id: format!("{}/{}", kid.namespace, kid.name),
+                key_version: kid.version,
+            }))
+        }
+        .instrument(span.clone())
+        .await;
+        span.in_scope(|| finish(&result));
+        result
+    }
+
+    async fn generate_key(
+        &self,
+        request: Request<pb::GenerateKeyRequest>,
+    ) -> Result<Response<pb::KeyMetadata>, Status> {
+        let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "GenerateKey");
+        let r = request.into_inner();
+        let result = async {
+            let key = Self::key(&r.key_id, 0)?;
+            let algorithm = algorithm_from_wire(r.algorithm).ok_or_else(|| {
+                invalid(
+                    "algorithm: expected one of ES256, ES384, PS256, PS384, PS512, EDDSA, A256GCM",
+                )
+            })?;
+            let home = self.home_for(algorithm)?;
+            home.call(&ctx, Operation::GenerateKey, &key, |b| {
+                b.generate_key(&key, algorithm)
+            })
+            .await
+            .map_err(status)?;
+            let versions = home
+                .call(&ctx, Operation::KeyMetadata, &key, |b| b.key_metadata(&key))
+                .await
+                .map_err(status)?;
+            tracing::info!(target: "audit", key = %key, %algorithm, "key generated");
+            Ok(Response::new(metadata_to_wire(&key, &versions)))
+        }
+        .instrument(span.clone())
+        .await;
+        span.in_scope(|| finish(&result));
+        result
+    }
+
+    async fn rotate_key(
+        &self,
+        request: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::KeyMetadata>, Status> {
+        let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "RotateKey");
+        let r = request.into_inner();
+        let result = async {
+            let key = Self::key(&r.key_id, 0)?;
+            let (home, _) = self.home(&ctx, &key).await?;
+            let rotated = home
+                .call(&ctx, Operation::RotateKey, &key, |b| b.rotate_key(&key))
+                .await
+                .map_err(status)?;
+            let versions = home
+                .call(&ctx, Operation::KeyMetadata, &key, |b| b.key_metadata(&key))
+                .await
+                .map_err(status)?;
+            tracing::info!(target: "audit", key = %key, version = rotated.version, "key rotated");
+            Ok(Response::new(metadata_to_wire(&key, &versions)))
+        }
+        .instrument(span.clone())
+        .await;
+        span.in_scope(|| finish(&result));
+        result
+    }
+
+    async fn get_key_metadata(
+        &self,
+        request: Request<pb::GetKeyMetadataRequest>,
+    ) -> Result<Response<pb::KeyMetadata>, Status> {
+        let (ctx, span) = begin(
+            &request,
+            &request.get_ref().correlation_id,
+            "GetKeyMetadata",
+        );
+        let r = request.into_inner();
+        let result = async {
+            let key = Self::key(&r.key_id, 0)?;
+            let (_, versions) = self.home(&ctx, &key).await?;
+            Ok(Response::new(metadata_to_wire(&key, &versions)))
+        }
+        .instrument(span.clone())
+        .await;
+        span.in_scope(|| finish(&result));
+        result
+    }
+
+    async fn list_public_keys(
+        &self,
+        request: Request<pb::ListPublicKeysRequest>,
+    ) -> Result<Response<pb::ListPublicKeysResponse>, Status> {
+        let (ctx, span) = begin(
+            &request,
+            &request.get_ref().correlation_id,
+            "ListPublicKeys",
+        );
+        let r = request.into_inner();
+        let result = async {
+            let key = Self::key(&r.key_id, 0)?;
+            let (_, versions) = self.home(&ctx, &key).await?;
+            let mut keys = Vec::new();
+            for m in versions {
+                if !matches!(m.state, KeyState::Active | KeyState::Deprecated) {
+                    continue;
+                }
+                let Some(jwk) = m.public_jwk else { continue };
+                let jwk = jwk.published(m.algorithm).map_err(status)?;
+                keys.push(pb::PublicKey {
+                    version: m.version,
+                    state: crate::backends::crypto_service::wire::state_to_wire(m.state) as i32,
+                    kid: m.kid,
+                    jwk: serde_json::to_string(&jwk)
+                        .map_err(|e| status(BackendError::invalid_input(e.to_string())))?,
+                });
+            }
+            Ok(Response::new(pb::ListPublicKeysResponse { keys }))
+        }
+        .instrument(span.clone())
+        .await;
+        span.in_scope(|| finish(&result));
+        result
+    }
+}
+
+/// Errors starting or running the reference server.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoServerError {
+    /// The chain could not be assembled.
+    #[error(transparent)]
+    Service(#[from] crate::service::ServiceError),
+    /// A TLS file could not be read or used.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// An address could not be bound or served.
+    #[error("{addr}: {detail}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        detail: String,
+    },
+}
+
+fn tls_config(
+    tls: &crate::config::crypto_service::ServerTlsConfig,
+) -> Result<tonic::transport::ServerTlsConfig, CryptoServerError> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path)
+            .map_err(|e| CryptoServerError::Tls(format!("{what} `{}`: {e}", path.display())))
+    };
+    let key = zeroize::Zeroizing::new(read(&tls.key_file, "server.tls.key_file")?);
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(read(&tls.cert_file, "server.tls.cert_file")?, &*key),
+    );
+    if let Some(ca) = &tls.client_ca_file {
+        config = config
+            .client_ca_root(tonic::transport::Certificate::from_pem(read(
+                ca,
+                "server.tls.client_ca_file",
+            )?))
+            .client_auth_optional(false);
+    }
+    Ok(config)
+}
+
+/// Serves the reference Crypto Service described by `config` until SIGTERM or SIGINT.
+pub async fn serve(config: crate::config::CryptoServerConfig) -> Result<(), CryptoServerError> {
+    let metrics = crate::metrics::Metrics::new();
+    let routes = crate::service::routes(&config.chain, &config.backends);
+    let chain = Arc::new(
+        Chain::new(
+            crate::service::open_backends(&config.backends)?,
+            &routes,
+            config.fallback_enabled,
+            metrics,
+        )
+        .map_err(crate::service::ServiceError::from)?,
+    );
+    let listen = config.server.listen;
+    let listener =
+        tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| CryptoServerError::Listen {
+                addr: listen,
+                detail: e.to_string(),
+            })?;
+    let grpc_addr = listener
+        .local_addr()
+        .map_err(|e| CryptoServerError::Listen {
+            addr: listen,
+            detail: e.to_string(),
+        })?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|e| CryptoServerError::Listen {
+            addr: config.admin.listen,
+            detail: e.to_string(),
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|e| CryptoServerError::Listen {
+            addr: config.admin.listen,
+            detail: e.to_string(),
+        })?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<CryptoServiceServer<CryptoServer>>()
+        .await;
+    let mut builder = tonic::transport::Server::builder();
+    let scheme = match &config.server.tls {
+        Some(tls) => {
+            builder = builder
+                .tls_config(tls_config(tls)?)
+                .map_err(|e| CryptoServerError::Tls(e.to_string()))?;
+            "https"
+        }
+        None => "http",
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signal = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let grpc = builder
+        .add_service(health_service)
+        .add_service(CryptoServer::new(chain.clone(), config.server.max_payload).into_server())
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            signal(),
+        );
+    let admin = axum::serve(admin_listener, admin_router(chain))
+        .with_graceful_shutdown(signal())
+        .into_future();
+    tracing::info!(%grpc_addr, "Crypto Service gRPC listening on {scheme}://{grpc_addr}");
+    tracing::info!(%admin_addr, "admin endpoint listening on http://{admin_addr}");
+    let grace = config.server.shutdown_grace;
+    let (deadline_tx, deadline) = tokio::sync::oneshot::channel::<()>();
+    let stopper = tokio::spawn(async move {
+        crate::service::shutdown_signal().await;
+        let _ = stop.send(true);
+        tokio::time::sleep(grace).await;
+        let _ = deadline_tx.send(());
+    });
+    let (grpc, admin) = tokio::select! {
+        both = async { tokio::join!(grpc, admin) } => both,
+        _ = deadline => {
+            tracing::warn!("calls still open after the shutdown grace period; dropping them");
+            return Ok(());
+        }
+    };
+    stopper.abort();
+    grpc.map_err(|e| CryptoServerError::Listen {
+        addr: grpc_addr,
+        detail: e.to_string(),
+    })?;
+    admin.map_err(|e| CryptoServerError::Listen {
+        addr: admin_addr,
+        detail: e.to_string(),
+    })?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+fn admin_router(chain: Arc<Chain>) -> axum::Router {
+    use axum::extract::State;
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+
+    async fn readyz(State(chain): State<Arc<Chain>>) -> axum::response::Response {
+        let open = chain
+            .backends()
+            .iter()
+            .filter(|g| g.breaker_state() != crate::resilience::BreakerState::Open)
+            .count();
+        if open > 0 {
+            (StatusCode::OK, "ready\n").into_response()
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: every breaker is open\n",
+            )
+                .into_response()
+        }
+    }
+    async fn metrics(State(chain): State<Arc<Chain>>) -> axum::response::Response {
+        let _ = chain.breaker_states();
+        (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            chain.metrics().render(),
+        )
+            .into_response()
+    }
+    axum::Router::new()
+        .route("/admin/v1/livez", get(|| async { "ok\n" }))
+        .route("/admin/v1/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(chain)
+}
