@@ -80,6 +80,7 @@ pub struct CryptoServiceBackend {
     metadata_ttl: Duration,
     cache: Mutex<HashMap<KeyRef, Arc<CachedKey>>>,
     address: String,
+    tls: bool,
 }
 
 impl std::fmt::Debug for CryptoServiceBackend {
@@ -147,8 +148,25 @@ impl CryptoServiceBackend {
             },
             metadata_ttl: options.metadata_ttl,
             cache: Mutex::new(HashMap::new()),
+            tls: options.channel.tls.is_some(),
             address: options.channel.address,
         })
+    }
+
+    /// The error for a failed call, with a hint when a plaintext client meets a TLS server
+    /// (which shows up as an HTTP/2 protocol error, not as anything naming TLS).
+    fn failed(&self, status: &tonic::Status) -> BackendError {
+        let error = status_to_error(NAME, status);
+        if !self.tls && status.message().contains("h2 protocol error") {
+            return BackendError::unavailable(
+                NAME,
+                format!(
+                    "{}: HTTP/2 protocol error; if the Crypto Service uses TLS, use an https:// address and set [backends.crypto_service.tls]",
+                    self.address
+                ),
+            );
+        }
+        error
     }
 
     fn cached(&self, ring: &KeyRef) -> Option<Arc<CachedKey>> {
@@ -179,7 +197,7 @@ impl CryptoServiceBackend {
                 key_id: key_id(&ring),
             }))
             .await
-            .map_err(|s| status_to_error(NAME, &s))?
+            .map_err(|s| self.failed(&s))?
             .into_inner();
         let mut versions = metadata_from_wire(NAME, &ring, wire)?;
         if versions.first().is_some_and(|m| m.algorithm.is_signing()) {
@@ -210,7 +228,7 @@ impl CryptoServiceBackend {
                 key_id: key_id(ring),
             }))
             .await
-            .map_err(|s| status_to_error(NAME, &s))?
+            .map_err(|s| self.failed(&s))?
             .into_inner();
         for key in listed.keys {
             let Some(version) = versions.iter_mut().find(|m| m.version == key.version) else {
@@ -350,7 +368,7 @@ impl Backend for CryptoServiceBackend {
                 message: message.to_vec(),
             }))
             .await
-            .map_err(|s| status_to_error(NAME, &s))?
+            .map_err(|s| self.failed(&s))?
             .into_inner();
         if wire::algorithm_from_wire(answer.algorithm) != Some(expected.algorithm) {
             return Err(violation(format!(
@@ -424,7 +442,7 @@ impl Backend for CryptoServiceBackend {
                 key: Some(key),
             }))
             .await
-            .map_err(|s| status_to_error(NAME, &s))?
+            .map_err(|s| self.failed(&s))?
             .into_inner();
         if answer.valid {
             Ok(())
@@ -456,7 +474,7 @@ impl Backend for CryptoServiceBackend {
                 aad: aad.to_vec(),
             }))
             .await
-            .map_err(|s| status_to_error(NAME, &s))?
+            .map_err(|s| self.failed(&s))?
             .into_inner();
         if wire::algorithm_from_wire(answer.algorithm) != Some(Algorithm::A256Gcm) {
             return Err(violation(format!(
@@ -496,7 +514,7 @@ impl Backend for CryptoServiceBackend {
                 aad: aad.to_vec(),
             }))
             .await
-            .map_err(|s| status_to_error(NAME, &s))?
+            .map_err(|s| self.failed(&s))?
             .into_inner();
         let plaintext = Zeroizing::new(answer.plaintext);
         if answer.key_id != key_id(&key) || answer.key_version != kid.version {
@@ -523,7 +541,7 @@ impl Backend for CryptoServiceBackend {
                 algorithm: algorithm_to_wire(algorithm) as i32,
             }))
             .await
-            .map_err(|s| status_to_error(NAME, &s))?
+            .map_err(|s| self.failed(&s))?
             .into_inner();
         let versions = metadata_from_wire(NAME, &ring, wire)?;
         self.forget(&ring);
@@ -544,7 +562,7 @@ impl Backend for CryptoServiceBackend {
                 key_id: key_id(&ring),
             }))
             .await
-            .map_err(|s| status_to_error(NAME, &s))?
+            .map_err(|s| self.failed(&s))?
             .into_inner();
         metadata_from_wire(NAME, &ring, wire)?;
         let cached = self.metadata(&ring, true).await?;
