@@ -1,0 +1,161 @@
+//! Sign through the Crypto Service client over loopback gRPC vs the reference server's own
+//! in-process chain (the same software key), in the same run: rate and p50/p99 latency at
+//! concurrency 1 and 16, and the overhead per call.
+//!
+//! Run: `cargo bench --bench crypto_service` (ROUND_SECONDS=2 by default).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use token_service::backends::chain::{Chain, Routes};
+use token_service::backends::crypto_service::{
+    ChannelOptions, CryptoServiceBackend, CryptoServiceOptions,
+};
+use token_service::backends::software::{SoftwareBackend, SoftwareOptions};
+use token_service::backends::{Algorithm, Backend, KeyRef};
+use token_service::context::CallContext;
+use token_service::crypto_server::CryptoServer;
+use token_service::metrics::Metrics;
+use token_service::resilience::ResilienceConfig;
+
+const MESSAGE: &[u8] = b"eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCJ9.eyJzdWIiOiJ1c2VyLTQyIn0";
+
+struct Figures {
+    rate: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+async fn measure<F, Fut>(concurrency: usize, round: Duration, call: F) -> Figures
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let began = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while began.elapsed() < round {
+                    let t = Instant::now();
+                    call().await;
+                    latencies.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = began.elapsed().as_secs_f64();
+    all.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| all[((all.len() as f64 - 1.0) * q) as usize];
+    Figures {
+        rate: all.len() as f64 / elapsed,
+        p50_us: at(0.50),
+        p99_us: at(0.99),
+    }
+}
+
+fn main() {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let round = Duration::from_secs_f64(if quick {
+        0.05
+    } else {
+        std::env::var("ROUND_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2.0)
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let software: Arc<dyn Backend> =
+            Arc::new(SoftwareBackend::open(&dir.path().join("keys"), SoftwareOptions::default()).unwrap());
+        let key = KeyRef::new("token", "signing").unwrap();
+        software.generate_key(&key, Algorithm::Es256).await.unwrap();
+        let routes = Routes {
+            sign: vec!["software".into()],
+            verify: vec!["software".into()],
+            encrypt: vec!["software".into()],
+        };
+        let server_chain = Arc::new(
+            Chain::new(
+                vec![(software, ResilienceConfig::default())],
+                &routes,
+                true,
+                Metrics::new(),
+            )
+            .unwrap(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(CryptoServer::new(server_chain.clone(), 65536).into_server())
+                .serve_with_incoming(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                ),
+        );
+        let client = Arc::new(
+            CryptoServiceBackend::connect(CryptoServiceOptions {
+                channel: ChannelOptions {
+                    address: format!("http://{addr}"),
+                    connect_timeout: Duration::from_secs(1),
+                    request_timeout: Duration::from_secs(2),
+                    keepalive_interval: Duration::from_secs(30),
+                    keepalive_timeout: Duration::from_secs(10),
+                    tls: None,
+                },
+                metadata_ttl: Duration::from_secs(30),
+                signing_enabled: true,
+                encryption_enabled: true,
+            })
+            .unwrap(),
+        );
+        client.sign(&key, MESSAGE).await.unwrap();
+        if quick {
+            println!("crypto_service: smoke run (figures are not measurements; use `cargo bench`)");
+        }
+        println!("ES256 sign, {:.1} s per measurement", round.as_secs_f64());
+        println!(
+            "{:<28} {:>5} {:>10} {:>9} {:>9}",
+            "path", "conc", "ops/s", "p50 us", "p99 us"
+        );
+        for concurrency in [1usize, 16] {
+            let (chain, k) = (server_chain.clone(), key.clone());
+            let local = measure(concurrency, round, move || {
+                let (chain, k) = (chain.clone(), k.clone());
+                async move {
+                    chain.sign(&CallContext::new(), &k, MESSAGE).await.unwrap();
+                }
+            })
+            .await;
+            let (c, k) = (client.clone(), key.clone());
+            let remote = measure(concurrency, round, move || {
+                let (c, k) = (c.clone(), k.clone());
+                async move {
+                    c.sign(&k, MESSAGE).await.unwrap();
+                }
+            })
+            .await;
+            for (path, f) in [("server chain, in process", &local), ("client over loopback gRPC", &remote)] {
+                println!(
+                    "{path:<28} {concurrency:>5} {:>10.0} {:>9.1} {:>9.1}",
+                    f.rate, f.p50_us, f.p99_us
+                );
+            }
+            println!(
+                "overhead at concurrency {concurrency}: p50 +{:.1} us per call; rate {:.2} of in-process",
+                remote.p50_us - local.p50_us,
+                remote.rate / local.rate
+            );
+        }
+    });
+}
