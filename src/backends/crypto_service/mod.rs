@@ -11,6 +11,7 @@
 //! again at once, so the published JWKS follows.
 
 pub mod channel;
+mod request;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -31,9 +32,9 @@ use crate::backends::types::{
     Algorithm, Capabilities, Health, KeyMetadata, KeyRef, KeyState, Operation, Signature,
     VerificationKey, VerifyRequest,
 };
-use crate::context::CallContext;
 
 pub use channel::{ChannelOptions, ClientTls};
+use request::{correlation_id, outbound};
 use wire::{algorithm_to_wire, key_id, metadata_from_wire, status_to_error};
 
 /// The backend's name in configuration, metrics and envelopes.
@@ -90,33 +91,6 @@ impl std::fmt::Debug for CryptoServiceBackend {
             .field("metadata_ttl", &self.metadata_ttl)
             .finish_non_exhaustive()
     }
-}
-
-/// The correlation id and trace headers of the call being made.
-fn outbound<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    let ctx = CallContext::current().unwrap_or_default();
-    let metadata = request.metadata_mut();
-    // Correlation ids and trace headers are validated ASCII, so these parses succeed; a
-    // failure would only drop the header.
-    if let Ok(value) = ctx.correlation_id().parse() {
-        metadata.insert("x-correlation-id", value);
-    }
-    if let Ok(value) = ctx.trace().outbound_traceparent().parse() {
-        metadata.insert("traceparent", value);
-    }
-    if let Some(state) = ctx.trace().tracestate()
-        && let Ok(value) = state.parse()
-    {
-        metadata.insert("tracestate", value);
-    }
-    request
-}
-
-fn correlation_id() -> String {
-    CallContext::current()
-        .map(|c| c.correlation_id().to_owned())
-        .unwrap_or_default()
 }
 
 fn violation(detail: impl Into<String>) -> BackendError {
