@@ -131,12 +131,18 @@ impl CryptoServiceBackend {
     /// (which shows up as an HTTP/2 protocol error, not as anything naming TLS).
     fn failed(&self, status: &tonic::Status) -> BackendError {
         let error = status_to_error(NAME, status);
-        if !self.tls && status.message().contains("h2 protocol error") {
+        // Against a TLS server, a plaintext HTTP/2 client sees its connection broken in one
+        // of these ways (measured), never an error naming TLS.
+        let broken_connection =
+            matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled)
+                || status.message().contains("h2 protocol error");
+        if !self.tls && broken_connection {
             return BackendError::unavailable(
                 NAME,
                 format!(
-                    "{}: HTTP/2 protocol error; if the Crypto Service uses TLS, use an https:// address and set [backends.crypto_service.tls]",
-                    self.address
+                    "{}: the HTTP/2 connection broke ({}); if the Crypto Service uses TLS, use an https:// address and set [backends.crypto_service.tls]",
+                    self.address,
+                    crate::backends::types::truncate_for_message(status.message())
                 ),
             );
         }
