@@ -75,6 +75,37 @@ impl Algorithm {
         !matches!(self, Algorithm::A256Gcm)
     }
 
+    /// `Ok` if `key`, made for this algorithm, can serve a call for `requested`; else the
+    /// rejection naming both.
+    pub fn check_serves(
+        self,
+        key: &dyn fmt::Display,
+        requested: Algorithm,
+    ) -> Result<(), BackendError> {
+        if self == requested {
+            Ok(())
+        } else {
+            Err(BackendError::Rejected(Rejection::AlgorithmMismatch {
+                key: key.to_string(),
+                requested: requested.as_str().to_owned(),
+                actual: self,
+            }))
+        }
+    }
+
+    /// `Ok` if `key`, made for this algorithm, signs; else the rejection naming it.
+    pub fn check_signs(self, key: &dyn fmt::Display) -> Result<(), BackendError> {
+        if self.is_signing() {
+            Ok(())
+        } else {
+            Err(BackendError::Rejected(Rejection::AlgorithmMismatch {
+                key: key.to_string(),
+                requested: "a signature algorithm".into(),
+                actual: self,
+            }))
+        }
+    }
+
     /// The exact length of a JWS-form signature, where it is fixed by the algorithm alone.
     /// RSA signature length depends on the modulus, so it is `None`.
     pub fn fixed_signature_len(self) -> Option<usize> {

@@ -168,25 +168,19 @@ impl CryptoService for CryptoServer {
             if r.algorithm != 0 && expected.is_none() {
                 return Err(invalid(format!("unknown algorithm {}", r.algorithm)));
             }
-            if let Some(expected) = expected {
-                let (_, versions) = self.home(&ctx, &key).await?;
-                if let Some(m) = versions.first()
-                    && m.algorithm != expected
-                {
-                    return Err(status(BackendError::Rejected(
-                        Rejection::AlgorithmMismatch {
-                            key: key.ring().to_string(),
-                            requested: expected.as_str().into(),
-                            actual: m.algorithm,
-                        },
-                    )));
-                }
-            }
             let signature = self
                 .chain
                 .sign(&ctx, &key, &r.message)
                 .await
                 .map_err(status)?;
+            // Checked on the answer rather than with a metadata lookup before every sign:
+            // a signature made with a key of another algorithm is dropped, never returned.
+            if let Some(expected) = expected {
+                signature
+                    .algorithm
+                    .check_serves(&key.ring(), expected)
+                    .map_err(status)?;
+            }
             Ok(Response::new(pb::SignResponse {
                 key_id: key_id(&key),
                 key_version: signature.key_version,

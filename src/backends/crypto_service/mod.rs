@@ -331,13 +331,7 @@ impl Backend for CryptoServiceBackend {
 
     async fn sign(&self, key: &KeyRef, message: &[u8]) -> Result<Signature, BackendError> {
         let (_, expected) = self.producing(key, Operation::Sign).await?;
-        if !expected.algorithm.is_signing() {
-            return Err(BackendError::Rejected(Rejection::AlgorithmMismatch {
-                key: key.ring().to_string(),
-                requested: "a signature algorithm".into(),
-                actual: expected.algorithm,
-            }));
-        }
+        expected.algorithm.check_signs(&key.ring())?;
         let mut client = self.client.clone();
         let answer = client
             .sign(outbound(pb::SignRequest {
@@ -438,13 +432,9 @@ impl Backend for CryptoServiceBackend {
         aad: &[u8],
     ) -> Result<String, BackendError> {
         let (_, expected) = self.producing(key, Operation::Encrypt).await?;
-        if expected.algorithm != Algorithm::A256Gcm {
-            return Err(BackendError::Rejected(Rejection::AlgorithmMismatch {
-                key: key.ring().to_string(),
-                requested: Algorithm::A256Gcm.as_str().into(),
-                actual: expected.algorithm,
-            }));
-        }
+        expected
+            .algorithm
+            .check_serves(&key.ring(), Algorithm::A256Gcm)?;
         let mut client = self.client.clone();
         let answer = client
             .encrypt(outbound(pb::EncryptRequest {

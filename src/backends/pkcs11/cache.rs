@@ -51,15 +51,7 @@ impl CachedRing {
         &self,
         requested: crate::backends::types::Algorithm,
     ) -> Result<(), BackendError> {
-        if self.record.algorithm == requested {
-            Ok(())
-        } else {
-            Err(BackendError::Rejected(Rejection::AlgorithmMismatch {
-                key: self.key.to_string(),
-                requested: requested.as_str().to_owned(),
-                actual: self.record.algorithm,
-            }))
-        }
+        self.record.algorithm.check_serves(&self.key, requested)
     }
 
     /// The record of one version.

@@ -275,13 +275,7 @@ impl Backend for Pkcs11Backend {
     async fn sign(&self, key: &KeyRef, message: &[u8]) -> Result<Signature, BackendError> {
         let ring = self.ring(key).await?;
         let algorithm = ring.record.algorithm;
-        if !algorithm.is_signing() {
-            return Err(BackendError::Rejected(Rejection::AlgorithmMismatch {
-                key: ring.key.to_string(),
-                requested: "a signature algorithm".into(),
-                actual: algorithm,
-            }));
-        }
+        algorithm.check_signs(&ring.key)?;
         let record = self.lifecycle().producing(
             &ring.key,
             &ring.record.versions,

@@ -270,13 +270,7 @@ impl Backend for SoftwareBackend {
 
     async fn sign(&self, key: &KeyRef, message: &[u8]) -> Result<Signature, BackendError> {
         let ring = self.ring(key).await?;
-        if !ring.algorithm.is_signing() {
-            return Err(BackendError::Rejected(Rejection::AlgorithmMismatch {
-                key: ring.key.to_string(),
-                requested: "a signature algorithm".into(),
-                actual: ring.algorithm,
-            }));
-        }
+        ring.algorithm.check_signs(&ring.key)?;
         let (version, material) = ring.producing(key, Operation::Sign, &self.lifecycle())?;
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);

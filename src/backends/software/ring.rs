@@ -107,15 +107,7 @@ impl LoadedRing {
 
     /// Refuses a request for another algorithm than the ring's.
     pub fn check_algorithm(&self, requested: Algorithm) -> Result<(), BackendError> {
-        if self.algorithm == requested {
-            Ok(())
-        } else {
-            Err(BackendError::Rejected(Rejection::AlgorithmMismatch {
-                key: self.key.to_string(),
-                requested: requested.as_str().to_owned(),
-                actual: self.algorithm,
-            }))
-        }
+        self.algorithm.check_serves(&self.key, requested)
     }
 
     /// Metadata of one version.
