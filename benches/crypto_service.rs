@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use token_service::backends::chain::{Chain, Routes};
-use token_service::backends::crypto_service::{
-    ChannelOptions, CryptoServiceBackend, CryptoServiceOptions,
-};
+use token_service::backends::crypto_service::{CryptoServiceBackend, CryptoServiceOptions};
 use token_service::backends::software::{SoftwareBackend, SoftwareOptions};
 use token_service::backends::{Algorithm, Backend, KeyRef};
 use token_service::context::CallContext;
@@ -104,19 +102,7 @@ fn main() {
                 ),
         );
         let client = Arc::new(
-            CryptoServiceBackend::connect(CryptoServiceOptions {
-                channel: ChannelOptions {
-                    address: format!("http://{addr}"),
-                    connect_timeout: Duration::from_secs(1),
-                    request_timeout: Duration::from_secs(2),
-                    keepalive_interval: Duration::from_secs(30),
-                    keepalive_timeout: Duration::from_secs(10),
-                    tls: None,
-                },
-                metadata_ttl: Duration::from_secs(30),
-                signing_enabled: true,
-                encryption_enabled: true,
-            })
+            CryptoServiceBackend::connect(CryptoServiceOptions::new(format!("http://{addr}")))
             .unwrap(),
         );
         client.sign(&key, MESSAGE).await.unwrap();

@@ -13,7 +13,7 @@ use token_service::api::crypto_proto as pb;
 use token_service::api::crypto_proto::crypto_service_client::CryptoServiceClient;
 use token_service::backends::chain::{Chain, Routes};
 use token_service::backends::crypto_service::{
-    ChannelOptions, ClientTls, CryptoServiceBackend, CryptoServiceOptions, NAME,
+    ClientTls, CryptoServiceBackend, CryptoServiceOptions, NAME,
 };
 use token_service::backends::software::{SoftwareBackend, SoftwareOptions};
 use token_service::backends::{
@@ -25,19 +25,11 @@ use token_service::resilience::{BreakerConfig, ResilienceConfig, RetryConfig};
 use tonic::Code;
 
 fn options(address: &str, tls: Option<ClientTls>, ttl: Duration) -> CryptoServiceOptions {
-    CryptoServiceOptions {
-        channel: ChannelOptions {
-            address: address.to_owned(),
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(2),
-            keepalive_interval: Duration::from_secs(30),
-            keepalive_timeout: Duration::from_secs(10),
-            tls,
-        },
-        metadata_ttl: ttl,
-        signing_enabled: true,
-        encryption_enabled: true,
-    }
+    let mut options = CryptoServiceOptions::new(address);
+    options.channel.connect_timeout = Duration::from_secs(1);
+    options.channel.tls = tls;
+    options.metadata_ttl = ttl;
+    options
 }
 
 fn client(address: &str) -> Arc<CryptoServiceBackend> {

@@ -3,17 +3,20 @@
 //! truncated signature. Each is a *security* error, logged as a security event, and never
 //! turned into a success by the fallback; a DEPRECATED key is refused before any Sign is sent.
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
+use support::capture::Captured;
 use token_service::api::crypto_proto as pb;
 use token_service::api::crypto_proto::crypto_service_server::{CryptoService, CryptoServiceServer};
 use token_service::backends::chain::{Chain, Routes};
-use token_service::backends::crypto_service::wire::{metadata_to_wire, state_to_wire};
-use token_service::backends::crypto_service::{
-    ChannelOptions, CryptoServiceBackend, CryptoServiceOptions, NAME,
+use token_service::backends::crypto_service::wire::{
+    metadata_to_wire, parse_key_id, state_to_wire,
 };
+use token_service::backends::crypto_service::{CryptoServiceBackend, CryptoServiceOptions, NAME};
+use token_service::backends::envelope::Envelope;
 use token_service::backends::software::{SoftwareBackend, SoftwareOptions};
 use token_service::backends::{
     Algorithm, Backend, BackendError, ErrorClass, KeyMetadata, KeyRef, KeyState, Operation,
@@ -30,24 +33,50 @@ enum Mode {
     StaleVersion,
     TruncatedSignature,
     Deprecated,
+    /// ListPublicKeys hands out another key's JWK under the listed kid.
+    ForeignPublicKey,
+    /// Decrypt answers that another key version opened the ciphertext.
+    WrongDecryptKey,
 }
 
+/// Calls the double received.
+#[derive(Default)]
+struct Counts {
+    signs: AtomicU32,
+    metadata: AtomicU32,
+}
+
+/// A Crypto Service that keeps its keys in a software backend and bends its answers.
 struct Double {
     mode: Mode,
-    signer: Arc<SoftwareBackend>,
-    key: KeyRef,
-    signs: Arc<AtomicU32>,
+    keys: Arc<SoftwareBackend>,
+    /// Keys of nobody in particular, for [`Mode::ForeignPublicKey`].
+    stranger: Arc<SoftwareBackend>,
+    counts: Arc<Counts>,
+}
+
+fn signing_key() -> KeyRef {
+    KeyRef::new("token", "signing").unwrap()
+}
+
+fn cache_key() -> KeyRef {
+    KeyRef::new("token-cache", "aes").unwrap()
+}
+
+fn answer<T>(result: Result<T, BackendError>) -> Result<T, Status> {
+    result.map_err(|e| Status::internal(e.to_string()))
 }
 
 impl Double {
-    async fn versions(&self) -> Vec<KeyMetadata> {
-        let mut versions = self.signer.key_metadata(&self.key).await.unwrap();
+    async fn versions(&self, key_id: &str) -> Result<(KeyRef, Vec<KeyMetadata>), Status> {
+        let key = answer(parse_key_id(key_id))?;
+        let mut versions = answer(self.keys.key_metadata(&key).await)?;
         if self.mode == Mode::Deprecated {
             for v in &mut versions {
                 v.state = KeyState::Deprecated;
             }
         }
-        versions
+        Ok((key, versions))
     }
 }
 
@@ -61,10 +90,10 @@ impl CryptoService for Double {
         &self,
         request: Request<pb::SignRequest>,
     ) -> Result<Response<pb::SignResponse>, Status> {
-        self.signs.fetch_add(1, Ordering::SeqCst);
+        self.counts.signs.fetch_add(1, Ordering::SeqCst);
         let r = request.into_inner();
-        let signature = self.signer.sign(&self.key, &r.message).await.unwrap();
-        let mut answer = pb::SignResponse {
+        let signature = answer(self.keys.sign(&signing_key(), &r.message).await)?;
+        let mut reply = pb::SignResponse {
             key_id: r.key_id,
             key_version: signature.key_version,
             algorithm: pb::Algorithm::Es256 as i32,
@@ -72,14 +101,14 @@ impl CryptoService for Double {
             kid: signature.kid,
         };
         match self.mode {
-            Mode::WrongAlgorithm => answer.algorithm = pb::Algorithm::Es384 as i32,
-            Mode::StaleVersion => answer.key_version -= 1,
+            Mode::WrongAlgorithm => reply.algorithm = pb::Algorithm::Es384 as i32,
+            Mode::StaleVersion => reply.key_version -= 1,
             Mode::TruncatedSignature => {
-                answer.signature.pop();
+                reply.signature.pop();
             }
-            Mode::Honest | Mode::Deprecated => {}
+            _ => {}
         }
-        Ok(Response::new(answer))
+        Ok(Response::new(reply))
     }
     async fn verify(
         &self,
@@ -89,15 +118,36 @@ impl CryptoService for Double {
     }
     async fn encrypt(
         &self,
-        _: Request<pb::EncryptRequest>,
+        request: Request<pb::EncryptRequest>,
     ) -> Result<Response<pb::EncryptResponse>, Status> {
-        unimplemented()
+        let r = request.into_inner();
+        let sealed = answer(self.keys.encrypt(&cache_key(), &r.plaintext, &r.aad).await)?;
+        let version = answer(Envelope::parse(&sealed))?.kid().version;
+        Ok(Response::new(pb::EncryptResponse {
+            key_id: r.key_id,
+            key_version: version,
+            algorithm: pb::Algorithm::A256gcm as i32,
+            ciphertext: sealed.into_bytes(),
+        }))
     }
     async fn decrypt(
         &self,
-        _: Request<pb::DecryptRequest>,
+        request: Request<pb::DecryptRequest>,
     ) -> Result<Response<pb::DecryptResponse>, Status> {
-        unimplemented()
+        let r = request.into_inner();
+        let text =
+            String::from_utf8(r.ciphertext).map_err(|_| Status::invalid_argument("utf-8"))?;
+        let envelope = answer(Envelope::parse(&text))?;
+        let plaintext = answer(self.keys.decrypt(&envelope, &r.aad).await)?;
+        let mut version = envelope.kid().version;
+        if self.mode == Mode::WrongDecryptKey {
+            version += 1;
+        }
+        Ok(Response::new(pb::DecryptResponse {
+            plaintext: plaintext.to_vec(),
+            key_id: "token-cache/aes".into(),
+            key_version: version,
+        }))
     }
     async fn generate_key(
         &self,
@@ -113,48 +163,61 @@ impl CryptoService for Double {
     }
     async fn get_key_metadata(
         &self,
-        _: Request<pb::GetKeyMetadataRequest>,
+        request: Request<pb::GetKeyMetadataRequest>,
     ) -> Result<Response<pb::KeyMetadata>, Status> {
-        Ok(Response::new(metadata_to_wire(
-            &self.key,
-            &self.versions().await,
-        )))
+        self.counts.metadata.fetch_add(1, Ordering::SeqCst);
+        let (key, versions) = self.versions(&request.get_ref().key_id).await?;
+        Ok(Response::new(metadata_to_wire(&key, &versions)))
     }
     async fn list_public_keys(
         &self,
-        _: Request<pb::ListPublicKeysRequest>,
+        request: Request<pb::ListPublicKeysRequest>,
     ) -> Result<Response<pb::ListPublicKeysResponse>, Status> {
-        let keys = self
-            .versions()
-            .await
+        let (_, versions) = self.versions(&request.get_ref().key_id).await?;
+        let stranger = answer(self.stranger.public_keys(&signing_key()).await)?;
+        let keys = versions
             .into_iter()
-            .map(|m| pb::PublicKey {
-                version: m.version,
-                state: state_to_wire(m.state) as i32,
-                jwk: serde_json::to_string(&m.public_jwk.unwrap()).unwrap(),
-                kid: m.kid,
+            .map(|m| {
+                let jwk = match self.mode {
+                    Mode::ForeignPublicKey => stranger[0].clone(),
+                    _ => m.public_jwk.clone().unwrap(),
+                };
+                pb::PublicKey {
+                    version: m.version,
+                    state: state_to_wire(m.state) as i32,
+                    jwk: serde_json::to_string(&jwk).unwrap(),
+                    kid: m.kid,
+                }
             })
             .collect();
         Ok(Response::new(pb::ListPublicKeysResponse { keys }))
     }
 }
 
-/// Starts the double on a free loopback port; returns its address and Sign counter.
-async fn start_double(mode: Mode, dir: &std::path::Path) -> (String, Arc<AtomicU32>) {
-    let signer = Arc::new(
-        SoftwareBackend::open(&dir.join("double-keys"), SoftwareOptions::default()).unwrap(),
-    );
-    let key = KeyRef::new("token", "signing").unwrap();
-    signer.generate_key(&key, Algorithm::Es256).await.unwrap();
-    if mode == Mode::StaleVersion {
-        signer.rotate_key(&key).await.unwrap();
+/// Starts the double on a free loopback port; returns its address and call counts.
+async fn start_double(mode: Mode, dir: &std::path::Path) -> (String, Arc<Counts>) {
+    let open = |name: &str| {
+        Arc::new(SoftwareBackend::open(&dir.join(name), SoftwareOptions::default()).unwrap())
+    };
+    let (keys, stranger) = (open("double-keys"), open("stranger-keys"));
+    for backend in [&keys, &stranger] {
+        backend
+            .generate_key(&signing_key(), Algorithm::Es256)
+            .await
+            .unwrap();
     }
-    let signs = Arc::new(AtomicU32::new(0));
+    keys.generate_key(&cache_key(), Algorithm::A256Gcm)
+        .await
+        .unwrap();
+    if mode == Mode::StaleVersion {
+        keys.rotate_key(&signing_key()).await.unwrap();
+    }
+    let counts = Arc::new(Counts::default());
     let double = Double {
         mode,
-        signer,
-        key,
-        signs: signs.clone(),
+        keys,
+        stranger,
+        counts: counts.clone(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -163,60 +226,34 @@ async fn start_double(mode: Mode, dir: &std::path::Path) -> (String, Arc<AtomicU
             .add_service(CryptoServiceServer::new(double))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
-    (format!("http://{addr}"), signs)
+    (format!("http://{addr}"), counts)
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// A chain of [the client → a local software backend with keys of the same names] in
+/// front of a double in `mode`.
+struct Setup {
+    chain: Arc<Chain>,
+    metrics: Metrics,
+    counts: Arc<Counts>,
+    _dir: tempfile::TempDir,
 }
 
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-/// Signs through a chain of [the client → a local software backend] against a double in
-/// `mode`; returns the result, the double's Sign count, the fallback count and the log.
-async fn sign_against(mode: Mode) -> (Result<String, BackendError>, u32, u64, String) {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(captured.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+async fn setup(mode: Mode) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let (address, signs) = start_double(mode, dir.path()).await;
-    let remote = CryptoServiceBackend::connect(CryptoServiceOptions {
-        channel: ChannelOptions {
-            address,
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(2),
-            keepalive_interval: Duration::from_secs(30),
-            keepalive_timeout: Duration::from_secs(10),
-            tls: None,
-        },
-        metadata_ttl: Duration::from_secs(30),
-        signing_enabled: true,
-        encryption_enabled: true,
-    })
-    .unwrap();
+    let (address, counts) = start_double(mode, dir.path()).await;
+    let remote = CryptoServiceBackend::connect(CryptoServiceOptions::new(address)).unwrap();
     let local =
         SoftwareBackend::open(&dir.path().join("local"), SoftwareOptions::default()).unwrap();
-    let key = KeyRef::new("token", "signing").unwrap();
-    local.generate_key(&key, Algorithm::Es256).await.unwrap();
+    local
+        .generate_key(&signing_key(), Algorithm::Es256)
+        .await
+        .unwrap();
+    local
+        .generate_key(&cache_key(), Algorithm::A256Gcm)
+        .await
+        .unwrap();
     let metrics = Metrics::new();
+    let both = vec![NAME.to_owned(), "software".to_owned()];
     let chain = Chain::new(
         vec![
             (
@@ -229,54 +266,130 @@ async fn sign_against(mode: Mode) -> (Result<String, BackendError>, u32, u64, St
             ),
         ],
         &Routes {
-            sign: vec![NAME.into(), "software".into()],
+            sign: both.clone(),
             verify: vec![],
-            encrypt: vec![],
+            encrypt: both,
         },
         true,
         metrics.clone(),
     )
     .unwrap();
-    let result = chain
-        .sign(&CallContext::new(), &key, b"header.payload")
-        .await
-        .map(|s| s.backend);
-    let fallbacks = metrics.fallback_count(Operation::Sign, NAME, "software");
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    (result, signs.load(Ordering::SeqCst), fallbacks, log)
+    Setup {
+        chain: Arc::new(chain),
+        metrics,
+        counts,
+        _dir: dir,
+    }
+}
+
+impl Setup {
+    async fn sign(&self) -> Result<String, BackendError> {
+        self.chain
+            .sign(&CallContext::new(), &signing_key(), b"header.payload")
+            .await
+            .map(|s| s.backend)
+    }
+
+    fn fallbacks(&self, operation: Operation) -> u64 {
+        self.metrics.fallback_count(operation, NAME, "software")
+    }
 }
 
 #[tokio::test]
-async fn an_honest_double_signs() {
-    let (result, signs, fallbacks, _) = sign_against(Mode::Honest).await;
-    assert_eq!(result.unwrap(), NAME);
-    assert_eq!((signs, fallbacks), (1, 0));
+async fn an_honest_double_signs_and_seals() {
+    let (_log, _guard) = Captured::install();
+    let s = setup(Mode::Honest).await;
+    assert_eq!(s.sign().await.unwrap(), NAME);
+    let ctx = CallContext::new();
+    let sealed = s
+        .chain
+        .encrypt(&ctx, &cache_key(), b"record", b"aad")
+        .await
+        .unwrap();
+    assert!(sealed.starts_with("eyJ"));
+    let opened = s.chain.decrypt(&ctx, &sealed, b"aad").await.unwrap();
+    assert_eq!(&opened[..], b"record");
+    assert_eq!(s.counts.signs.load(Ordering::SeqCst), 1);
+    assert_eq!(s.fallbacks(Operation::Sign), 0);
 }
 
 #[tokio::test]
 async fn a_misbehaving_service_is_a_security_error_without_fallback() {
-    for mode in [
-        Mode::WrongAlgorithm,
-        Mode::StaleVersion,
-        Mode::TruncatedSignature,
+    for (mode, signs_sent) in [
+        (Mode::WrongAlgorithm, 1),
+        (Mode::StaleVersion, 1),
+        (Mode::TruncatedSignature, 1),
+        // Caught when the metadata is fetched, before any Sign.
+        (Mode::ForeignPublicKey, 0),
     ] {
-        let (result, signs, fallbacks, log) = sign_against(mode).await;
-        let error = result.expect_err("a bad answer must not become a signature");
+        let (log, _guard) = Captured::install();
+        let s = setup(mode).await;
+        let error = s
+            .sign()
+            .await
+            .expect_err("a bad answer must not become a signature");
         assert_eq!(error.class(), ErrorClass::Security, "{mode:?}: {error}");
-        assert_eq!(signs, 1, "{mode:?}");
-        assert_eq!(fallbacks, 0, "{mode:?}: no fallback turns it into success");
+        assert_eq!(
+            s.counts.signs.load(Ordering::SeqCst),
+            signs_sent,
+            "{mode:?}"
+        );
+        assert_eq!(
+            s.fallbacks(Operation::Sign),
+            0,
+            "{mode:?}: no fallback turns it into success"
+        );
         assert!(
-            log.contains("security event"),
-            "{mode:?}: a security log line\n{log}"
+            log.text().contains("security event"),
+            "{mode:?}: a security log line\n{}",
+            log.text()
         );
     }
 }
 
 #[tokio::test]
+async fn a_decryption_answered_by_another_key_version_is_refused() {
+    let (log, _guard) = Captured::install();
+    let s = setup(Mode::WrongDecryptKey).await;
+    let ctx = CallContext::new();
+    let sealed = s
+        .chain
+        .encrypt(&ctx, &cache_key(), b"record", b"")
+        .await
+        .unwrap();
+    let error = s.chain.decrypt(&ctx, &sealed, b"").await.unwrap_err();
+    assert_eq!(error.class(), ErrorClass::Security, "{error}");
+    assert!(log.text().contains("security event"));
+}
+
+#[tokio::test]
 async fn a_deprecated_key_is_refused_before_any_sign_is_sent() {
-    let (result, signs, fallbacks, _) = sign_against(Mode::Deprecated).await;
-    let error = result.unwrap_err();
+    let (_log, _guard) = Captured::install();
+    let s = setup(Mode::Deprecated).await;
+    let error = s.sign().await.unwrap_err();
     assert_eq!(error.class(), ErrorClass::Rejected, "{error}");
     assert!(error.to_string().contains("DEPRECATED"), "{error}");
-    assert_eq!((signs, fallbacks), (0, 0));
+    assert_eq!(s.counts.signs.load(Ordering::SeqCst), 0);
+    assert_eq!(s.fallbacks(Operation::Sign), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_on_a_cold_cache_fetch_the_metadata_once() {
+    let s = setup(Mode::Honest).await;
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            let chain = s.chain.clone();
+            tokio::spawn(async move {
+                chain
+                    .sign(&CallContext::new(), &signing_key(), b"m")
+                    .await
+                    .map(|s| s.backend)
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap(), NAME);
+    }
+    assert_eq!(s.counts.metadata.load(Ordering::SeqCst), 1);
+    assert_eq!(s.counts.signs.load(Ordering::SeqCst), 16);
 }

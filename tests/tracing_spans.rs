@@ -6,6 +6,7 @@ mod support;
 
 use std::sync::Arc;
 
+use support::capture::Captured;
 use support::fault::{FaultBackend, Mode};
 use token_service::backends::chain::{Chain, Routes};
 use token_service::backends::{Backend, KeyRef};
@@ -27,36 +28,9 @@ fn key() -> KeyRef {
     KeyRef::new("token", "signing").unwrap()
 }
 
-/// A writer that collects log output in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn every_backend_call_is_traced_with_backend_operation_key_and_correlation_id() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(captured.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::install();
 
     let a = FaultBackend::new("a", Mode::Unavailable);
     let b = FaultBackend::new("b", Mode::Ok);
@@ -78,7 +52,7 @@ async fn every_backend_call_is_traced_with_backend_operation_key_and_correlation
     let ctx = CallContext::with_correlation_id("req-7f3a");
     chain.sign(&ctx, &key(), b"secret-claims").await.unwrap();
 
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let log = captured.text();
     let unavailable = log
         .lines()
         .find(|l| l.contains("backend unavailable"))

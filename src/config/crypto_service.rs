@@ -67,23 +67,23 @@ fn yes() -> bool {
 }
 
 fn default_connect_timeout() -> Duration {
-    Duration::from_secs(2)
+    crate::backends::crypto_service::DEFAULT_CONNECT_TIMEOUT
 }
 
 fn default_request_timeout() -> Duration {
-    Duration::from_secs(2)
+    crate::backends::crypto_service::DEFAULT_REQUEST_TIMEOUT
 }
 
 fn default_keepalive_interval() -> Duration {
-    Duration::from_secs(30)
+    crate::backends::crypto_service::DEFAULT_KEEPALIVE_INTERVAL
 }
 
 fn default_keepalive_timeout() -> Duration {
-    Duration::from_secs(10)
+    crate::backends::crypto_service::DEFAULT_KEEPALIVE_TIMEOUT
 }
 
 fn default_metadata_ttl() -> Duration {
-    Duration::from_secs(30)
+    crate::backends::crypto_service::DEFAULT_METADATA_TTL
 }
 
 /// The brief's default outbound rate limit to the Crypto Service: 1000 calls/s.

@@ -146,11 +146,17 @@ fn begin<T>(
     (ctx, span)
 }
 
-fn finish<T>(result: &Result<T, Status>) {
-    match result {
+/// Runs a call's work in its span and logs how it ended, in the same span.
+async fn traced<T>(
+    span: tracing::Span,
+    work: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let result = work.instrument(span.clone()).await;
+    span.in_scope(|| match &result {
         Ok(_) => tracing::info!("served"),
         Err(s) => tracing::info!(code = ?s.code(), message = s.message(), "refused"),
-    }
+    });
+    result
 }
 
 #[tonic::async_trait]
@@ -161,7 +167,7 @@ impl CryptoService for CryptoServer {
     ) -> Result<Response<pb::SignResponse>, Status> {
         let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "Sign");
         let r = request.into_inner();
-        let result = async {
+        traced(span, async {
             self.payload("message", &r.message)?;
             let key = Self::key(&r.key_id, r.key_version)?;
             let expected = algorithm_from_wire(r.algorithm);
@@ -188,11 +194,8 @@ impl CryptoService for CryptoServer {
                 signature: signature.bytes,
                 kid: signature.kid,
             }))
-        }
-        .instrument(span.clone())
-        .await;
-        span.in_scope(|| finish(&result));
-        result
+        })
+        .await
     }
 
     async fn verify(
@@ -201,7 +204,7 @@ impl CryptoService for CryptoServer {
     ) -> Result<Response<pb::VerifyResponse>, Status> {
         let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "Verify");
         let r = request.into_inner();
-        let result = async {
+        traced(span, async {
             self.payload("message", &r.message)?;
             let algorithm = algorithm_from_wire(r.algorithm)
                 .filter(|a| a.is_signing())
@@ -242,11 +245,8 @@ impl CryptoService for CryptoServer {
                 }
                 Err(error) => Err(status(error)),
             }
-        }
-        .instrument(span.clone())
-        .await;
-        span.in_scope(|| finish(&result));
-        result
+        })
+        .await
     }
 
     async fn encrypt(
@@ -255,7 +255,7 @@ impl CryptoService for CryptoServer {
     ) -> Result<Response<pb::EncryptResponse>, Status> {
         let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "Encrypt");
         let r = request.into_inner();
-        let result = async {
+        traced(span, async {
             self.payload("plaintext", &r.plaintext)?;
             let key = Self::key(&r.key_id, 0)?;
             let sealed = self
@@ -270,11 +270,8 @@ impl CryptoService for CryptoServer {
                 algorithm: pb::Algorithm::A256gcm as i32,
                 ciphertext: sealed.into_bytes(),
             }))
-        }
-        .instrument(span.clone())
-        .await;
-        span.in_scope(|| finish(&result));
-        result
+        })
+        .await
     }
 
     async fn decrypt(
@@ -283,7 +280,7 @@ impl CryptoService for CryptoServer {
     ) -> Result<Response<pb::DecryptResponse>, Status> {
         let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "Decrypt");
         let r = request.into_inner();
-        let result = async {
+        traced(span, async {
             if r.ciphertext.len() > self.max_payload * 2 {
                 return Err(invalid("ciphertext exceeds the size limit"));
             }
@@ -304,11 +301,8 @@ impl CryptoService for CryptoServer {
                 key_id: format!("{}/{}", kid.namespace, kid.name),
                 key_version: kid.version,
             }))
-        }
-        .instrument(span.clone())
-        .await;
-        span.in_scope(|| finish(&result));
-        result
+        })
+        .await
     }
 
     async fn generate_key(
@@ -317,7 +311,7 @@ impl CryptoService for CryptoServer {
     ) -> Result<Response<pb::KeyMetadata>, Status> {
         let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "GenerateKey");
         let r = request.into_inner();
-        let result = async {
+        traced(span, async {
             let key = Self::key(&r.key_id, 0)?;
             let algorithm = algorithm_from_wire(r.algorithm).ok_or_else(|| {
                 invalid(
@@ -336,11 +330,8 @@ impl CryptoService for CryptoServer {
                 .map_err(status)?;
             tracing::info!(target: "audit", key = %key, %algorithm, "key generated");
             Ok(Response::new(metadata_to_wire(&key, &versions)))
-        }
-        .instrument(span.clone())
-        .await;
-        span.in_scope(|| finish(&result));
-        result
+        })
+        .await
     }
 
     async fn rotate_key(
@@ -349,7 +340,7 @@ impl CryptoService for CryptoServer {
     ) -> Result<Response<pb::KeyMetadata>, Status> {
         let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "RotateKey");
         let r = request.into_inner();
-        let result = async {
+        traced(span, async {
             let key = Self::key(&r.key_id, 0)?;
             let (home, _) = self.home(&ctx, &key).await?;
             let rotated = home
@@ -362,11 +353,8 @@ impl CryptoService for CryptoServer {
                 .map_err(status)?;
             tracing::info!(target: "audit", key = %key, version = rotated.version, "key rotated");
             Ok(Response::new(metadata_to_wire(&key, &versions)))
-        }
-        .instrument(span.clone())
-        .await;
-        span.in_scope(|| finish(&result));
-        result
+        })
+        .await
     }
 
     async fn get_key_metadata(
@@ -379,15 +367,12 @@ impl CryptoService for CryptoServer {
             "GetKeyMetadata",
         );
         let r = request.into_inner();
-        let result = async {
+        traced(span, async {
             let key = Self::key(&r.key_id, 0)?;
             let (_, versions) = self.home(&ctx, &key).await?;
             Ok(Response::new(metadata_to_wire(&key, &versions)))
-        }
-        .instrument(span.clone())
-        .await;
-        span.in_scope(|| finish(&result));
-        result
+        })
+        .await
     }
 
     async fn list_public_keys(
@@ -400,7 +385,7 @@ impl CryptoService for CryptoServer {
             "ListPublicKeys",
         );
         let r = request.into_inner();
-        let result = async {
+        traced(span, async {
             let key = Self::key(&r.key_id, 0)?;
             let (_, versions) = self.home(&ctx, &key).await?;
             let mut keys = Vec::new();
@@ -419,10 +404,7 @@ impl CryptoService for CryptoServer {
                 });
             }
             Ok(Response::new(pb::ListPublicKeysResponse { keys }))
-        }
-        .instrument(span.clone())
-        .await;
-        span.in_scope(|| finish(&result));
-        result
+        })
+        .await
     }
 }

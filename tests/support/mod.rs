@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod capture;
 pub mod crypto_server;
 pub mod fault;
 pub mod process;

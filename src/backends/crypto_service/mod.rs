@@ -53,6 +53,38 @@ pub struct CryptoServiceOptions {
     pub encryption_enabled: bool,
 }
 
+impl CryptoServiceOptions {
+    /// Plaintext options for `address` with the documented defaults: connect and call
+    /// timeouts 2 s, keepalive every 30 s (10 s to answer), metadata cached 30 s, signing
+    /// and encryption both enabled.
+    pub fn new(address: impl Into<String>) -> Self {
+        Self {
+            channel: ChannelOptions {
+                address: address.into(),
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                request_timeout: DEFAULT_REQUEST_TIMEOUT,
+                keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+                keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+                tls: None,
+            },
+            metadata_ttl: DEFAULT_METADATA_TTL,
+            signing_enabled: true,
+            encryption_enabled: true,
+        }
+    }
+}
+
+/// Default limit on establishing a connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default deadline of each call.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default HTTP/2 keepalive interval.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Default time a keepalive ping may go unanswered.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default lifetime of cached key metadata.
+pub const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(30);
+
 /// A key's versions and public keys as last fetched.
 #[derive(Debug)]
 struct CachedKey {
@@ -80,6 +112,8 @@ pub struct CryptoServiceBackend {
     capabilities: Capabilities,
     metadata_ttl: Duration,
     cache: Mutex<HashMap<KeyRef, Arc<CachedKey>>>,
+    /// Held while metadata is fetched (see [`CryptoServiceBackend::metadata`]).
+    fetching: tokio::sync::Mutex<()>,
     address: String,
     tls: bool,
 }
@@ -122,6 +156,7 @@ impl CryptoServiceBackend {
             },
             metadata_ttl: options.metadata_ttl,
             cache: Mutex::new(HashMap::new()),
+            fetching: tokio::sync::Mutex::new(()),
             tls: options.channel.tls.is_some(),
             address: options.channel.address,
         })
@@ -165,9 +200,19 @@ impl CryptoServiceBackend {
     }
 
     /// The key's metadata, from the cache unless stale or `refresh`.
+    ///
+    /// One fetch at a time: when the cache expires under load, the callers waiting behind
+    /// the first fetch take its result instead of each asking the service again.
     async fn metadata(&self, key: &KeyRef, refresh: bool) -> Result<Arc<CachedKey>, BackendError> {
         let ring = key.ring();
         if !refresh && let Some(cached) = self.cached(&ring) {
+            return Ok(cached);
+        }
+        let asked = Instant::now();
+        let _turn = self.fetching.lock().await;
+        if let Some(cached) = self.cached(&ring)
+            && cached.fetched >= asked
+        {
             return Ok(cached);
         }
         let mut client = self.client.clone();
