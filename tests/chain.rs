@@ -506,3 +506,45 @@ async fn decrypt_goes_to_the_backend_named_in_the_envelope() {
         ))
     ));
 }
+
+#[tokio::test]
+async fn ensure_key_skips_a_backend_that_is_down_and_fails_only_if_none_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let down = FaultBackend::new("down", Mode::Unavailable);
+    let local: Arc<dyn Backend> = Arc::new(
+        token_service::backends::software::SoftwareBackend::open(
+            &dir.path().join("keys"),
+            Default::default(),
+        )
+        .unwrap(),
+    );
+    let routes = Routes {
+        sign: vec!["down".into(), "software".into()],
+        verify: vec![],
+        encrypt: vec![],
+    };
+    let chain = Chain::new(
+        vec![
+            (down.clone() as Arc<dyn Backend>, no_retry()),
+            (local, no_retry()),
+        ],
+        &routes,
+        true,
+        Metrics::new(),
+    )
+    .unwrap();
+    let ctx = CallContext::new();
+    let made = chain
+        .ensure_key(&ctx, chain.sign_backends(), &key(), Algorithm::Es256)
+        .await
+        .unwrap();
+    assert_eq!(made.len(), 1);
+    assert_eq!(made[0].backend, "software");
+
+    let only_down = chain_of(&[(&down, no_retry())], true);
+    let error = only_down
+        .ensure_key(&ctx, only_down.sign_backends(), &key(), Algorithm::Es256)
+        .await
+        .unwrap_err();
+    assert_eq!(error.class(), ErrorClass::Unavailable);
+}

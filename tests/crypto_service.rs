@@ -446,3 +446,45 @@ async fn mtls_admits_a_client_with_a_certificate_only() {
     assert!(message.contains("TLS"), "{message}");
     eprintln!("plaintext client against the TLS server: {message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_reports_health_and_metrics_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = CryptoServerProcess::start(dir.path(), &config(dir.path(), "127.0.0.1:0", ""));
+    let remote = client(&server.url("http"));
+    assert!(remote.health().await.healthy);
+    let key = key("signing");
+    remote.generate_key(&key, Algorithm::Es256).await.unwrap();
+    remote.sign(&key, b"m").await.unwrap();
+
+    let admin = server.admin;
+    let (ready, body) =
+        tokio::task::spawn_blocking(move || support::process::http_get(admin, "/admin/v1/readyz"))
+            .await
+            .unwrap();
+    assert_eq!(ready, 200, "{body}");
+    let (code, metrics) =
+        tokio::task::spawn_blocking(move || support::process::http_get(admin, "/metrics"))
+            .await
+            .unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("token_service_backend_requests_total{backend=\"software\",operation=\"sign\",outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
+
+    assert!(server.terminate().success(), "{}", server.log());
+    assert!(server.log().contains("shut down cleanly"));
+    assert!(!remote.health().await.healthy);
+}
+
+#[test]
+fn the_server_needs_a_config_file() {
+    let output = std::process::Command::new(support::process::binary())
+        .arg("crypto-service")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--config"), "{stderr}");
+}

@@ -35,3 +35,33 @@ pub mod proto {
 pub mod crypto_proto {
     tonic::include_proto!("crypto.v1");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbound_context_takes_the_field_then_the_metadata_and_the_trace_headers() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert("x-correlation-id", "from-metadata".parse().unwrap());
+        metadata.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        let ctx = inbound_context(&metadata, Some("from-field"));
+        assert_eq!(ctx.correlation_id(), "from-field");
+        assert_eq!(ctx.trace().trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            inbound_context(&metadata, Some("")).correlation_id(),
+            "from-metadata"
+        );
+        // A hostile id is replaced, and a missing traceparent starts a fresh trace.
+        let mut hostile = tonic::metadata::MetadataMap::new();
+        hostile.insert("x-correlation-id", "a b\tc".parse().unwrap());
+        let ctx = inbound_context(&hostile, None);
+        assert_ne!(ctx.correlation_id(), "a b\tc");
+        assert_ne!(ctx.trace().trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+}

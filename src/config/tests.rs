@@ -298,3 +298,147 @@ fn redis_store_settings() {
         "redis://",
     );
 }
+
+fn with_crypto_service(table: &str) -> String {
+    DEFAULT_TOML
+        .replace(
+            "sign = [\"software\"]\nverify = [\"software\"]\nencrypt = [\"software\"]",
+            "sign = [\"crypto_service\", \"software\"]\nverify = [\"crypto_service\", \"software\"]\nencrypt = [\"crypto_service\", \"software\"]",
+        )
+        + "\n[backends.crypto_service]\n"
+        + table
+}
+
+#[test]
+fn crypto_service_settings_and_defaults() {
+    let config = load_str(
+        &with_crypto_service("address = \"http://127.0.0.1:50061\"\n"),
+        &no_env(),
+    )
+    .unwrap();
+    assert_eq!(config.chain.sign[0], "crypto_service");
+    let remote = config.backends.crypto_service.unwrap();
+    assert_eq!(remote.metadata_ttl, Duration::from_secs(30));
+    // The brief's outbound limit, unless the table says otherwise.
+    assert_eq!(remote.resilience.rate_limit.unwrap().per_second, 1000);
+    assert!(remote.signing_enabled && remote.encryption_enabled);
+}
+
+#[test]
+fn crypto_service_misconfiguration_names_the_setting() {
+    for (table, needle) in [
+        ("address = \"127.0.0.1:50061\"\n", "http://"),
+        ("address = \"https://cs:50061\"\n", "ca_file"),
+        (
+            "address = \"http://cs:50061\"\n[backends.crypto_service.tls]\nca_file = \"/ca.pem\"\n",
+            "https://",
+        ),
+        (
+            "address = \"https://cs:50061\"\n[backends.crypto_service.tls]\nca_file = \"/ca.pem\"\ncert_file = \"/c.pem\"\n",
+            "key_file",
+        ),
+    ] {
+        expect_setting(
+            load_str(&with_crypto_service(table), &no_env()),
+            "backends.crypto_service",
+            needle,
+        );
+    }
+    expect_setting(
+        load_str(
+            &with_crypto_service("address = \"http://cs:1\"\nmetadata_ttl = \"0s\"\n"),
+            &no_env(),
+        ),
+        "backends.crypto_service.metadata_ttl",
+        "above zero",
+    );
+}
+
+#[test]
+fn crypto_service_env_overrides_and_switches() {
+    let text = with_crypto_service("address = \"http://127.0.0.1:1\"\n");
+    let env: HashMap<String, String> = [
+        ("CRYPTO_SERVICE_ADDRESS", "http://10.1.2.3:50061"),
+        ("CRYPTO_SIGNING_ENABLED", "false"),
+        ("CRYPTO_ENCRYPTION_ENABLED", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let config = load_str(&text, &env).unwrap();
+    let remote = config.backends.crypto_service.as_ref().unwrap();
+    assert_eq!(remote.address, "http://10.1.2.3:50061");
+    assert!(!remote.signing_enabled && remote.encryption_enabled);
+    // Signing switched off takes it out of the sign and verify chains only.
+    let routes = crate::service::routes(&config.chain, &config.backends);
+    assert_eq!(routes.sign, vec!["software".to_owned()]);
+    assert_eq!(routes.verify, vec!["software".to_owned()]);
+    assert_eq!(routes.encrypt[0], "crypto_service");
+
+    let bad: HashMap<String, String> =
+        [("CRYPTO_SIGNING_ENABLED".to_owned(), "maybe".to_owned())].into();
+    expect_setting(
+        load_str(&text, &bad),
+        "CRYPTO_SIGNING_ENABLED (overrides backends.crypto_service.signing_enabled)",
+        "true",
+    );
+    // An address for a backend the file does not configure is an error, not ignored.
+    let stray: HashMap<String, String> = [(
+        "CRYPTO_SERVICE_ADDRESS".to_owned(),
+        "http://10.1.2.3:50061".to_owned(),
+    )]
+    .into();
+    expect_setting(
+        load_str(DEFAULT_TOML, &stray),
+        "CRYPTO_SERVICE_ADDRESS",
+        "no [backends.crypto_service]",
+    );
+}
+
+#[test]
+fn the_production_and_crypto_service_profiles_load_as_is() {
+    let config = load_str(include_str!("../../config/production.toml"), &no_env()).unwrap();
+    assert_eq!(config.chain.sign[0], "crypto_service");
+    assert_eq!(
+        config.chain.encrypt,
+        vec!["crypto_service".to_owned(), "software".to_owned()]
+    );
+    let remote = config.backends.crypto_service.unwrap();
+    assert!(
+        remote.tls.unwrap().cert_file.is_some(),
+        "production uses mTLS"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crypto-service.toml");
+    std::fs::write(&path, include_str!("../../config/crypto-service.toml")).unwrap();
+    let server = CryptoServerConfig::load(&path).unwrap();
+    assert_eq!(server.chain.sign, vec!["software".to_owned()]);
+    assert_eq!(server.server.max_payload, 65536);
+}
+
+#[test]
+fn the_crypto_service_refuses_itself_as_a_backend_and_odd_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cs.toml");
+    let base = include_str!("../../config/crypto-service.toml");
+    let cases = [
+        (
+            format!("{base}\n[backends.crypto_service]\naddress = \"http://127.0.0.1:1\"\n"),
+            "backends.crypto_service",
+        ),
+        (
+            base.replace("max_payload = 65536", "max_payload = 0"),
+            "server.max_payload",
+        ),
+        (
+            base.replace("sign = [\"software\"]", "sign = [\"pkcs11\"]"),
+            "chain.sign[0]",
+        ),
+    ];
+    for (text, setting) in cases {
+        std::fs::write(&path, text).unwrap();
+        let error = CryptoServerConfig::load(&path).unwrap_err();
+        assert_eq!(error.setting(), Some(setting), "{error}");
+    }
+}

@@ -125,6 +125,23 @@ impl CryptoServerProcess {
         self.log.lock().unwrap().clone()
     }
 
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..200 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "crypto service did not exit after SIGTERM; log:\n{}",
+            self.log()
+        );
+    }
+
     /// Kills the process (SIGKILL: no goodbye to clients).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
