@@ -1,13 +1,18 @@
 //! Per-request context carried through the chain into every backend call.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// Context of one logical request: today its correlation id, which appears in the
 /// tracing span of every backend call made for the request (and, for remote backends,
 /// in the outbound request itself).
+///
+/// Cheap to clone (shared): the chain makes it current around every backend call.
 #[derive(Clone, Debug)]
-pub struct CallContext {
+pub struct CallContext(Arc<Inner>);
+
+#[derive(Clone, Debug)]
+struct Inner {
     correlation_id: String,
     trace: TraceContext,
 }
@@ -147,7 +152,7 @@ impl CallContext {
 
     /// The request's trace context.
     pub fn trace(&self) -> &TraceContext {
-        &self.trace
+        &self.0.trace
     }
 
     /// This context with the trace context of an inbound `traceparent`/`tracestate`, when
@@ -158,7 +163,7 @@ impl CallContext {
         tracestate: Option<&str>,
     ) -> Self {
         if let Some(trace) = traceparent.and_then(|p| TraceContext::parse(p, tracestate)) {
-            self.trace = trace;
+            Arc::make_mut(&mut self.0).trace = trace;
         }
         self
     }
@@ -180,10 +185,10 @@ impl CallContext {
             bytes.iter().map(|b| format!("{b:02x}")).collect()
         });
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        Self {
+        Self(Arc::new(Inner {
             correlation_id: format!("{prefix}-{n:x}"),
             trace: TraceContext::start(),
-        }
+        }))
     }
 
     /// A context carrying a correlation id chosen by the caller (e.g. from an inbound request).
@@ -197,10 +202,10 @@ impl CallContext {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
         if acceptable {
-            Self {
+            Self(Arc::new(Inner {
                 correlation_id: id.to_owned(),
                 trace: TraceContext::start(),
-            }
+            }))
         } else {
             Self::new()
         }
@@ -208,7 +213,7 @@ impl CallContext {
 
     /// The correlation id of this request.
     pub fn correlation_id(&self) -> &str {
-        &self.correlation_id
+        &self.0.correlation_id
     }
 }
 
