@@ -290,10 +290,10 @@ impl CryptoService for CryptoServer {
                 )))
             })?;
             let envelope = Envelope::parse(text).map_err(status)?;
-            let kid = envelope.kid().clone();
+            let kid = envelope.kid();
             let plaintext = self
                 .chain
-                .decrypt(&ctx, text, &r.aad)
+                .decrypt_parsed(&ctx, &envelope, &r.aad)
                 .await
                 .map_err(status)?;
             Ok(Response::new(pb::DecryptResponse {

@@ -155,12 +155,11 @@ fn admin_router(chain: Arc<Chain>) -> axum::Router {
     use axum::routing::get;
 
     async fn readyz(State(chain): State<Arc<Chain>>) -> axum::response::Response {
-        let open = chain
+        let usable = chain
             .backends()
             .iter()
-            .filter(|g| g.breaker_state() != crate::resilience::BreakerState::Open)
-            .count();
-        if open > 0 {
+            .any(|g| g.breaker_state() != crate::resilience::BreakerState::Open);
+        if usable {
             (StatusCode::OK, "ready\n").into_response()
         } else {
             (

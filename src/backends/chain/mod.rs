@@ -351,13 +351,22 @@ impl Chain {
         envelope: &str,
         aad: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        let envelope = Envelope::parse(envelope)?;
+        self.decrypt_parsed(ctx, &Envelope::parse(envelope)?, aad)
+            .await
+    }
+
+    /// [`Chain::decrypt`] for an envelope the caller has already parsed.
+    pub async fn decrypt_parsed(
+        &self,
+        ctx: &CallContext,
+        envelope: &Envelope,
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         let kid = envelope.kid();
         let guarded = self.backend(&kid.backend).ok_or_else(|| {
             BackendError::Rejected(Rejection::UnknownEnvelopeBackend(kid.backend.clone()))
         })?;
         let label = kid.clone();
-        let envelope = &envelope;
         guarded
             .call(ctx, Operation::Decrypt, &label, |backend| {
                 backend.decrypt(envelope, aad)
