@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 log() { printf '\n==> %s\n' "$*"; }
 
 # Debian packages the tests need: SoftHSM for the PKCS#11 tests, Redis for the store tests,
-# and what building kryoptic (the second PKCS#11 token) takes.
-APT_PACKAGES=(softhsm2 redis-server libclang-dev libssl-dev libsqlite3-dev pkg-config)
+# what building kryoptic (the second PKCS#11 token) takes, and Python for the KMS server.
+APT_PACKAGES=(softhsm2 redis-server libclang-dev libssl-dev libsqlite3-dev pkg-config python3 python3-venv)
 
 install_apt_packages() {
     local missing=()
@@ -35,6 +35,16 @@ install_apt_packages
 log "building kryoptic (cached after the first run)"
 KRYOPTIC_MODULE=$(bash scripts/build-kryoptic.sh)
 export KRYOPTIC_MODULE
+
+# The KMS-compatible server (moto) in a virtualenv of its own, cached; the launcher in
+# scripts/moto-kms-server.py patches moto 5.2's internals, hence the pinned minor version.
+MOTO_VENV="${MOTO_VENV:-$HOME/.cache/token-service/moto-venv}"
+if ! "$MOTO_VENV/bin/python" -c 'import moto.server, moto.kms' 2>/dev/null; then
+    log "installing moto[server] into $MOTO_VENV"
+    python3 -m venv "$MOTO_VENV"
+    "$MOTO_VENV/bin/python" -m pip install --quiet --disable-pip-version-check 'moto[server]>=5.2,<5.3'
+fi
+export MOTO_PYTHON="$MOTO_VENV/bin/python"
 
 command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::api::grpc::GrpcTokenService;
 use crate::api::proto;
+use crate::backends::aws_kms::{self, AwsKmsBackend};
 use crate::backends::chain::{Chain, ChainBuildError, ConfiguredBackend, Routes};
 use crate::backends::clock::SystemClock;
 use crate::backends::crypto_service::{self, CryptoServiceBackend};
@@ -74,7 +75,13 @@ pub struct Service {
 }
 
 /// Opens every configured backend.
-pub fn open_backends(config: &BackendsConfig) -> Result<Vec<ConfiguredBackend>, ServiceError> {
+///
+/// `signing` is the Token Service's signing key, which `backends.aws_kms.key_id`
+/// (`KMS_KEY_ID`) maps to a KMS key; `None` for the reference Crypto Service.
+pub async fn open_backends(
+    config: &BackendsConfig,
+    signing: Option<&KeyRef>,
+) -> Result<Vec<ConfiguredBackend>, ServiceError> {
     let mut backends: Vec<ConfiguredBackend> = Vec::new();
     if let Some(software) = &config.software {
         let backend = SoftwareBackend::open(
@@ -125,6 +132,17 @@ pub fn open_backends(config: &BackendsConfig) -> Result<Vec<ConfiguredBackend>, 
         })?;
         backends.push((Arc::new(backend), remote.resilience.clone()));
     }
+    if let Some(kms) = &config.aws_kms {
+        let failed = |source| ServiceError::Backend {
+            backend: aws_kms::NAME.into(),
+            source,
+        };
+        let options = kms
+            .options(signing)
+            .map_err(|e| failed(BackendError::invalid_input(e.to_string())))?;
+        let backend = AwsKmsBackend::connect(options).await.map_err(failed)?;
+        backends.push((Arc::new(backend), kms.resilience.clone()));
+    }
     Ok(backends)
 }
 
@@ -152,18 +170,18 @@ impl Service {
     /// Builds the chain and connects the token store, without touching keys.
     pub async fn build(config: Config, metrics: Metrics) -> Result<Self, ServiceError> {
         let routes = routes(&config.chain, &config.backends);
-        let chain = Chain::new(
-            open_backends(&config.backends)?,
-            &routes,
-            config.crypto.fallback_enabled,
-            metrics,
-        )?;
         let key_error = |source| ServiceError::Keys {
             key: "configured key".into(),
             source,
         };
         let signing_key = KeyRef::new(&config.crypto.key_namespace, &config.keys.signing.name)
             .map_err(key_error)?;
+        let chain = Chain::new(
+            open_backends(&config.backends, Some(&signing_key)).await?,
+            &routes,
+            config.crypto.fallback_enabled,
+            metrics,
+        )?;
         let encryption_key = KeyRef::new(
             &config.keys.encryption.namespace,
             &config.keys.encryption.name,

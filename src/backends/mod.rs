@@ -1,6 +1,7 @@
 //! The `Backend` trait every key store implements, its types and errors, the backends,
 //! and the priority [`chain::Chain`] that picks a backend for each call.
 
+pub mod aws_kms;
 pub mod chain;
 pub mod clock;
 pub mod crypto_service;

@@ -65,6 +65,17 @@ pub(super) fn apply_overrides(config: &mut Config, env: &dyn EnvSource) -> Resul
             pkcs11.pin = Some(crate::secret::SecretSource::File(value.into()));
         }
     }
+    if let Some(value) = env.get("KMS_KEY_ID") {
+        match config.backends.aws_kms.as_mut() {
+            Some(kms) => kms.key_id = Some(value.trim().to_owned()),
+            None => {
+                return Err(ConfigError::invalid(
+                    "KMS_KEY_ID",
+                    "set, but the configuration has no [backends.aws_kms] table to apply it to",
+                ));
+            }
+        }
+    }
     if let Some(value) = env.get("CRYPTO_SERVICE_ADDRESS") {
         match config.backends.crypto_service.as_mut() {
             Some(remote) => remote.address = value.trim().to_owned(),

@@ -2,6 +2,7 @@
 //! with the seeds' names, and validation at start-up. Every error names the setting and says
 //! what was expected.
 
+pub mod aws_kms;
 pub mod crypto_service;
 mod env;
 mod validate;
@@ -16,6 +17,7 @@ use crate::backends::software::material::RsaBits;
 use crate::backends::types::Algorithm;
 use crate::resilience::ResilienceConfig;
 
+pub use aws_kms::AwsKmsConfig;
 pub use crypto_service::{CryptoServerConfig, CryptoServiceConfig};
 pub use env::{EnvSource, ProcessEnv};
 
@@ -326,6 +328,9 @@ pub struct BackendsConfig {
     /// The Crypto Service client backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crypto_service: Option<CryptoServiceConfig>,
+    /// The AWS KMS backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_kms: Option<AwsKmsConfig>,
 }
 
 impl BackendsConfig {
@@ -340,6 +345,9 @@ impl BackendsConfig {
         }
         if self.crypto_service.is_some() {
             names.push(crate::backends::crypto_service::NAME);
+        }
+        if self.aws_kms.is_some() {
+            names.push(crate::backends::aws_kms::NAME);
         }
         names
     }

@@ -403,6 +403,21 @@ fn the_production_and_crypto_service_profiles_load_as_is() {
         config.chain.encrypt,
         vec!["crypto_service".to_owned(), "software".to_owned()]
     );
+    assert_eq!(
+        config.chain.sign,
+        vec![
+            "crypto_service".to_owned(),
+            "aws_kms".to_owned(),
+            "software".to_owned()
+        ]
+    );
+    let kms = config.backends.aws_kms.as_ref().unwrap();
+    let signing = crate::backends::KeyRef::new("token", "signing").unwrap();
+    let options = kms.options(Some(&signing)).unwrap();
+    assert_eq!(
+        options.keys,
+        vec![(signing, "alias/token-service-signing".to_owned())]
+    );
     let remote = config.backends.crypto_service.unwrap();
     assert!(
         remote.tls.unwrap().cert_file.is_some(),
@@ -440,5 +455,101 @@ fn the_crypto_service_refuses_itself_as_a_backend_and_odd_limits() {
         std::fs::write(&path, text).unwrap();
         let error = CryptoServerConfig::load(&path).unwrap_err();
         assert_eq!(error.setting(), Some(setting), "{error}");
+    }
+}
+
+fn with_aws_kms(table: &str) -> String {
+    DEFAULT_TOML.replace(
+        "sign = [\"software\"]",
+        "sign = [\"aws_kms\", \"software\"]",
+    ) + "\n[backends.aws_kms]\n"
+        + table
+}
+
+#[test]
+fn aws_kms_settings_defaults_and_kms_key_id() {
+    let config = load_str(&with_aws_kms("region = \"eu-west-1\"\n"), &no_env()).unwrap();
+    let kms = config.backends.aws_kms.as_ref().unwrap();
+    assert_eq!(kms.metadata_ttl, Duration::from_secs(60));
+    assert_eq!(kms.alias_prefix, "token-service");
+    assert_eq!(kms.verify, aws_kms::KmsVerifyMode::Local);
+    assert!(config.backends.configured().contains(&"aws_kms"));
+
+    let env: HashMap<String, String> = [(
+        "KMS_KEY_ID".to_owned(),
+        "arn:aws:kms:eu-west-1:111122223333:alias/signing".to_owned(),
+    )]
+    .into();
+    let config = load_str(&with_aws_kms("verify = \"kms\"\n"), &env).unwrap();
+    let signing = crate::backends::KeyRef::new("token", "signing").unwrap();
+    let options = config
+        .backends
+        .aws_kms
+        .as_ref()
+        .unwrap()
+        .options(Some(&signing))
+        .unwrap();
+    assert!(options.kms_verify);
+    assert_eq!(options.keys.len(), 1);
+    // key_id is the Token Service's signing key: meaningless to the Crypto Service.
+    let unmapped = config.backends.aws_kms.as_ref().unwrap().options(None);
+    assert_eq!(
+        unmapped.unwrap_err().setting(),
+        Some("backends.aws_kms.key_id")
+    );
+    // KMS_KEY_ID without a KMS table is an error, not ignored.
+    expect_setting(
+        load_str(DEFAULT_TOML, &env),
+        "KMS_KEY_ID",
+        "no [backends.aws_kms]",
+    );
+}
+
+#[test]
+fn aws_kms_refuses_bad_settings_by_name() {
+    let cases = [
+        (
+            "key_id = \"signing\"\n",
+            "backends.aws_kms.key_id (KMS_KEY_ID)",
+            "key id",
+        ),
+        (
+            "key_id = \"alias/aws/kms\"\n",
+            "backends.aws_kms.key_id (KMS_KEY_ID)",
+            "alias",
+        ),
+        (
+            "endpoint_url = \"localhost:4566\"\n",
+            "backends.aws_kms.endpoint_url",
+            "http",
+        ),
+        (
+            "region = \"US East\"\n",
+            "backends.aws_kms.region",
+            "us-east-1",
+        ),
+        (
+            "metadata_ttl = \"0s\"\n",
+            "backends.aws_kms.metadata_ttl",
+            "above zero",
+        ),
+        (
+            "alias_prefix = \"aws/x\"\n",
+            "backends.aws_kms.alias_prefix",
+            "aws",
+        ),
+        (
+            "[backends.aws_kms.keys]\n\"token-cache/aes\" = \"not-a-key\"\n",
+            "backends.aws_kms.keys.\"token-cache/aes\"",
+            "key id",
+        ),
+        (
+            "[backends.aws_kms.keys]\n\"aes\" = \"alias/cache\"\n",
+            "backends.aws_kms.keys.\"aes\"",
+            "namespace/name",
+        ),
+    ];
+    for (table, setting, needle) in cases {
+        expect_setting(load_str(&with_aws_kms(table), &no_env()), setting, needle);
     }
 }

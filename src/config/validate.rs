@@ -239,5 +239,9 @@ pub(super) fn validate_chain(
         }
         check_resilience("backends.crypto_service.resilience", &remote.resilience)?;
     }
+    if let Some(kms) = &backends.aws_kms {
+        kms.validate()?;
+        check_resilience("backends.aws_kms.resilience", &kms.resilience)?;
+    }
     Ok(())
 }

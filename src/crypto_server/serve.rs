@@ -53,7 +53,7 @@ pub async fn serve(config: crate::config::CryptoServerConfig) -> Result<(), Cryp
     let routes = crate::service::routes(&config.chain, &config.backends);
     let chain = Arc::new(
         Chain::new(
-            crate::service::open_backends(&config.backends)?,
+            crate::service::open_backends(&config.backends, None).await?,
             &routes,
             config.fallback_enabled,
             metrics,

@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod crypto_server;
 pub mod fault;
+pub mod kms;
 pub mod process;
 pub mod redis;
 pub mod softhsm;

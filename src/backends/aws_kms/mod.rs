@@ -1,0 +1,770 @@
+//! The AWS KMS backend, on aws-sdk-kms.
+//!
+//! Keys never leave KMS. Signing hashes locally and sends the digest
+//! (`MessageType=DIGEST`), so a message of any size costs one small request; ECDSA's DER
+//! answer is converted to JWS r||s. Every signature KMS returns is verified locally with
+//! the key's cached public key before it is used: a server that signed something else (a
+//! double-hashed digest, another key) is a *security* error, never a token.
+//!
+//! Encryption names the namespace, the key and a hash of the caller's AAD in the
+//! EncryptionContext, which KMS binds to the ciphertext. Payloads over KMS's 4 KiB limit use
+//! envelope encryption: a data key from GenerateDataKey seals the payload locally with
+//! AES-256-GCM and travels encrypted beside it ([`sealed`]).
+//!
+//! Key metadata (DescribeKey, GetPublicKey, the aliases of [`ring`]) is cached for
+//! `metadata_ttl` and checked before every Sign and Encrypt: a key disabled in KMS is refused
+//! here within that time, whatever the server would do. The SDK's own retries are off: the
+//! chain's retry policy is the one place retries are decided.
+
+pub mod der;
+mod error;
+pub mod ring;
+pub mod sealed;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::{DataKeySpec, EncryptionAlgorithmSpec, MessageType};
+use zeroize::Zeroizing;
+
+use crate::backends::Backend;
+use crate::backends::envelope::{Envelope, EnvelopeKid};
+use crate::backends::error::{BackendError, Rejection};
+use crate::backends::jwk::{PublicJwk, verify_with};
+use crate::backends::lifecycle::Lifecycle;
+use crate::backends::software::material::RsaBits;
+use crate::backends::types::{
+    ActiveKey, Algorithm, Capabilities, Health, KeyMetadata, KeyRef, KeyState, Operation,
+    Signature, VerificationKey, VerifyRequest,
+};
+
+use error::classify;
+use ring::{KmsVersion, Location, Ring};
+use sealed::Sealed;
+
+/// The backend's name in configuration, metrics and envelopes.
+pub const NAME: &str = "aws_kms";
+
+/// Settings of the AWS KMS backend.
+#[derive(Clone, Debug)]
+pub struct AwsKmsOptions {
+    /// The region; `None` takes it from the environment (`AWS_REGION`, profile, IMDS).
+    pub region: Option<String>,
+    /// Another endpoint than AWS's (a KMS-compatible server, a VPC endpoint).
+    pub endpoint_url: Option<String>,
+    /// Prefix of the aliases this backend manages: `alias/<prefix>/<namespace>/<name>`.
+    pub alias_prefix: String,
+    /// Rings mapped to a KMS key of their own (`KMS_KEY_ID` maps the signing ring): a key
+    /// id, key ARN, `alias/NAME` or alias ARN.
+    pub keys: Vec<(KeyRef, String)>,
+    /// How long key metadata and public keys are cached.
+    pub metadata_ttl: Duration,
+    /// How long a rotated-out version still verifies and decrypts.
+    pub retention: Duration,
+    /// Modulus size of RSA keys this backend creates.
+    pub rsa_bits: RsaBits,
+    /// Verify managed-key signatures with KMS Verify instead of locally.
+    pub kms_verify: bool,
+    /// Limit on establishing a connection.
+    pub connect_timeout: Duration,
+    /// Limit on each call.
+    pub request_timeout: Duration,
+}
+
+impl AwsKmsOptions {
+    /// Options with the documented defaults: aliases under `token-service`, metadata cached
+    /// 60 s, 24 h retention, RSA 3072, local verification, 2 s connect and 5 s call limits.
+    pub fn new() -> Self {
+        Self {
+            region: None,
+            endpoint_url: None,
+            alias_prefix: DEFAULT_ALIAS_PREFIX.into(),
+            keys: Vec::new(),
+            metadata_ttl: Duration::from_secs(60),
+            retention: Duration::from_secs(24 * 3600),
+            rsa_bits: RsaBits::B3072,
+            kms_verify: false,
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for AwsKmsOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Default prefix of managed aliases.
+pub const DEFAULT_ALIAS_PREFIX: &str = "token-service";
+
+/// The AWS KMS backend.
+pub struct AwsKmsBackend {
+    client: aws_sdk_kms::Client,
+    options: AwsKmsOptions,
+    locations: HashMap<KeyRef, Location>,
+    capabilities: Capabilities,
+    cache: Mutex<HashMap<KeyRef, Arc<Ring>>>,
+    /// Held while a ring is read from KMS: callers arriving during a refresh wait for it
+    /// instead of each reading the same ring again.
+    fetching: tokio::sync::Mutex<()>,
+    clock: Arc<dyn crate::backends::clock::Clock>,
+}
+
+impl std::fmt::Debug for AwsKmsBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsKmsBackend")
+            .field("endpoint_url", &self.options.endpoint_url)
+            .field("alias_prefix", &self.options.alias_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn violation(detail: impl Into<String>) -> BackendError {
+    let error = BackendError::security(NAME, detail);
+    tracing::error!(target: "security", backend = NAME, error = %error, "KMS answer refused");
+    error
+}
+
+/// A 4 KiB-bounded hash of the caller's AAD, for the encryption context: the context is
+/// logged by CloudTrail in clear, the AAD may not be fit for that.
+fn encryption_context(key: &KeyRef, aad: &[u8]) -> HashMap<String, String> {
+    use base64::Engine;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, aad);
+    HashMap::from([
+        (
+            "token-service:namespace".to_owned(),
+            key.namespace().to_owned(),
+        ),
+        ("token-service:key".to_owned(), key.name().to_owned()),
+        (
+            "token-service:aad-sha256".to_owned(),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref()),
+        ),
+    ])
+}
+
+/// The GCM AAD of the data-key form: the envelope kid and the caller's AAD.
+fn data_key_aad(kid: &EnvelopeKid, aad: &[u8]) -> Vec<u8> {
+    let mut out = format!("token-service:{kid}\0").into_bytes();
+    out.extend_from_slice(aad);
+    out
+}
+
+impl AwsKmsBackend {
+    /// A backend on the default credential chain and region (overridden by `options`).
+    pub async fn connect(options: AwsKmsOptions) -> Result<Self, BackendError> {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = &options.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        let sdk = loader.load().await;
+        Self::from_sdk_config(&sdk, options)
+    }
+
+    /// A backend on an SDK configuration built elsewhere (credentials, region), with this
+    /// backend's endpoint, timeouts and retry settings applied on top.
+    pub fn from_sdk_config(
+        sdk: &aws_config::SdkConfig,
+        options: AwsKmsOptions,
+    ) -> Result<Self, BackendError> {
+        let mut config = aws_sdk_kms::config::Builder::from(sdk)
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(options.connect_timeout)
+                    .operation_attempt_timeout(options.request_timeout)
+                    .operation_timeout(options.request_timeout)
+                    .build(),
+            )
+            .retry_config(aws_config::retry::RetryConfig::disabled());
+        if let Some(region) = &options.region {
+            config = config.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(url) = &options.endpoint_url {
+            config = config.endpoint_url(url);
+        }
+        let config = config.build();
+        if config.region().is_none() {
+            return Err(BackendError::invalid_input(
+                "no AWS region: set backends.aws_kms.region or AWS_REGION",
+            ));
+        }
+        let mut locations = HashMap::new();
+        for (ring, reference) in &options.keys {
+            let location = Location::parse(reference)
+                .map_err(|e| BackendError::invalid_input(format!("KMS key for {ring}: {e}")))?;
+            locations.insert(ring.ring(), location);
+        }
+        Ok(Self {
+            client: aws_sdk_kms::Client::from_conf(config),
+            locations,
+            capabilities: Capabilities {
+                operations: Operation::ALL.to_vec(),
+                algorithms: vec![
+                    Algorithm::Es256,
+                    Algorithm::Es384,
+                    Algorithm::Ps256,
+                    Algorithm::Ps384,
+                    Algorithm::Ps512,
+                    Algorithm::A256Gcm,
+                ],
+            },
+            cache: Mutex::new(HashMap::new()),
+            fetching: tokio::sync::Mutex::new(()),
+            clock: Arc::new(crate::backends::clock::SystemClock),
+            options,
+        })
+    }
+
+    /// The same backend reading time from `clock` (retention tests).
+    pub fn with_clock(mut self, clock: Arc<dyn crate::backends::clock::Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The SDK client, for tools that need a call this backend does not make.
+    pub fn client(&self) -> &aws_sdk_kms::Client {
+        &self.client
+    }
+
+    fn lifecycle(&self) -> Lifecycle {
+        Lifecycle {
+            now: self.clock.now(),
+            retention: self.options.retention.as_secs(),
+        }
+    }
+
+    /// Where `ring` lives: its configured KMS key, else the managed alias.
+    pub fn location(&self, ring: &KeyRef) -> Result<Location, BackendError> {
+        match self.locations.get(&ring.ring()) {
+            Some(location) => Ok(location.clone()),
+            None => Ok(Location::Alias(ring::default_alias(
+                &self.options.alias_prefix,
+                &ring.ring(),
+            )?)),
+        }
+    }
+
+    fn cached(&self, ring: &KeyRef) -> Option<Arc<Ring>> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(ring)
+            .filter(|r| r.fetched.elapsed() < self.options.metadata_ttl)
+            .cloned()
+    }
+
+    fn forget(&self, ring: &KeyRef) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(ring);
+    }
+
+    /// The ring as KMS shows it, from the cache unless stale or `refresh`.
+    async fn ring(&self, key: &KeyRef, refresh: bool) -> Result<Arc<Ring>, BackendError> {
+        let ring_ref = key.ring();
+        if !refresh && let Some(cached) = self.cached(&ring_ref) {
+            return Ok(cached);
+        }
+        let asked = Instant::now();
+        let _turn = self.fetching.lock().await;
+        if let Some(cached) = self.cached(&ring_ref)
+            && cached.fetched >= asked
+        {
+            return Ok(cached);
+        }
+        let location = self.location(&ring_ref)?;
+        let ring = Arc::new(session::read_ring(&self.client, &ring_ref, location).await?);
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ring_ref, ring.clone());
+        Ok(ring)
+    }
+
+    /// The version a Sign or Encrypt uses, refused before any call if it is not ACTIVE.
+    async fn producing(
+        &self,
+        key: &KeyRef,
+        operation: Operation,
+    ) -> Result<(Arc<Ring>, KmsVersion), BackendError> {
+        let ring = self.ring(key, false).await?;
+        let records = ring.records();
+        let chosen = self
+            .lifecycle()
+            .producing(&key.ring(), &records, key.version(), operation)?
+            .version;
+        let version = ring
+            .version(chosen)
+            .cloned()
+            .ok_or_else(|| BackendError::Rejected(Rejection::UnknownKey(key.to_string())))?;
+        Ok((ring, version))
+    }
+
+    /// A version that may verify or decrypt (ACTIVE, or DEPRECATED within retention).
+    async fn consuming(&self, key: &KeyRef, version: u32) -> Result<KmsVersion, BackendError> {
+        let mut ring = self.ring(key, false).await?;
+        if ring.version(version).is_none() {
+            // A version newer than the cache: another instance rotated.
+            ring = self.ring(key, true).await?;
+        }
+        let found = ring.version(version).cloned().ok_or_else(|| {
+            BackendError::Rejected(Rejection::UnknownKey(format!("{}#{version}", key.ring())))
+        })?;
+        self.lifecycle()
+            .check_consuming(&key.ring(), &found.record)?;
+        Ok(found)
+    }
+
+    fn metadata_of(&self, ring: &Ring, key: &KeyRef, version: &KmsVersion) -> KeyMetadata {
+        let lifecycle = self.lifecycle();
+        let kid = match &version.public_jwk {
+            Some(jwk) => jwk.kid.clone().unwrap_or_default(),
+            None => EnvelopeKid {
+                backend: NAME.to_owned(),
+                namespace: key.namespace().to_owned(),
+                name: key.name().to_owned(),
+                version: version.record.version,
+            }
+            .to_string(),
+        };
+        KeyMetadata {
+            backend: NAME.to_owned(),
+            key: key.ring().with_version(version.record.version),
+            version: version.record.version,
+            algorithm: ring.algorithm,
+            state: lifecycle.effective_state(&version.record),
+            created_at: version.record.created_at,
+            rotated_at: version.record.rotated_at,
+            retained_until: lifecycle.retained_until(&version.record),
+            kid,
+            public_jwk: version.public_jwk.clone(),
+        }
+    }
+
+    /// Checks a signature KMS made against the key it must have used.
+    fn check_signature(
+        &self,
+        key: &KeyRef,
+        version: &KmsVersion,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), BackendError> {
+        if version
+            .signature_len
+            .is_some_and(|len| len != signature.len())
+        {
+            return Err(violation(format!(
+                "signature of {} bytes from {key} version {}",
+                signature.len(),
+                version.record.version
+            )));
+        }
+        let verifier = version.verifier.as_ref().ok_or_else(|| {
+            violation(format!(
+                "no public key for {key} version {}",
+                version.record.version
+            ))
+        })?;
+        verify_with(verifier, message, signature).map_err(|_| {
+            violation(format!(
+                "KMS signature from {key} version {} does not verify with its public key",
+                version.record.version
+            ))
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for AwsKmsBackend {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    async fn sign(&self, key: &KeyRef, message: &[u8]) -> Result<Signature, BackendError> {
+        let (ring, version) = self.producing(key, Operation::Sign).await?;
+        ring.algorithm.check_signs(&key.ring())?;
+        let (kms_algorithm, hash) = ring::signing_algorithm(ring.algorithm).ok_or_else(|| {
+            BackendError::Rejected(Rejection::UnsupportedAlgorithm(
+                ring.algorithm.as_str().into(),
+            ))
+        })?;
+        let digest = aws_lc_rs::digest::digest(hash, message);
+        // KMS refuses a digest of the wrong length for the algorithm; so do we, first.
+        if digest.as_ref().len() != hash.output_len() {
+            return Err(BackendError::invalid_input("digest length does not match"));
+        }
+        let answer = self
+            .client
+            .sign()
+            .key_id(&version.arn)
+            .message(Blob::new(digest.as_ref()))
+            .message_type(MessageType::Digest)
+            .signing_algorithm(kms_algorithm.clone())
+            .send()
+            .await
+            .map_err(|e| classify(&key.to_string(), e))?;
+        if answer.key_id() != Some(version.arn.as_str()) {
+            return Err(violation(format!(
+                "Sign for {key} answered by key `{}`",
+                answer.key_id().unwrap_or_default()
+            )));
+        }
+        if answer.signing_algorithm() != Some(&kms_algorithm) {
+            return Err(violation(format!(
+                "Sign for {key} answered with algorithm {:?}",
+                answer.signing_algorithm()
+            )));
+        }
+        let raw = answer
+            .signature()
+            .ok_or_else(|| violation(format!("Sign for {key} answered no signature")))?
+            .as_ref();
+        let bytes = match ring.algorithm {
+            Algorithm::Es256 | Algorithm::Es384 => der::ecdsa_der_to_fixed(ring.algorithm, raw)
+                .map_err(|e| violation(format!("ECDSA signature for {key}: {e}")))?,
+            _ => raw.to_vec(),
+        };
+        self.check_signature(key, &version, message, &bytes)?;
+        let metadata = self.metadata_of(&ring, key, &version);
+        Ok(Signature {
+            bytes,
+            algorithm: ring.algorithm,
+            kid: metadata.kid,
+            key_version: version.record.version,
+            backend: NAME.to_owned(),
+        })
+    }
+
+    async fn verify(&self, request: VerifyRequest<'_>) -> Result<(), BackendError> {
+        let (key, kid) = match request.key {
+            VerificationKey::Jwk(jwk) => {
+                let verifier = jwk.verifier(request.algorithm)?;
+                return verify_with(&verifier, request.message, request.signature);
+            }
+            VerificationKey::Managed { key, kid } => (key, kid),
+        };
+        let ring = self.ring(key, false).await?;
+        ring.algorithm
+            .check_serves(&key.ring(), request.algorithm)?;
+        let number = match (key.version(), kid) {
+            (Some(v), _) => v,
+            (None, Some(kid)) => {
+                let found = |ring: &Ring| {
+                    ring.versions
+                        .iter()
+                        .find(|v| v.public_jwk.as_ref().and_then(|j| j.kid.as_deref()) == Some(kid))
+                        .map(|v| v.record.version)
+                };
+                match found(&ring) {
+                    Some(v) => v,
+                    None => found(&*self.ring(key, true).await?).ok_or_else(|| {
+                        BackendError::Rejected(Rejection::UnknownKid(
+                            crate::backends::types::truncate_for_message(kid),
+                        ))
+                    })?,
+                }
+            }
+            (None, None) => self.active_key(key).await?.version,
+        };
+        let version = self.consuming(key, number).await?;
+        if self.options.kms_verify {
+            let (kms_algorithm, hash) = ring::signing_algorithm(ring.algorithm)
+                .ok_or_else(|| BackendError::invalid_input("not a signing key"))?;
+            let digest = aws_lc_rs::digest::digest(hash, request.message);
+            // KMS takes DER for ECDSA; our signatures are r||s.
+            let signature = match ring.algorithm {
+                Algorithm::Es256 | Algorithm::Es384 => {
+                    der::ecdsa_fixed_to_der(request.signature)
+                        .map_err(|_| BackendError::VerificationFailed)?
+                }
+                _ => request.signature.to_vec(),
+            };
+            let answer = self
+                .client
+                .verify()
+                .key_id(&version.arn)
+                .message(Blob::new(digest.as_ref()))
+                .message_type(MessageType::Digest)
+                .signature(Blob::new(signature))
+                .signing_algorithm(kms_algorithm)
+                .send()
+                .await
+                .map_err(|e| classify(&key.to_string(), e))?;
+            return if answer.signature_valid() {
+                Ok(())
+            } else {
+                Err(BackendError::VerificationFailed)
+            };
+        }
+        let verifier = version
+            .verifier
+            .as_ref()
+            .ok_or_else(|| BackendError::invalid_input(format!("{key} has no public key")))?;
+        verify_with(verifier, request.message, request.signature)
+    }
+
+    async fn encrypt(
+        &self,
+        key: &KeyRef,
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<String, BackendError> {
+        let (ring, version) = self.producing(key, Operation::Encrypt).await?;
+        ring.algorithm
+            .check_serves(&key.ring(), Algorithm::A256Gcm)?;
+        let kid = EnvelopeKid {
+            backend: NAME.to_owned(),
+            namespace: key.namespace().to_owned(),
+            name: key.name().to_owned(),
+            version: version.record.version,
+        };
+        let context = encryption_context(key, aad);
+        let body = if plaintext.len() <= sealed::DIRECT_LIMIT {
+            let answer = self
+                .client
+                .encrypt()
+                .key_id(&version.arn)
+                .plaintext(Blob::new(plaintext))
+                .encryption_algorithm(EncryptionAlgorithmSpec::SymmetricDefault)
+                .set_encryption_context(Some(context))
+                .send()
+                .await
+                .map_err(|e| classify(&key.to_string(), e))?;
+            if answer.key_id() != Some(version.arn.as_str()) {
+                return Err(violation(format!(
+                    "Encrypt for {key} answered by key `{}`",
+                    answer.key_id().unwrap_or_default()
+                )));
+            }
+            let blob = answer
+                .ciphertext_blob()
+                .ok_or_else(|| violation(format!("Encrypt for {key} answered no ciphertext")))?;
+            Sealed::direct(blob.as_ref())
+        } else {
+            let answer = self
+                .client
+                .generate_data_key()
+                .key_id(&version.arn)
+                .key_spec(DataKeySpec::Aes256)
+                .set_encryption_context(Some(context))
+                .send()
+                .await
+                .map_err(|e| classify(&key.to_string(), e))?;
+            if answer.key_id() != Some(version.arn.as_str()) {
+                return Err(violation(format!(
+                    "GenerateDataKey for {key} answered by key `{}`",
+                    answer.key_id().unwrap_or_default()
+                )));
+            }
+            let data_key = Zeroizing::new(
+                answer
+                    .plaintext()
+                    .map(|b| b.as_ref().to_vec())
+                    .unwrap_or_default(),
+            );
+            let encrypted_key = answer
+                .ciphertext_blob()
+                .ok_or_else(|| violation(format!("GenerateDataKey for {key} gave no blob")))?;
+            let sealing =
+                LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &data_key).map_err(|_| {
+                    violation("GenerateDataKey answered a key that is not 256 bits")
+                })?);
+            let nonce = Envelope::fresh_nonce(NAME)?;
+            let mut in_out = Zeroizing::new(plaintext.to_vec());
+            sealing
+                .seal_in_place_append_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(data_key_aad(&kid, aad)),
+                    &mut *in_out,
+                )
+                .map_err(|_| BackendError::invalid_input("plaintext too long for AES-GCM"))?;
+            Sealed::data_key(encrypted_key.as_ref(), &nonce, &in_out)?
+        };
+        Envelope::remote(&kid, &body)
+    }
+
+    async fn decrypt(
+        &self,
+        envelope: &Envelope,
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        let kid = envelope.kid();
+        let key = kid.key_for(NAME)?;
+        let body = Sealed::parse(envelope.remote_ciphertext()?)?;
+        let ring = self.ring(&key, false).await?;
+        ring.algorithm.check_serves(&key, Algorithm::A256Gcm)?;
+        let version = self.consuming(&key, kid.version).await?;
+        let context = encryption_context(&key, aad);
+        let blob = match &body {
+            Sealed::Direct { blob } => blob,
+            Sealed::DataKey { encrypted_key, .. } => encrypted_key,
+        };
+        let answer = self
+            .client
+            .decrypt()
+            .key_id(&version.arn)
+            .ciphertext_blob(Blob::new(*blob))
+            .encryption_algorithm(EncryptionAlgorithmSpec::SymmetricDefault)
+            .set_encryption_context(Some(context))
+            .send()
+            .await
+            .map_err(|e| classify(&key.to_string(), e))?;
+        let opened = Zeroizing::new(
+            answer
+                .plaintext()
+                .map(|b| b.as_ref().to_vec())
+                .unwrap_or_default(),
+        );
+        if answer.key_id() != Some(version.arn.as_str()) {
+            return Err(violation(format!(
+                "Decrypt of an envelope for {kid} answered by key `{}`",
+                answer.key_id().unwrap_or_default()
+            )));
+        }
+        match body {
+            Sealed::Direct { .. } => Ok(opened),
+            Sealed::DataKey {
+                nonce,
+                ciphertext_and_tag,
+                ..
+            } => {
+                let opening = LessSafeKey::new(
+                    UnboundKey::new(&AES_256_GCM, &opened)
+                        .map_err(|_| BackendError::DecryptionFailed)?,
+                );
+                let mut in_out = Zeroizing::new(ciphertext_and_tag.to_vec());
+                let len = opening
+                    .open_in_place(
+                        Nonce::assume_unique_for_key(nonce),
+                        Aad::from(data_key_aad(kid, aad)),
+                        &mut in_out,
+                    )
+                    .map_err(|_| BackendError::DecryptionFailed)?
+                    .len();
+                in_out.truncate(len);
+                Ok(in_out)
+            }
+        }
+    }
+
+    async fn generate_key(
+        &self,
+        key: &KeyRef,
+        algorithm: Algorithm,
+    ) -> Result<KeyMetadata, BackendError> {
+        let ring_ref = key.ring();
+        let Location::Alias(alias) = self.location(&ring_ref)? else {
+            // A ring pinned to one key id exists by configuration.
+            return Err(BackendError::Rejected(Rejection::KeyExists(
+                ring_ref.to_string(),
+            )));
+        };
+        session::create_ring(
+            &self.client,
+            &ring_ref,
+            &alias,
+            algorithm,
+            self.options.rsa_bits,
+        )
+        .await?;
+        self.forget(&ring_ref);
+        let ring = self.ring(&ring_ref, true).await?;
+        let newest = ring
+            .versions
+            .last()
+            .ok_or_else(|| violation(format!("{ring_ref} has no version after creation")))?;
+        Ok(self.metadata_of(&ring, &ring_ref, newest))
+    }
+
+    async fn rotate_key(&self, key: &KeyRef) -> Result<KeyMetadata, BackendError> {
+        let ring_ref = key.ring();
+        let ring = self.ring(&ring_ref, true).await?;
+        let Location::Alias(alias) = &ring.location else {
+            return Err(BackendError::invalid_input(format!(
+                "{ring_ref} is configured by KMS key id; rotate it in KMS and point the configuration at the new key, or configure an alias"
+            )));
+        };
+        session::rotate_ring(&self.client, &ring_ref, alias, &ring, self.options.rsa_bits).await?;
+        self.forget(&ring_ref);
+        let ring = self.ring(&ring_ref, true).await?;
+        let active = ring
+            .versions
+            .iter()
+            .rev()
+            .find(|v| v.record.state == KeyState::Active)
+            .ok_or_else(|| violation(format!("rotation of {ring_ref} left no ACTIVE version")))?;
+        Ok(self.metadata_of(&ring, &ring_ref, active))
+    }
+
+    async fn key_metadata(&self, key: &KeyRef) -> Result<Vec<KeyMetadata>, BackendError> {
+        let ring = self.ring(key, false).await?;
+        Ok(ring
+            .versions
+            .iter()
+            .filter(|v| key.version().is_none_or(|n| n == v.record.version))
+            .map(|v| self.metadata_of(&ring, key, v))
+            .collect())
+    }
+
+    async fn active_key(&self, key: &KeyRef) -> Result<ActiveKey, BackendError> {
+        let (ring, version) = self.producing(&key.ring(), Operation::Sign).await?;
+        let metadata = self.metadata_of(&ring, key, &version);
+        Ok(ActiveKey {
+            version: metadata.version,
+            kid: metadata.kid,
+            algorithm: metadata.algorithm,
+        })
+    }
+
+    async fn public_keys(&self, key: &KeyRef) -> Result<Vec<PublicJwk>, BackendError> {
+        let ring = self.ring(key, false).await?;
+        Ok(ring
+            .versions
+            .iter()
+            .map(|v| self.metadata_of(&ring, key, v))
+            .filter(|m| matches!(m.state, KeyState::Active | KeyState::Deprecated))
+            .filter_map(|m| m.public_jwk)
+            .collect())
+    }
+
+    async fn list_keys(&self, namespace: &str) -> Result<Vec<String>, BackendError> {
+        crate::backends::types::validate_name("namespace", namespace)?;
+        let prefix = format!("alias/{}/{namespace}/", self.options.alias_prefix);
+        let aliases = session::list_aliases(&self.client).await?;
+        let mut names: Vec<String> = aliases
+            .into_iter()
+            .filter_map(|(alias, _)| {
+                let rest = alias.strip_prefix(&prefix)?;
+                (!rest.contains('/')).then(|| rest.to_owned())
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    async fn health(&self) -> Health {
+        match self.client.list_aliases().limit(1).send().await {
+            Ok(_) => Health::ok(format!(
+                "KMS answering{}",
+                self.options
+                    .endpoint_url
+                    .as_deref()
+                    .map(|u| format!(" at {u}"))
+                    .unwrap_or_default()
+            )),
+            Err(e) => Health::failing(classify("health probe", e).to_string()),
+        }
+    }
+}
