@@ -20,6 +20,7 @@ pub mod backends;
 pub mod config;
 pub mod context;
 pub mod crypto_server;
+pub mod dpop;
 pub mod jws;
 pub mod metrics;
 pub mod resilience;

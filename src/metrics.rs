@@ -66,6 +66,7 @@ pub struct Metrics {
     breaker_state: IntGaugeVec,
     retries: IntCounterVec,
     security_events: IntCounterVec,
+    dpop: IntCounterVec,
     cpu_seconds: prometheus::Gauge,
 }
 
@@ -139,6 +140,14 @@ impl Metrics {
             &["backend"],
         )
         .expect("static metric definition");
+        let dpop = IntCounterVec::new(
+            Opts::new(
+                "token_service_dpop_validations_total",
+                "DPoP proofs checked, by result (valid, invalid_dpop_proof, use_dpop_nonce, temporarily_unavailable) and reason",
+            ),
+            &["result", "reason"],
+        )
+        .expect("static metric definition");
         // Memory and file descriptors of this process (process_*). Its CPU counter counts
         // whole seconds only, so token_service_process_cpu_seconds gives it finer.
         #[cfg(target_os = "linux")]
@@ -160,6 +169,7 @@ impl Metrics {
             Box::new(breaker_state.clone()),
             Box::new(retries.clone()),
             Box::new(security_events.clone()),
+            Box::new(dpop.clone()),
         ] {
             registry
                 .register(collector)
@@ -173,8 +183,19 @@ impl Metrics {
             breaker_state,
             retries,
             security_events,
+            dpop,
             cpu_seconds,
         }
+    }
+
+    /// Counts one DPoP validation by result and reason.
+    pub fn dpop_validation(&self, result: &str, reason: &str) {
+        self.dpop.with_label_values(&[result, reason]).inc();
+    }
+
+    /// The DPoP counter's value (for tests).
+    pub fn dpop_count(&self, result: &str, reason: &str) -> u64 {
+        self.dpop.with_label_values(&[result, reason]).get()
     }
 
     /// The registry, for exposition or for registering more metrics.

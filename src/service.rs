@@ -46,6 +46,9 @@ pub enum ServiceError {
     /// The token store could not be reached.
     #[error("token store: {0}")]
     Store(String),
+    /// A setting could only be checked at start-up (a secret file, for instance).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// The admin endpoint could not listen.
     #[error("admin endpoint could not listen on {addr}: {source}")]
     Listen {
@@ -196,22 +199,25 @@ impl Service {
             ),
             _ => Arc::new(MemoryStore::new(config.tokens.memory_capacity)),
         };
-        let tokens = Arc::new(TokenService::new(
-            chain.clone(),
-            store.clone(),
-            TokenSettings {
-                issuer: config.tokens.issuer.clone(),
-                access_ttl: config.tokens.access_ttl,
-                max_access_ttl: config.tokens.max_access_ttl,
-                refresh_ttl: config.tokens.refresh_ttl,
-                clock_skew: config.tokens.clock_skew,
-                clients: config.tokens.clients.clone(),
-                rate_limit: config.tokens.rate_limit.clone(),
-            },
-            signing_key.clone(),
-            encryption_key.clone(),
-            Arc::new(SystemClock),
-        ));
+        let tokens = Arc::new(
+            TokenService::new(
+                chain.clone(),
+                store.clone(),
+                TokenSettings {
+                    issuer: config.tokens.issuer.clone(),
+                    access_ttl: config.tokens.access_ttl,
+                    max_access_ttl: config.tokens.max_access_ttl,
+                    refresh_ttl: config.tokens.refresh_ttl,
+                    clock_skew: config.tokens.clock_skew,
+                    clients: config.tokens.clients.clone(),
+                    rate_limit: config.tokens.rate_limit.clone(),
+                },
+                signing_key.clone(),
+                encryption_key.clone(),
+                Arc::new(SystemClock),
+            )
+            .with_dpop(config.dpop.settings().map_err(ServiceError::Config)?),
+        );
         Ok(Self {
             chain,
             tokens,

@@ -9,8 +9,9 @@ use tonic::{Request, Response, Status};
 use super::proto;
 use super::proto::token_service_server::TokenService as TokenApi;
 use crate::context::CallContext;
+use crate::dpop::{DpopError, ProofRequest};
 use crate::token::refresh::FamilyId;
-use crate::token::{IssuedTokens, TokenError, TokenRequest, TokenService};
+use crate::token::{DpopInput, IssuedTokens, TokenError, TokenRequest, TokenService};
 
 /// Largest message accepted by the server, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -61,7 +62,34 @@ fn status(error: TokenError) -> Status {
             }
             status
         }
+        TokenError::Dpop(DpopError::Unavailable(reason)) => Status::unavailable(reason),
+        TokenError::Dpop(error) => {
+            let nonce = match &error {
+                DpopError::UseNonce { nonce, .. } => Some(nonce.clone()),
+                _ => None,
+            };
+            let mut status = Status::invalid_argument(error.to_string());
+            if let Some(value) = nonce.and_then(|n| n.parse().ok()) {
+                status.metadata_mut().insert("dpop-nonce", value);
+            }
+            status
+        }
         TokenError::Internal => Status::internal("internal error"),
+    }
+}
+
+/// A proof from the API, refused at once if it is present but incomplete.
+fn dpop_input(proof: Option<proto::DPoPProof>) -> Result<Option<DpopInput>, Status> {
+    match proof {
+        None => Ok(None),
+        Some(p) if p.proof.is_empty() || p.http_method.is_empty() || p.http_uri.is_empty() => Err(
+            Status::invalid_argument("dpop needs proof, http_method and http_uri"),
+        ),
+        Some(p) => Ok(Some(DpopInput {
+            proof: p.proof,
+            method: p.http_method,
+            uri: p.http_uri,
+        })),
     }
 }
 
@@ -74,10 +102,11 @@ fn respond<T>(ctx: &CallContext, body: T) -> Response<T> {
 }
 
 fn token_response(issued: IssuedTokens) -> proto::TokenResponse {
+    let token_type = issued.token_type();
     proto::TokenResponse {
         access_token: issued.access_token,
         refresh_token: issued.refresh_token.to_string(),
-        token_type: "Bearer".into(),
+        token_type: token_type.into(),
         expires_in: issued.expires_in,
         scope: issued.claims.scope,
         kid: issued.kid,
@@ -112,6 +141,7 @@ impl TokenApi for GrpcTokenService {
                     scopes: body.scopes,
                     audiences: body.audiences,
                     access_ttl: ttl,
+                    dpop: dpop_input(body.dpop)?,
                 },
             )
             .await
@@ -125,9 +155,10 @@ impl TokenApi for GrpcTokenService {
     ) -> Result<Response<proto::TokenResponse>, Status> {
         let ctx = context(&request);
         let body = request.into_inner();
+        let proof = dpop_input(body.dpop)?;
         let issued = self
             .tokens
-            .refresh(&ctx, &body.refresh_token)
+            .refresh_with_proof(&ctx, &body.refresh_token, proof.as_ref())
             .await
             .map_err(status)?;
         Ok(respond(&ctx, token_response(issued)))
@@ -188,7 +219,8 @@ impl TokenApi for GrpcTokenService {
                 jti: c.jti,
                 client_id: c.client_id,
                 scope: c.scope,
-                token_type: "Bearer".into(),
+                token_type: if c.cnf.is_some() { "DPoP" } else { "Bearer" }.into(),
+                cnf_jkt: c.cnf.map(|cnf| cnf.jkt).unwrap_or_default(),
             },
             _ => proto::IntrospectTokenResponse::default(),
         };
@@ -197,10 +229,42 @@ impl TokenApi for GrpcTokenService {
 
     async fn validate_d_po_p(
         &self,
-        _request: Request<proto::ValidateDPoPRequest>,
+        request: Request<proto::ValidateDPoPRequest>,
     ) -> Result<Response<proto::ValidateDPoPResponse>, Status> {
-        Err(Status::unimplemented(
-            "DPoP validation is not available in this version",
-        ))
+        let ctx = context(&request);
+        let body = request.into_inner();
+        let checked = self
+            .tokens
+            .dpop()
+            .validate(
+                &ctx,
+                ProofRequest {
+                    proof: &body.proof,
+                    method: &body.http_method,
+                    uri: &body.http_uri,
+                    access_token: (!body.access_token.is_empty())
+                        .then_some(body.access_token.as_str()),
+                },
+            )
+            .await;
+        let response = match checked {
+            Ok(proof) => proto::ValidateDPoPResponse {
+                valid: true,
+                jkt: proof.jkt,
+                ..Default::default()
+            },
+            Err(DpopError::Unavailable(reason)) => return Err(Status::unavailable(reason)),
+            Err(error) => proto::ValidateDPoPResponse {
+                valid: false,
+                reason: error.reason().into(),
+                error: error.code().into(),
+                nonce: match error {
+                    DpopError::UseNonce { nonce, .. } => nonce,
+                    _ => String::new(),
+                },
+                ..Default::default()
+            },
+        };
+        Ok(respond(&ctx, response))
     }
 }

@@ -263,6 +263,58 @@ impl PublicJwk {
     }
 }
 
+/// A public JWK parsed once for one algorithm, with its thumbprint: what a cache of
+/// caller keys (DPoP proof keys) holds, so a repeated key skips parsing.
+pub struct PreparedKey {
+    /// The key as given (public members only).
+    pub jwk: PublicJwk,
+    /// The algorithm it was parsed for.
+    pub algorithm: Algorithm,
+    /// Its RFC 7638 thumbprint.
+    pub thumbprint: String,
+    verifier: ParsedPublicKey,
+}
+
+impl std::fmt::Debug for PreparedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedKey")
+            .field("algorithm", &self.algorithm)
+            .field("thumbprint", &self.thumbprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PreparedKey {
+    /// Parses `jwk` for `algorithm` (see [`PublicJwk::verifier`]) and computes its thumbprint.
+    pub fn new(jwk: PublicJwk, algorithm: Algorithm) -> Result<Self, BackendError> {
+        let verifier = jwk.verifier(algorithm)?;
+        let thumbprint = jwk.thumbprint()?;
+        Ok(Self {
+            jwk,
+            algorithm,
+            thumbprint,
+            verifier,
+        })
+    }
+
+    /// Checks a signature made with `algorithm`, which must be the one the key was parsed for.
+    pub fn verify(
+        &self,
+        algorithm: Algorithm,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), BackendError> {
+        if algorithm != self.algorithm {
+            return Err(BackendError::Rejected(Rejection::AlgorithmMismatch {
+                key: "jwk".into(),
+                requested: algorithm.as_str().into(),
+                actual: self.algorithm,
+            }));
+        }
+        verify_with(&self.verifier, message, signature)
+    }
+}
+
 fn significant_bits(big_endian: &[u8]) -> usize {
     match big_endian.iter().position(|&b| b != 0) {
         Some(i) => (big_endian.len() - i) * 8 - big_endian[i].leading_zeros() as usize,

@@ -435,6 +435,9 @@ pub enum VerificationKey<'a> {
     },
     /// A public key given by the caller (a JWKS entry, a DPoP proof's `jwk`).
     Jwk(&'a PublicJwk),
+    /// A caller's public key already parsed for the request's algorithm (from a cache):
+    /// local backends verify with it directly, remote ones send its JWK.
+    Prepared(&'a super::jwk::PreparedKey),
 }
 
 /// One signature check.

@@ -135,7 +135,10 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
                                 let begun = Instant::now();
                                 let refresh_token = response.into_inner().refresh_token;
                                 match client
-                                    .refresh_tokens(RefreshTokensRequest { refresh_token })
+                                    .refresh_tokens(RefreshTokensRequest {
+                                        refresh_token,
+                                        dpop: None,
+                                    })
                                     .await
                                 {
                                     Ok(_) => {

@@ -100,6 +100,7 @@ pub async fn run(args: ClientArgs) -> Result<(), Failure> {
                     scopes,
                     audiences,
                     access_token_ttl_seconds: 0,
+                    dpop: None,
                 })
                 .await
                 .map_err(failure)?
@@ -108,7 +109,10 @@ pub async fn run(args: ClientArgs) -> Result<(), Failure> {
         }
         ClientCommand::Refresh { refresh_token } => {
             let r = client
-                .refresh_tokens(RefreshTokensRequest { refresh_token })
+                .refresh_tokens(RefreshTokensRequest {
+                    refresh_token,
+                    dpop: None,
+                })
                 .await
                 .map_err(failure)?
                 .into_inner();

@@ -4,6 +4,7 @@
 
 pub mod aws_kms;
 pub mod crypto_service;
+pub mod dpop;
 mod env;
 mod validate;
 
@@ -81,6 +82,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// DPoP proof validation.
+    #[serde(default)]
+    pub dpop: dpop::DpopConfig,
     /// The keys the service uses.
     pub keys: KeysConfig,
     /// Which backends serve which operation, in priority order.

@@ -87,6 +87,7 @@ fn check_resilience(prefix: &str, r: &ResilienceConfig) -> Result<(), ConfigErro
 
 /// Checks everything the schema alone cannot.
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
+    config.dpop.validate()?;
     check_name(
         "crypto.key_namespace",
         "namespace",

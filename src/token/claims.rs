@@ -38,6 +38,16 @@ pub struct AccessClaims {
     pub scope: String,
     /// The refresh-token family the token belongs to: revoking the family deactivates it.
     pub fid: String,
+    /// Confirmation (RFC 7800): the DPoP key the token is bound to (RFC 9449 §6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// The `cnf` claim of a DPoP-bound token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// The RFC 7638 thumbprint of the key.
+    pub jkt: String,
 }
 
 /// What a client may ask for.

@@ -15,7 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use self::claims::{AccessClaims, ClientPolicy, Grant};
+use self::claims::{AccessClaims, ClientPolicy, Confirmation, Grant};
 use self::refresh::{FamilyId, RefreshToken};
 use self::store::{FamilyRecord, Rotation, Store, StoreError};
 use crate::backends::chain::Chain;
@@ -24,6 +24,7 @@ use crate::backends::error::{BackendError, ErrorClass};
 use crate::backends::jwk::PublicJwk;
 use crate::backends::types::KeyRef;
 use crate::context::CallContext;
+use crate::dpop::{DpopError, DpopSettings, DpopValidator, InvalidProof, ProofRequest};
 use crate::jws::{self, CompactJws};
 
 /// What went wrong, in the classes the API reports (gRPC status codes map 1:1).
@@ -46,9 +47,19 @@ pub enum TokenError {
         /// When a request will be admitted again.
         retry_after_ms: u64,
     },
+    /// A DPoP proof was refused (INVALID_ARGUMENT, with a nonce for `use_dpop_nonce`), or
+    /// could not be checked (UNAVAILABLE).
+    #[error("{0}")]
+    Dpop(DpopError),
     /// Something that must not happen (INTERNAL); details are logged, not returned.
     #[error("internal error")]
     Internal,
+}
+
+impl From<DpopError> for TokenError {
+    fn from(error: DpopError) -> Self {
+        TokenError::Dpop(error)
+    }
 }
 
 impl From<BackendError> for TokenError {
@@ -107,6 +118,30 @@ pub struct TokenRequest {
     pub audiences: Vec<String>,
     /// Requested access-token lifetime (default and maximum from settings).
     pub access_ttl: Option<Duration>,
+    /// A DPoP proof of the token request: the tokens are bound to its key.
+    pub dpop: Option<DpopInput>,
+}
+
+/// A DPoP proof with the HTTP request it was made for (the token endpoint's).
+#[derive(Clone, Debug, Default)]
+pub struct DpopInput {
+    /// The compact proof.
+    pub proof: String,
+    /// The request's method.
+    pub method: String,
+    /// The request's URI.
+    pub uri: String,
+}
+
+impl DpopInput {
+    fn request(&self) -> ProofRequest<'_> {
+        ProofRequest {
+            proof: &self.proof,
+            method: &self.method,
+            uri: &self.uri,
+            access_token: None,
+        }
+    }
 }
 
 /// Tokens as handed to a client.
@@ -121,6 +156,17 @@ pub struct IssuedTokens {
     pub claims: AccessClaims,
     /// The key that signed it.
     pub kid: String,
+}
+
+impl IssuedTokens {
+    /// `DPoP` for a token bound to a proof key, else `Bearer`.
+    pub fn token_type(&self) -> &'static str {
+        if self.claims.cnf.is_some() {
+            "DPoP"
+        } else {
+            "Bearer"
+        }
+    }
 }
 
 impl std::fmt::Debug for IssuedTokens {
@@ -158,6 +204,9 @@ impl Introspection {
 struct StoredGrant {
     grant: Grant,
     access_ttl: u64,
+    /// The DPoP key the family is bound to: every refresh needs a proof of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jkt: Option<String>,
 }
 
 /// A JSON Web Key Set.
@@ -176,6 +225,7 @@ pub struct TokenService {
     signing_key: KeyRef,
     encryption_key: KeyRef,
     clock: Arc<dyn Clock>,
+    dpop: DpopValidator,
     limiters:
         std::sync::Mutex<std::collections::HashMap<String, Arc<crate::resilience::RateLimiter>>>,
 }
@@ -197,6 +247,13 @@ impl TokenService {
         encryption_key: KeyRef,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let dpop = DpopValidator::new(
+            DpopSettings::default(),
+            chain.clone(),
+            store.clone(),
+            clock.clone(),
+            chain.metrics().clone(),
+        );
         Self {
             chain,
             store,
@@ -204,8 +261,26 @@ impl TokenService {
             signing_key,
             encryption_key,
             clock,
+            dpop,
             limiters: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// The same service validating DPoP proofs with `settings`.
+    pub fn with_dpop(mut self, settings: DpopSettings) -> Self {
+        self.dpop = DpopValidator::new(
+            settings,
+            self.chain.clone(),
+            self.store.clone(),
+            self.clock.clone(),
+            self.chain.metrics().clone(),
+        );
+        self
+    }
+
+    /// The DPoP validator (ValidateDPoP, and proofs presented with token requests).
+    pub fn dpop(&self) -> &DpopValidator {
+        &self.dpop
     }
 
     /// Admits one request of `client_id` under the per-client rate limit. Only registered
@@ -249,6 +324,7 @@ impl TokenService {
         grant: &Grant,
         family: &FamilyId,
         ttl: u64,
+        jkt: Option<&str>,
     ) -> Result<(String, AccessClaims, String), TokenError> {
         let now = self.clock.now();
         let claims = AccessClaims {
@@ -262,6 +338,9 @@ impl TokenService {
             client_id: grant.client_id.clone(),
             scope: grant.scopes.join(" "),
             fid: family.to_string(),
+            cnf: jkt.map(|jkt| Confirmation {
+                jkt: jkt.to_owned(),
+            }),
         };
         let payload = serde_json::to_vec(&claims).map_err(|_| TokenError::Internal)?;
         let signed = jws::sign(
@@ -304,12 +383,19 @@ impl TokenService {
             &request.audiences,
         )?;
         let ttl = self.access_ttl(request.access_ttl)?;
+        let jkt = match &request.dpop {
+            Some(input) => Some(self.dpop.validate(ctx, input.request()).await?.jkt),
+            None => None,
+        };
         let family = FamilyId::generate()?;
         // Sign first: if the key backends are down, nothing is stored.
-        let (access_token, claims, kid) = self.sign_access(ctx, &grant, &family, ttl).await?;
+        let (access_token, claims, kid) = self
+            .sign_access(ctx, &grant, &family, ttl, jkt.as_deref())
+            .await?;
         let stored = serde_json::to_vec(&StoredGrant {
             grant,
             access_ttl: ttl,
+            jkt,
         })
         .map_err(|_| TokenError::Internal)?;
         let data = self
@@ -353,6 +439,18 @@ impl TokenService {
         ctx: &CallContext,
         refresh_token: &str,
     ) -> Result<IssuedTokens, TokenError> {
+        self.refresh_with_proof(ctx, refresh_token, None).await
+    }
+
+    /// As [`TokenService::refresh`], with the DPoP proof of the refresh request. A family
+    /// bound to a key is refreshed only with a valid proof of that key; an unbound family
+    /// with a proof gets a bound access token.
+    pub async fn refresh_with_proof(
+        &self,
+        ctx: &CallContext,
+        refresh_token: &str,
+        dpop: Option<&DpopInput>,
+    ) -> Result<IssuedTokens, TokenError> {
         let presented = RefreshToken::parse(refresh_token)?;
         let family = presented.family().clone();
         let now = self.clock.now();
@@ -373,11 +471,37 @@ impl TokenService {
             .chain
             .decrypt(ctx, &record.data, family.as_str().as_bytes())
             .await?;
-        let StoredGrant { grant, access_ttl } =
-            serde_json::from_slice(&stored).map_err(|_| TokenError::Internal)?;
+        let StoredGrant {
+            grant,
+            access_ttl,
+            jkt: bound,
+        } = serde_json::from_slice(&stored).map_err(|_| TokenError::Internal)?;
         self.admit(&grant.client_id)?;
-        let (access_token, claims, kid) =
-            self.sign_access(ctx, &grant, &family, access_ttl).await?;
+        // Checked before the rotation: a refused proof leaves the refresh token usable.
+        let jkt = match (bound, dpop) {
+            (Some(bound), Some(input)) => {
+                let proved = self.dpop.validate(ctx, input.request()).await?;
+                if !bool::from(subtle::ConstantTimeEq::ct_eq(
+                    proved.jkt.as_bytes(),
+                    bound.as_bytes(),
+                )) {
+                    self.dpop
+                        .count(&DpopError::Invalid(InvalidProof::KeyNotBound));
+                    return Err(DpopError::Invalid(InvalidProof::KeyNotBound).into());
+                }
+                Some(bound)
+            }
+            (Some(_), None) => {
+                return Err(TokenError::Unauthenticated(
+                    "the refresh token is DPoP-bound: present a DPoP proof of its key".into(),
+                ));
+            }
+            (None, Some(input)) => Some(self.dpop.validate(ctx, input.request()).await?.jkt),
+            (None, None) => None,
+        };
+        let (access_token, claims, kid) = self
+            .sign_access(ctx, &grant, &family, access_ttl, jkt.as_deref())
+            .await?;
         let next = RefreshToken::generate(family.clone())?;
         match self
             .store

@@ -5,6 +5,7 @@
 
 pub mod capture;
 pub mod crypto_server;
+pub mod dpop;
 pub mod fault;
 pub mod kms;
 pub mod process;

@@ -452,6 +452,9 @@ impl Backend for AwsKmsBackend {
                 let verifier = jwk.verifier(request.algorithm)?;
                 return verify_with(&verifier, request.message, request.signature);
             }
+            VerificationKey::Prepared(key) => {
+                return key.verify(request.algorithm, request.message, request.signature);
+            }
             VerificationKey::Managed { key, kid } => (key, kid),
         };
         let ring = self.ring(key, false).await?;

@@ -313,6 +313,7 @@ impl Chain {
         let label = match request.key {
             VerificationKey::Managed { key, .. } => key.to_string(),
             VerificationKey::Jwk(jwk) => format!("jwk:{}", jwk.kid.as_deref().unwrap_or("-")),
+            VerificationKey::Prepared(key) => format!("jwk:{}", key.thumbprint),
         };
         self.route(
             ctx,

@@ -450,6 +450,10 @@ impl Backend for CryptoServiceBackend {
                 serde_json::to_string(jwk)
                     .map_err(|e| BackendError::invalid_input(format!("public JWK: {e}")))?,
             ),
+            VerificationKey::Prepared(prepared) => pb::verify_request::Key::PublicJwk(
+                serde_json::to_string(&prepared.jwk)
+                    .map_err(|e| BackendError::invalid_input(format!("public JWK: {e}")))?,
+            ),
         };
         let mut client = self.client.clone();
         let answer = client

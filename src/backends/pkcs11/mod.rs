@@ -304,6 +304,10 @@ impl Backend for Pkcs11Backend {
 
     async fn verify(&self, request: VerifyRequest<'_>) -> Result<(), BackendError> {
         match request.key {
+            VerificationKey::Prepared(key) if !self.options.verify_on_token => {
+                key.verify(request.algorithm, request.message, request.signature)
+            }
+            VerificationKey::Prepared(key) => self.verify_jwk_on_token(&key.jwk, &request).await,
             VerificationKey::Jwk(jwk) => {
                 if self.options.verify_on_token {
                     self.verify_jwk_on_token(jwk, &request).await

@@ -298,6 +298,9 @@ impl Backend for SoftwareBackend {
                 let verifier = jwk.verifier(request.algorithm)?;
                 jwk::verify_with(&verifier, request.message, request.signature)
             }
+            VerificationKey::Prepared(key) => {
+                key.verify(request.algorithm, request.message, request.signature)
+            }
             VerificationKey::Managed { key, kid } => {
                 let ring = self.ring(key).await?;
                 ring.check_algorithm(request.algorithm)?;

@@ -17,6 +17,7 @@ pub const DEFAULT_CAPACITY: usize = 1_000_000;
 struct State {
     families: HashMap<FamilyId, FamilyRecord>,
     denied: HashMap<String, u64>,
+    seen: HashMap<String, u64>,
 }
 
 /// The in-memory store.
@@ -180,6 +181,24 @@ impl Store for MemoryStore {
             .denied
             .get(jti)
             .is_some_and(|until| *until > now))
+    }
+
+    async fn first_use(&self, key: &str, until: u64, now: u64) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        if let Some(expires) = state.seen.get(key)
+            && *expires > now
+        {
+            return Ok(false);
+        }
+        if state.seen.len() >= self.capacity {
+            state.seen.retain(|_, expires| *expires > now);
+            if state.seen.len() >= self.capacity {
+                // Full of live entries: refusing is safe, forgetting one would allow a replay.
+                return Err(StoreError::Full);
+            }
+        }
+        state.seen.insert(key.to_owned(), until);
+        Ok(true)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -102,6 +102,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Whether a jti is denied.
     async fn is_denied(&self, jti: &str, now: u64) -> Result<bool, StoreError>;
 
+    /// Records `key` until `until` if it is not recorded yet: `true` the first time,
+    /// `false` for a repeat. Atomic across every instance sharing the store (DPoP proof
+    /// replay: a proof's hashed jti).
+    async fn first_use(&self, key: &str, until: u64, now: u64) -> Result<bool, StoreError>;
+
     /// A cheap liveness probe.
     async fn ping(&self) -> Result<(), StoreError>;
 }

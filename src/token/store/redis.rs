@@ -296,6 +296,20 @@ impl Store for RedisStore {
             .map_err(unavailable)
     }
 
+    async fn first_use(&self, key: &str, until: u64, now: u64) -> Result<bool, StoreError> {
+        // SET NX with an absolute expiry: one atomic step, on one key (any cluster node).
+        let answer: Option<String> = redis::cmd("SET")
+            .arg(format!("ts:once:{key}"))
+            .arg(1)
+            .arg("NX")
+            .arg("EXAT")
+            .arg(until.max(now + 1))
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(answer.is_some())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         redis::cmd("PING")
             .query_async::<String>(&mut self.connection.clone())
