@@ -1,7 +1,8 @@
 //! `bench`: drives GenerateTokens (optionally with RefreshTokens) over gRPC at a given
 //! concurrency for a given time, with a progress line; prints tokens/s, latency percentiles,
 //! errors, the raw ES256 sign rate measured in the same run on this machine, and — given the
-//! server's admin address — the server's CPU time per token.
+//! server's admin address — the server's CPU time per token. With `--dpop`, every request
+//! carries a fresh ES256 DPoP proof (one key per client task), so the tokens are bound.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use token_service::api::proto::token_service_client::TokenServiceClient;
-use token_service::api::proto::{GenerateTokensRequest, RefreshTokensRequest};
+use token_service::api::proto::{DPoPProof, GenerateTokensRequest, RefreshTokensRequest};
 
 use super::Failure;
 
@@ -33,6 +34,59 @@ pub struct BenchArgs {
     /// Client id.
     #[arg(long, default_value = "demo")]
     client_id: String,
+    /// Send a fresh DPoP proof with every request (DPoP-bound tokens).
+    #[arg(long)]
+    dpop: bool,
+}
+
+/// The token endpoint URI the benchmark's proofs name.
+const PROOF_URI: &str = "https://token-service.local/token";
+
+/// A client's DPoP key, making one fresh proof per request.
+struct ProofMaker {
+    pair: aws_lc_rs::signature::EcdsaKeyPair,
+    header_b64: String,
+    rng: aws_lc_rs::rand::SystemRandom,
+}
+
+impl ProofMaker {
+    fn new() -> Result<Self, Failure> {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
+            .map_err(|_| Failure::new("cannot make a DPoP key"))?;
+        let point = pair.public_key().as_ref().to_vec();
+        let header = serde_json::json!({
+            "typ": "dpop+jwt",
+            "alg": "ES256",
+            "jwk": {"kty": "EC", "crv": "P-256", "x": b64.encode(&point[1..33]), "y": b64.encode(&point[33..65])},
+        });
+        Ok(Self {
+            pair,
+            header_b64: b64.encode(header.to_string()),
+            rng: aws_lc_rs::rand::SystemRandom::new(),
+        })
+    }
+
+    fn proof(&self) -> Option<DPoPProof> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut jti = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut jti).ok()?;
+        let iat = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        let claims = serde_json::json!({"jti": b64.encode(jti), "htm": "POST", "htu": PROOF_URI, "iat": iat});
+        let input = format!("{}.{}", self.header_b64, b64.encode(claims.to_string()));
+        let signature = self.pair.sign(&self.rng, input.as_bytes()).ok()?;
+        Some(DPoPProof {
+            proof: format!("{input}.{}", b64.encode(signature.as_ref())),
+            http_method: "POST".into(),
+            http_uri: PROOF_URI.into(),
+        })
+    }
 }
 
 /// The server's CPU time, from token_service_process_cpu_seconds on its admin /metrics.
@@ -116,6 +170,11 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
                 args.client_id.clone(),
                 args.refresh,
             );
+            let prover = if args.dpop {
+                ProofMaker::new().ok()
+            } else {
+                None
+            };
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut n = 0u64;
@@ -124,6 +183,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
                     let request = GenerateTokensRequest {
                         subject: format!("user-{i}-{n}"),
                         client_id: client_id.clone(),
+                        dpop: prover.as_ref().and_then(ProofMaker::proof),
                         ..Default::default()
                     };
                     n += 1;
@@ -137,7 +197,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
                                 match client
                                     .refresh_tokens(RefreshTokensRequest {
                                         refresh_token,
-                                        dpop: None,
+                                        dpop: prover.as_ref().and_then(ProofMaker::proof),
                                     })
                                     .await
                                 {

@@ -124,3 +124,71 @@ impl DpopConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> DpopConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn defaults_accept_every_asymmetric_algorithm_without_nonces() {
+        let config = parse("");
+        config.validate().unwrap();
+        let settings = config.settings().unwrap();
+        assert_eq!(settings.algorithms, Algorithm::SIGNING.to_vec());
+        assert_eq!(settings.iat_window, Duration::from_secs(60));
+        assert_eq!(settings.max_proof_len, 8192);
+        assert!(settings.nonces.is_none());
+    }
+
+    #[test]
+    fn bad_settings_are_refused_by_name() {
+        for (text, setting) in [
+            ("algorithms = []", "dpop.algorithms"),
+            ("algorithms = [\"A256GCM\"]", "dpop.algorithms"),
+            ("iat_window = \"0s\"", "dpop.iat_window"),
+            ("iat_window = \"2h\"", "dpop.iat_window"),
+            ("max_proof_bytes = 10", "dpop.max_proof_bytes"),
+            ("nonce_step = \"0s\"", "dpop.nonce_step"),
+            ("require_nonce = true", "dpop.nonce_secret"),
+        ] {
+            let error = parse(text).validate().unwrap_err();
+            assert_eq!(error.setting(), Some(setting), "{text}: {error}");
+        }
+        assert!(toml::from_str::<DpopConfig>("algorithms = [\"none\"]").is_err());
+        assert!(toml::from_str::<DpopConfig>("algorithms = [\"HS256\"]").is_err());
+    }
+
+    #[test]
+    fn nonce_secrets_are_read_and_must_be_long_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, value: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.path().join(name);
+            std::fs::write(&path, value).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            path
+        };
+        let long = write("long", &"s".repeat(40));
+        let short = write("short", "too short");
+        let config = parse(&format!(
+            "require_nonce = true\nnonce_secret = {{ file = \"{}\" }}",
+            long.display()
+        ));
+        config.validate().unwrap();
+        assert!(config.settings().unwrap().nonces.is_some());
+        let config = parse(&format!(
+            "require_nonce = true\nnonce_secret = {{ file = \"{}\" }}",
+            short.display()
+        ));
+        let error = config.settings().unwrap_err();
+        assert_eq!(error.setting(), Some("dpop.nonce_secret"));
+        assert!(
+            !error.to_string().contains("too short"),
+            "no secret in the error"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! refresh-token families with rotation and reuse detection, revocation, introspection
 //! (RFC 7662 semantics) and the JWKS. Transport (gRPC, HTTP) sits on top of this.
 
+mod binding;
 pub mod claims;
 pub mod refresh;
 pub mod store;
@@ -24,8 +25,9 @@ use crate::backends::error::{BackendError, ErrorClass};
 use crate::backends::jwk::PublicJwk;
 use crate::backends::types::KeyRef;
 use crate::context::CallContext;
-use crate::dpop::{DpopError, DpopSettings, DpopValidator, InvalidProof, ProofRequest};
+use crate::dpop::{DpopError, DpopSettings, DpopValidator};
 use crate::jws::{self, CompactJws};
+pub use binding::DpopInput;
 
 /// What went wrong, in the classes the API reports (gRPC status codes map 1:1).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -120,28 +122,6 @@ pub struct TokenRequest {
     pub access_ttl: Option<Duration>,
     /// A DPoP proof of the token request: the tokens are bound to its key.
     pub dpop: Option<DpopInput>,
-}
-
-/// A DPoP proof with the HTTP request it was made for (the token endpoint's).
-#[derive(Clone, Debug, Default)]
-pub struct DpopInput {
-    /// The compact proof.
-    pub proof: String,
-    /// The request's method.
-    pub method: String,
-    /// The request's URI.
-    pub uri: String,
-}
-
-impl DpopInput {
-    fn request(&self) -> ProofRequest<'_> {
-        ProofRequest {
-            proof: &self.proof,
-            method: &self.method,
-            uri: &self.uri,
-            access_token: None,
-        }
-    }
 }
 
 /// Tokens as handed to a client.
@@ -478,27 +458,7 @@ impl TokenService {
         } = serde_json::from_slice(&stored).map_err(|_| TokenError::Internal)?;
         self.admit(&grant.client_id)?;
         // Checked before the rotation: a refused proof leaves the refresh token usable.
-        let jkt = match (bound, dpop) {
-            (Some(bound), Some(input)) => {
-                let proved = self.dpop.validate(ctx, input.request()).await?;
-                if !bool::from(subtle::ConstantTimeEq::ct_eq(
-                    proved.jkt.as_bytes(),
-                    bound.as_bytes(),
-                )) {
-                    self.dpop
-                        .count(&DpopError::Invalid(InvalidProof::KeyNotBound));
-                    return Err(DpopError::Invalid(InvalidProof::KeyNotBound).into());
-                }
-                Some(bound)
-            }
-            (Some(_), None) => {
-                return Err(TokenError::Unauthenticated(
-                    "the refresh token is DPoP-bound: present a DPoP proof of its key".into(),
-                ));
-            }
-            (None, Some(input)) => Some(self.dpop.validate(ctx, input.request()).await?.jkt),
-            (None, None) => None,
-        };
+        let jkt = binding::refresh_key(&self.dpop, ctx, bound, dpop).await?;
         let (access_token, claims, kid) = self
             .sign_access(ctx, &grant, &family, access_ttl, jkt.as_deref())
             .await?;
