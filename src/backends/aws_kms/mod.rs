@@ -20,32 +20,30 @@ pub mod der;
 mod error;
 pub mod ring;
 pub mod sealed;
+mod sealing;
 mod session;
+mod signing;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-use aws_sdk_kms::primitives::Blob;
-use aws_sdk_kms::types::{DataKeySpec, EncryptionAlgorithmSpec, MessageType};
 use zeroize::Zeroizing;
 
 use crate::backends::Backend;
 use crate::backends::envelope::{Envelope, EnvelopeKid};
 use crate::backends::error::{BackendError, Rejection};
-use crate::backends::jwk::{PublicJwk, verify_with};
+use crate::backends::jwk::PublicJwk;
 use crate::backends::lifecycle::Lifecycle;
 use crate::backends::software::material::RsaBits;
 use crate::backends::types::{
     ActiveKey, Algorithm, Capabilities, Health, KeyMetadata, KeyRef, KeyState, Operation,
-    Signature, VerificationKey, VerifyRequest,
+    Signature, VerifyRequest,
 };
 
 use error::classify;
 use ring::{KmsVersion, Location, Ring};
-use sealed::Sealed;
 
 /// The backend's name in configuration, metrics and envelopes.
 pub const NAME: &str = "aws_kms";
@@ -130,31 +128,6 @@ fn violation(detail: impl Into<String>) -> BackendError {
     let error = BackendError::security(NAME, detail);
     tracing::error!(target: "security", backend = NAME, error = %error, "KMS answer refused");
     error
-}
-
-/// A 4 KiB-bounded hash of the caller's AAD, for the encryption context: the context is
-/// logged by CloudTrail in clear, the AAD may not be fit for that.
-fn encryption_context(key: &KeyRef, aad: &[u8]) -> HashMap<String, String> {
-    use base64::Engine;
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, aad);
-    HashMap::from([
-        (
-            "token-service:namespace".to_owned(),
-            key.namespace().to_owned(),
-        ),
-        ("token-service:key".to_owned(), key.name().to_owned()),
-        (
-            "token-service:aad-sha256".to_owned(),
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref()),
-        ),
-    ])
-}
-
-/// The GCM AAD of the data-key form: the envelope kid and the caller's AAD.
-fn data_key_aad(kid: &EnvelopeKid, aad: &[u8]) -> Vec<u8> {
-    let mut out = format!("token-service:{kid}\0").into_bytes();
-    out.extend_from_slice(aad);
-    out
 }
 
 impl AwsKmsBackend {
@@ -347,38 +320,6 @@ impl AwsKmsBackend {
             public_jwk: version.public_jwk.clone(),
         }
     }
-
-    /// Checks a signature KMS made against the key it must have used.
-    fn check_signature(
-        &self,
-        key: &KeyRef,
-        version: &KmsVersion,
-        message: &[u8],
-        signature: &[u8],
-    ) -> Result<(), BackendError> {
-        if version
-            .signature_len
-            .is_some_and(|len| len != signature.len())
-        {
-            return Err(violation(format!(
-                "signature of {} bytes from {key} version {}",
-                signature.len(),
-                version.record.version
-            )));
-        }
-        let verifier = version.verifier.as_ref().ok_or_else(|| {
-            violation(format!(
-                "no public key for {key} version {}",
-                version.record.version
-            ))
-        })?;
-        verify_with(verifier, message, signature).map_err(|_| {
-            violation(format!(
-                "KMS signature from {key} version {} does not verify with its public key",
-                version.record.version
-            ))
-        })
-    }
 }
 
 #[async_trait]
@@ -392,129 +333,11 @@ impl Backend for AwsKmsBackend {
     }
 
     async fn sign(&self, key: &KeyRef, message: &[u8]) -> Result<Signature, BackendError> {
-        let (ring, version) = self.producing(key, Operation::Sign).await?;
-        ring.algorithm.check_signs(&key.ring())?;
-        let (kms_algorithm, hash) = ring::signing_algorithm(ring.algorithm).ok_or_else(|| {
-            BackendError::Rejected(Rejection::UnsupportedAlgorithm(
-                ring.algorithm.as_str().into(),
-            ))
-        })?;
-        let digest = aws_lc_rs::digest::digest(hash, message);
-        // KMS refuses a digest of the wrong length for the algorithm; so do we, first.
-        if digest.as_ref().len() != hash.output_len() {
-            return Err(BackendError::invalid_input("digest length does not match"));
-        }
-        let answer = self
-            .client
-            .sign()
-            .key_id(&version.arn)
-            .message(Blob::new(digest.as_ref()))
-            .message_type(MessageType::Digest)
-            .signing_algorithm(kms_algorithm.clone())
-            .send()
-            .await
-            .map_err(|e| classify(&key.to_string(), e))?;
-        if answer.key_id() != Some(version.arn.as_str()) {
-            return Err(violation(format!(
-                "Sign for {key} answered by key `{}`",
-                answer.key_id().unwrap_or_default()
-            )));
-        }
-        if answer.signing_algorithm() != Some(&kms_algorithm) {
-            return Err(violation(format!(
-                "Sign for {key} answered with algorithm {:?}",
-                answer.signing_algorithm()
-            )));
-        }
-        let raw = answer
-            .signature()
-            .ok_or_else(|| violation(format!("Sign for {key} answered no signature")))?
-            .as_ref();
-        let bytes = match ring.algorithm {
-            Algorithm::Es256 | Algorithm::Es384 => der::ecdsa_der_to_fixed(ring.algorithm, raw)
-                .map_err(|e| violation(format!("ECDSA signature for {key}: {e}")))?,
-            _ => raw.to_vec(),
-        };
-        self.check_signature(key, &version, message, &bytes)?;
-        let metadata = self.metadata_of(&ring, key, &version);
-        Ok(Signature {
-            bytes,
-            algorithm: ring.algorithm,
-            kid: metadata.kid,
-            key_version: version.record.version,
-            backend: NAME.to_owned(),
-        })
+        self.sign_message(key, message).await
     }
 
     async fn verify(&self, request: VerifyRequest<'_>) -> Result<(), BackendError> {
-        let (key, kid) = match request.key {
-            VerificationKey::Jwk(jwk) => {
-                let verifier = jwk.verifier(request.algorithm)?;
-                return verify_with(&verifier, request.message, request.signature);
-            }
-            VerificationKey::Prepared(key) => {
-                return key.verify(request.algorithm, request.message, request.signature);
-            }
-            VerificationKey::Managed { key, kid } => (key, kid),
-        };
-        let ring = self.ring(key, false).await?;
-        ring.algorithm
-            .check_serves(&key.ring(), request.algorithm)?;
-        let number = match (key.version(), kid) {
-            (Some(v), _) => v,
-            (None, Some(kid)) => {
-                let found = |ring: &Ring| {
-                    ring.versions
-                        .iter()
-                        .find(|v| v.public_jwk.as_ref().and_then(|j| j.kid.as_deref()) == Some(kid))
-                        .map(|v| v.record.version)
-                };
-                match found(&ring) {
-                    Some(v) => v,
-                    None => found(&*self.ring(key, true).await?).ok_or_else(|| {
-                        BackendError::Rejected(Rejection::UnknownKid(
-                            crate::backends::types::truncate_for_message(kid),
-                        ))
-                    })?,
-                }
-            }
-            (None, None) => self.active_key(key).await?.version,
-        };
-        let version = self.consuming(key, number).await?;
-        if self.options.kms_verify {
-            let (kms_algorithm, hash) = ring::signing_algorithm(ring.algorithm)
-                .ok_or_else(|| BackendError::invalid_input("not a signing key"))?;
-            let digest = aws_lc_rs::digest::digest(hash, request.message);
-            // KMS takes DER for ECDSA; our signatures are r||s.
-            let signature = match ring.algorithm {
-                Algorithm::Es256 | Algorithm::Es384 => {
-                    der::ecdsa_fixed_to_der(request.signature)
-                        .map_err(|_| BackendError::VerificationFailed)?
-                }
-                _ => request.signature.to_vec(),
-            };
-            let answer = self
-                .client
-                .verify()
-                .key_id(&version.arn)
-                .message(Blob::new(digest.as_ref()))
-                .message_type(MessageType::Digest)
-                .signature(Blob::new(signature))
-                .signing_algorithm(kms_algorithm)
-                .send()
-                .await
-                .map_err(|e| classify(&key.to_string(), e))?;
-            return if answer.signature_valid() {
-                Ok(())
-            } else {
-                Err(BackendError::VerificationFailed)
-            };
-        }
-        let verifier = version
-            .verifier
-            .as_ref()
-            .ok_or_else(|| BackendError::invalid_input(format!("{key} has no public key")))?;
-        verify_with(verifier, request.message, request.signature)
+        self.verify_signature(request).await
     }
 
     async fn encrypt(
@@ -523,78 +346,7 @@ impl Backend for AwsKmsBackend {
         plaintext: &[u8],
         aad: &[u8],
     ) -> Result<String, BackendError> {
-        let (ring, version) = self.producing(key, Operation::Encrypt).await?;
-        ring.algorithm
-            .check_serves(&key.ring(), Algorithm::A256Gcm)?;
-        let kid = EnvelopeKid {
-            backend: NAME.to_owned(),
-            namespace: key.namespace().to_owned(),
-            name: key.name().to_owned(),
-            version: version.record.version,
-        };
-        let context = encryption_context(key, aad);
-        let body = if plaintext.len() <= sealed::DIRECT_LIMIT {
-            let answer = self
-                .client
-                .encrypt()
-                .key_id(&version.arn)
-                .plaintext(Blob::new(plaintext))
-                .encryption_algorithm(EncryptionAlgorithmSpec::SymmetricDefault)
-                .set_encryption_context(Some(context))
-                .send()
-                .await
-                .map_err(|e| classify(&key.to_string(), e))?;
-            if answer.key_id() != Some(version.arn.as_str()) {
-                return Err(violation(format!(
-                    "Encrypt for {key} answered by key `{}`",
-                    answer.key_id().unwrap_or_default()
-                )));
-            }
-            let blob = answer
-                .ciphertext_blob()
-                .ok_or_else(|| violation(format!("Encrypt for {key} answered no ciphertext")))?;
-            Sealed::direct(blob.as_ref())
-        } else {
-            let answer = self
-                .client
-                .generate_data_key()
-                .key_id(&version.arn)
-                .key_spec(DataKeySpec::Aes256)
-                .set_encryption_context(Some(context))
-                .send()
-                .await
-                .map_err(|e| classify(&key.to_string(), e))?;
-            if answer.key_id() != Some(version.arn.as_str()) {
-                return Err(violation(format!(
-                    "GenerateDataKey for {key} answered by key `{}`",
-                    answer.key_id().unwrap_or_default()
-                )));
-            }
-            let data_key = Zeroizing::new(
-                answer
-                    .plaintext()
-                    .map(|b| b.as_ref().to_vec())
-                    .unwrap_or_default(),
-            );
-            let encrypted_key = answer
-                .ciphertext_blob()
-                .ok_or_else(|| violation(format!("GenerateDataKey for {key} gave no blob")))?;
-            let sealing =
-                LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &data_key).map_err(|_| {
-                    violation("GenerateDataKey answered a key that is not 256 bits")
-                })?);
-            let nonce = Envelope::fresh_nonce(NAME)?;
-            let mut in_out = Zeroizing::new(plaintext.to_vec());
-            sealing
-                .seal_in_place_append_tag(
-                    Nonce::assume_unique_for_key(nonce),
-                    Aad::from(data_key_aad(&kid, aad)),
-                    &mut *in_out,
-                )
-                .map_err(|_| BackendError::invalid_input("plaintext too long for AES-GCM"))?;
-            Sealed::data_key(encrypted_key.as_ref(), &nonce, &in_out)?
-        };
-        Envelope::remote(&kid, &body)
+        self.seal(key, plaintext, aad).await
     }
 
     async fn decrypt(
@@ -602,63 +354,7 @@ impl Backend for AwsKmsBackend {
         envelope: &Envelope,
         aad: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        let kid = envelope.kid();
-        let key = kid.key_for(NAME)?;
-        let body = Sealed::parse(envelope.remote_ciphertext()?)?;
-        let ring = self.ring(&key, false).await?;
-        ring.algorithm.check_serves(&key, Algorithm::A256Gcm)?;
-        let version = self.consuming(&key, kid.version).await?;
-        let context = encryption_context(&key, aad);
-        let blob = match &body {
-            Sealed::Direct { blob } => blob,
-            Sealed::DataKey { encrypted_key, .. } => encrypted_key,
-        };
-        let answer = self
-            .client
-            .decrypt()
-            .key_id(&version.arn)
-            .ciphertext_blob(Blob::new(*blob))
-            .encryption_algorithm(EncryptionAlgorithmSpec::SymmetricDefault)
-            .set_encryption_context(Some(context))
-            .send()
-            .await
-            .map_err(|e| classify(&key.to_string(), e))?;
-        let opened = Zeroizing::new(
-            answer
-                .plaintext()
-                .map(|b| b.as_ref().to_vec())
-                .unwrap_or_default(),
-        );
-        if answer.key_id() != Some(version.arn.as_str()) {
-            return Err(violation(format!(
-                "Decrypt of an envelope for {kid} answered by key `{}`",
-                answer.key_id().unwrap_or_default()
-            )));
-        }
-        match body {
-            Sealed::Direct { .. } => Ok(opened),
-            Sealed::DataKey {
-                nonce,
-                ciphertext_and_tag,
-                ..
-            } => {
-                let opening = LessSafeKey::new(
-                    UnboundKey::new(&AES_256_GCM, &opened)
-                        .map_err(|_| BackendError::DecryptionFailed)?,
-                );
-                let mut in_out = Zeroizing::new(ciphertext_and_tag.to_vec());
-                let len = opening
-                    .open_in_place(
-                        Nonce::assume_unique_for_key(nonce),
-                        Aad::from(data_key_aad(kid, aad)),
-                        &mut in_out,
-                    )
-                    .map_err(|_| BackendError::DecryptionFailed)?
-                    .len();
-                in_out.truncate(len);
-                Ok(in_out)
-            }
-        }
+        self.open(envelope, aad).await
     }
 
     async fn generate_key(
