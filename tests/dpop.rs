@@ -331,6 +331,14 @@ async fn claim_checks_refuse_each_bad_claim() {
     f.check(&with(&|c| c["iat"] = json!(NOW + 59)))
         .await
         .unwrap();
+    // A NumericDate with a fraction counts in whole seconds; a string is not one.
+    f.check(&with(&|c| c["iat"] = json!(NOW as f64 + 0.5)))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.check(&with(&|c| c["iat"] = json!(NOW.to_string()))).await,
+        invalid(InvalidProof::MissingIat)
+    );
     f.clock.advance(120);
     assert_eq!(
         f.check(&with(&|_| {})).await,

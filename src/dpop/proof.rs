@@ -113,9 +113,16 @@ pub fn parse<'a>(
         .ok_or(InvalidProof::MissingJti)?;
     let htm = string(&claims, "htm").ok_or(InvalidProof::MissingHtm)?;
     let htu = string(&claims, "htu").ok_or(InvalidProof::MissingHtu)?;
+    // A NumericDate may have a fraction (RFC 7519 §2); whole seconds are compared.
     let iat = claims
         .get("iat")
-        .and_then(Value::as_i64)
+        .and_then(|v| {
+            v.as_i64().or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.is_finite() && f.abs() < 1e15)
+                    .map(|f| f.floor() as i64)
+            })
+        })
         .ok_or(InvalidProof::MissingIat)?;
     let optional = |name: &str| match claims.get(name) {
         None => Ok(None),

@@ -16,8 +16,8 @@ use crate::backends::envelope::{Envelope, EnvelopeKid};
 use crate::backends::error::BackendError;
 use crate::backends::types::{Algorithm, KeyRef, Operation};
 
-/// A 4 KiB-bounded hash of the caller's AAD, for the encryption context: the context is
-/// logged by CloudTrail in clear, the AAD may not be fit for that.
+/// The EncryptionContext: namespace, key name and a SHA-256 of the caller's AAD. The AAD
+/// itself is not put there: CloudTrail logs the context in clear.
 fn encryption_context(key: &KeyRef, aad: &[u8]) -> HashMap<String, String> {
     use base64::Engine;
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, aad);
