@@ -10,6 +10,7 @@ pub mod error;
 pub mod jwk;
 pub mod lifecycle;
 pub mod pkcs11;
+pub mod remote_cache;
 pub mod software;
 pub mod types;
 

@@ -25,8 +25,8 @@ mod session;
 mod signing;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use zeroize::Zeroizing;
@@ -36,6 +36,7 @@ use crate::backends::envelope::{Envelope, EnvelopeKid};
 use crate::backends::error::{BackendError, Rejection};
 use crate::backends::jwk::PublicJwk;
 use crate::backends::lifecycle::Lifecycle;
+use crate::backends::remote_cache::RemoteCache;
 use crate::backends::software::material::RsaBits;
 use crate::backends::types::{
     ActiveKey, Algorithm, Capabilities, Health, KeyMetadata, KeyRef, KeyState, Operation,
@@ -108,10 +109,7 @@ pub struct AwsKmsBackend {
     options: AwsKmsOptions,
     locations: HashMap<KeyRef, Location>,
     capabilities: Capabilities,
-    cache: Mutex<HashMap<KeyRef, Arc<Ring>>>,
-    /// Held while a ring is read from KMS: callers arriving during a refresh wait for it
-    /// instead of each reading the same ring again.
-    fetching: tokio::sync::Mutex<()>,
+    cache: RemoteCache<Ring>,
     clock: Arc<dyn crate::backends::clock::Clock>,
 }
 
@@ -188,8 +186,7 @@ impl AwsKmsBackend {
                     Algorithm::A256Gcm,
                 ],
             },
-            cache: Mutex::new(HashMap::new()),
-            fetching: tokio::sync::Mutex::new(()),
+            cache: RemoteCache::new(options.metadata_ttl),
             clock: Arc::new(crate::backends::clock::SystemClock),
             options,
         })
@@ -224,41 +221,19 @@ impl AwsKmsBackend {
         }
     }
 
-    fn cached(&self, ring: &KeyRef) -> Option<Arc<Ring>> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache
-            .get(ring)
-            .filter(|r| r.fetched.elapsed() < self.options.metadata_ttl)
-            .cloned()
-    }
-
     fn forget(&self, ring: &KeyRef) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(ring);
+        self.cache.forget(ring);
     }
 
     /// The ring as KMS shows it, from the cache unless stale or `refresh`.
     async fn ring(&self, key: &KeyRef, refresh: bool) -> Result<Arc<Ring>, BackendError> {
         let ring_ref = key.ring();
-        if !refresh && let Some(cached) = self.cached(&ring_ref) {
-            return Ok(cached);
-        }
-        let asked = Instant::now();
-        let _turn = self.fetching.lock().await;
-        if let Some(cached) = self.cached(&ring_ref)
-            && cached.fetched >= asked
-        {
-            return Ok(cached);
-        }
-        let location = self.location(&ring_ref)?;
-        let ring = Arc::new(session::read_ring(&self.client, &ring_ref, location).await?);
         self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(ring_ref, ring.clone());
-        Ok(ring)
+            .get(&ring_ref, refresh, || async {
+                let location = self.location(&ring_ref)?;
+                session::read_ring(&self.client, &ring_ref, location).await
+            })
+            .await
     }
 
     /// The version a Sign or Encrypt uses, refused before any call if it is not ACTIVE.

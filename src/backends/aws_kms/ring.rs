@@ -17,7 +17,6 @@
 //! passed); Disabled is DISABLED; PendingDeletion and every other state are refused.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use aws_lc_rs::signature::ParsedPublicKey;
 
@@ -291,8 +290,6 @@ pub struct Ring {
     pub versions: Vec<KmsVersion>,
     /// See [`Layout::current_unregistered`].
     pub current_unregistered: bool,
-    /// When it was read.
-    pub fetched: Instant,
 }
 
 impl Ring {

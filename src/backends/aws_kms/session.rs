@@ -2,7 +2,6 @@
 //! creating it, rotating it.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::types::{KeySpec, KeyUsageType, Tag};
@@ -180,7 +179,6 @@ pub(crate) async fn read_ring(
         algorithm,
         versions,
         current_unregistered: layout.current_unregistered,
-        fetched: Instant::now(),
     })
 }
 

@@ -14,9 +14,8 @@ pub mod channel;
 mod request;
 pub mod wire;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tonic::transport::Channel;
@@ -28,6 +27,7 @@ use crate::backends::Backend;
 use crate::backends::envelope::{Envelope, EnvelopeKid};
 use crate::backends::error::{BackendError, Rejection};
 use crate::backends::jwk::PublicJwk;
+use crate::backends::remote_cache::RemoteCache;
 use crate::backends::types::{
     Algorithm, Capabilities, Health, KeyMetadata, KeyRef, KeyState, Operation, Signature,
     VerificationKey, VerifyRequest,
@@ -88,7 +88,6 @@ pub const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(30);
 /// A key's versions and public keys as last fetched.
 #[derive(Debug)]
 struct CachedKey {
-    fetched: Instant,
     versions: Vec<KeyMetadata>,
 }
 
@@ -110,10 +109,7 @@ pub struct CryptoServiceBackend {
     client: CryptoServiceClient<Channel>,
     health: tonic_health::pb::health_client::HealthClient<Channel>,
     capabilities: Capabilities,
-    metadata_ttl: Duration,
-    cache: Mutex<HashMap<KeyRef, Arc<CachedKey>>>,
-    /// Held while metadata is fetched (see [`CryptoServiceBackend::metadata`]).
-    fetching: tokio::sync::Mutex<()>,
+    cache: RemoteCache<CachedKey>,
     address: String,
     tls: bool,
 }
@@ -122,7 +118,7 @@ impl std::fmt::Debug for CryptoServiceBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CryptoServiceBackend")
             .field("address", &self.address)
-            .field("metadata_ttl", &self.metadata_ttl)
+            .field("metadata_ttl", &self.cache.ttl())
             .finish_non_exhaustive()
     }
 }
@@ -154,9 +150,7 @@ impl CryptoServiceBackend {
                 operations,
                 algorithms: Algorithm::ALL.to_vec(),
             },
-            metadata_ttl: options.metadata_ttl,
-            cache: Mutex::new(HashMap::new()),
-            fetching: tokio::sync::Mutex::new(()),
+            cache: RemoteCache::new(options.metadata_ttl),
             tls: options.channel.tls.is_some(),
             address: options.channel.address,
         })
@@ -184,37 +178,20 @@ impl CryptoServiceBackend {
         error
     }
 
-    fn cached(&self, ring: &KeyRef) -> Option<Arc<CachedKey>> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache
-            .get(ring)
-            .filter(|c| c.fetched.elapsed() < self.metadata_ttl)
-            .cloned()
-    }
-
     fn forget(&self, ring: &KeyRef) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(ring);
+        self.cache.forget(ring);
     }
 
-    /// The key's metadata, from the cache unless stale or `refresh`.
-    ///
-    /// One fetch at a time: when the cache expires under load, the callers waiting behind
-    /// the first fetch take its result instead of each asking the service again.
+    /// The key's metadata, from the cache unless stale or `refresh` (one fetch at a time).
     async fn metadata(&self, key: &KeyRef, refresh: bool) -> Result<Arc<CachedKey>, BackendError> {
         let ring = key.ring();
-        if !refresh && let Some(cached) = self.cached(&ring) {
-            return Ok(cached);
-        }
-        let asked = Instant::now();
-        let _turn = self.fetching.lock().await;
-        if let Some(cached) = self.cached(&ring)
-            && cached.fetched >= asked
-        {
-            return Ok(cached);
-        }
+        self.cache
+            .get(&ring, refresh, || self.fetch_metadata(&ring))
+            .await
+    }
+
+    async fn fetch_metadata(&self, ring: &KeyRef) -> Result<CachedKey, BackendError> {
+        let ring = ring.clone();
         let mut client = self.client.clone();
         let wire = client
             .get_key_metadata(outbound(pb::GetKeyMetadataRequest {
@@ -228,15 +205,7 @@ impl CryptoServiceBackend {
         if versions.first().is_some_and(|m| m.algorithm.is_signing()) {
             self.attach_public_keys(&ring, &mut versions).await?;
         }
-        let cached = Arc::new(CachedKey {
-            fetched: Instant::now(),
-            versions,
-        });
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(ring, cached.clone());
-        Ok(cached)
+        Ok(CachedKey { versions })
     }
 
     /// Fetches the public keys and attaches each to its version, checking that every JWK's
