@@ -4,8 +4,13 @@
 //!
 //! Run: `cargo bench --bench crypto_service` (ROUND_SECONDS=2 by default).
 
+#[path = "support/measure.rs"]
+mod measure;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use measure::measure;
 
 use token_service::backends::chain::{Chain, Routes};
 use token_service::backends::crypto_service::{CryptoServiceBackend, CryptoServiceOptions};
@@ -17,46 +22,6 @@ use token_service::metrics::Metrics;
 use token_service::resilience::ResilienceConfig;
 
 const MESSAGE: &[u8] = b"eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCJ9.eyJzdWIiOiJ1c2VyLTQyIn0";
-
-struct Figures {
-    rate: f64,
-    p50_us: f64,
-    p99_us: f64,
-}
-
-async fn measure<F, Fut>(concurrency: usize, round: Duration, call: F) -> Figures
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let began = Instant::now();
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let call = call.clone();
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while began.elapsed() < round {
-                    let t = Instant::now();
-                    call().await;
-                    latencies.push(t.elapsed().as_secs_f64() * 1e6);
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    let elapsed = began.elapsed().as_secs_f64();
-    all.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| all[((all.len() as f64 - 1.0) * q) as usize];
-    Figures {
-        rate: all.len() as f64 / elapsed,
-        p50_us: at(0.50),
-        p99_us: at(0.99),
-    }
-}
 
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");

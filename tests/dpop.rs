@@ -4,18 +4,14 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
-use support::dpop::{ClientKey, claims, proof, sign};
-use token_service::backends::Backend;
-use token_service::backends::chain::{Chain, Routes};
+use support::dpop::{ClientKey, claims, local_validator, proof, sign};
 use token_service::backends::clock::ManualClock;
 use token_service::backends::jwk::PublicJwk;
-use token_service::backends::software::{SoftwareBackend, SoftwareOptions};
 use token_service::context::CallContext;
 use token_service::dpop::nonce::NonceIssuer;
 use token_service::dpop::{
@@ -23,8 +19,6 @@ use token_service::dpop::{
     ValidatedProof, access_token_hash,
 };
 use token_service::metrics::Metrics;
-use token_service::resilience::ResilienceConfig;
-use token_service::token::store::memory::MemoryStore;
 
 const NOW: u64 = 1_800_000_000;
 const URI: &str = "https://server.example.com/token";
@@ -38,29 +32,8 @@ struct Fixture {
 
 fn fixture(settings: DpopSettings) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let local = Arc::new(
-        SoftwareBackend::open(&dir.path().join("keys"), SoftwareOptions::default()).unwrap(),
-    );
-    let metrics = Metrics::new();
-    let chain = Chain::new(
-        vec![(local as Arc<dyn Backend>, ResilienceConfig::default())],
-        &Routes {
-            sign: vec!["software".into()],
-            verify: vec!["software".into()],
-            encrypt: vec![],
-        },
-        true,
-        metrics.clone(),
-    )
-    .unwrap();
     let clock = ManualClock::new(NOW);
-    let validator = DpopValidator::new(
-        settings,
-        Arc::new(chain),
-        Arc::new(MemoryStore::new(1000)),
-        Arc::new(clock.clone()),
-        metrics.clone(),
-    );
+    let (validator, metrics) = local_validator(dir.path(), settings, clock.clone());
     Fixture {
         validator,
         clock,

@@ -3,19 +3,13 @@
 
 mod support;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use proptest::prelude::*;
-use support::dpop::{ClientKey, proof};
-use token_service::backends::Backend;
-use token_service::backends::chain::{Chain, Routes};
+use support::dpop::{ClientKey, local_validator, proof};
 use token_service::backends::clock::ManualClock;
-use token_service::backends::software::{SoftwareBackend, SoftwareOptions};
 use token_service::context::CallContext;
 use token_service::dpop::{DpopError, DpopSettings, DpopValidator, ProofRequest, proof as parser};
-use token_service::metrics::Metrics;
-use token_service::resilience::ResilienceConfig;
-use token_service::token::store::memory::MemoryStore;
 
 const NOW: u64 = 1_800_000_000;
 const URI: &str = "https://server.example.com/token";
@@ -31,33 +25,14 @@ fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let local = Arc::new(
-            SoftwareBackend::open(&dir.path().join("keys"), SoftwareOptions::default()).unwrap(),
-        );
-        let metrics = Metrics::new();
-        let chain = Chain::new(
-            vec![(local as Arc<dyn Backend>, ResilienceConfig::default())],
-            &Routes {
-                sign: vec!["software".into()],
-                verify: vec!["software".into()],
-                encrypt: vec![],
-            },
-            true,
-            metrics.clone(),
-        )
-        .unwrap();
+        let (validator, _) =
+            local_validator(dir.path(), DpopSettings::default(), ManualClock::new(NOW));
         World {
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap(),
-            validator: DpopValidator::new(
-                DpopSettings::default(),
-                Arc::new(chain),
-                Arc::new(MemoryStore::new(1_000_000)),
-                Arc::new(ManualClock::new(NOW)),
-                metrics,
-            ),
+            validator,
             keys: ["ES256", "ES384", "PS256", "EdDSA"]
                 .into_iter()
                 .map(ClientKey::generate)

@@ -1,5 +1,5 @@
 //! Making DPoP proofs for tests: a client key of each algorithm, and proofs whose header and
-//! claims a test can bend one member at a time.
+//! claims a test can bend one member at a time; and a validator over a local chain.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -112,4 +112,47 @@ pub fn sign(key: &ClientKey, header: &Value, claims: &Value) -> String {
 /// A valid proof for `htm` `htu` at `iat`.
 pub fn proof(key: &ClientKey, htm: &str, htu: &str, iat: u64) -> String {
     sign(key, &key.header(), &claims(htm, htu, iat))
+}
+
+/// A validator verifying with a software backend (keys in `dir`) and remembering proofs in
+/// a memory store, reading time from `clock`.
+pub fn local_validator(
+    dir: &std::path::Path,
+    settings: token_service::dpop::DpopSettings,
+    clock: token_service::backends::clock::ManualClock,
+) -> (
+    token_service::dpop::DpopValidator,
+    token_service::metrics::Metrics,
+) {
+    use std::sync::Arc;
+    use token_service::backends::Backend;
+    use token_service::backends::chain::{Chain, Routes};
+    use token_service::backends::software::{SoftwareBackend, SoftwareOptions};
+    let local =
+        Arc::new(SoftwareBackend::open(&dir.join("keys"), SoftwareOptions::default()).unwrap());
+    let metrics = token_service::metrics::Metrics::new();
+    let chain = Chain::new(
+        vec![(
+            local as Arc<dyn Backend>,
+            token_service::resilience::ResilienceConfig::default(),
+        )],
+        &Routes {
+            sign: vec!["software".into()],
+            verify: vec!["software".into()],
+            encrypt: vec![],
+        },
+        true,
+        metrics.clone(),
+    )
+    .unwrap();
+    let validator = token_service::dpop::DpopValidator::new(
+        settings,
+        Arc::new(chain),
+        Arc::new(token_service::token::store::memory::MemoryStore::new(
+            1_000_000,
+        )),
+        Arc::new(clock),
+        metrics.clone(),
+    );
+    (validator, metrics)
 }
