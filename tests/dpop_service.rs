@@ -183,6 +183,20 @@ async fn bound_tokens_and_families_over_grpc() {
         .unwrap();
     let again = client.generate_tokens(generate(once)).await.unwrap_err();
     assert_eq!(again.message(), "invalid_dpop_proof: replayed");
+    // A proof without its request is refused before any check.
+    let incomplete = client
+        .generate_tokens(generate(Some(DPoPProof {
+            proof: proof(&key, "POST", TOKEN_URI, now()),
+            http_method: "POST".into(),
+            http_uri: String::new(),
+        })))
+        .await
+        .unwrap_err();
+    assert_eq!(incomplete.code(), Code::InvalidArgument);
+    assert_eq!(
+        incomplete.message(),
+        "dpop needs proof, http_method and http_uri"
+    );
     // Without a proof: a bearer token, as before.
     let bearer = client
         .generate_tokens(generate(None))

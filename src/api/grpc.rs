@@ -209,6 +209,7 @@ impl TokenApi for GrpcTokenService {
             .map_err(status)?;
         let response = match seen.claims {
             Some(c) if seen.active => proto::IntrospectTokenResponse {
+                token_type: c.token_type().into(),
                 active: true,
                 iss: c.iss,
                 sub: c.sub,
@@ -219,7 +220,6 @@ impl TokenApi for GrpcTokenService {
                 jti: c.jti,
                 client_id: c.client_id,
                 scope: c.scope,
-                token_type: if c.cnf.is_some() { "DPoP" } else { "Bearer" }.into(),
                 cnf_jkt: c.cnf.map(|cnf| cnf.jkt).unwrap_or_default(),
             },
             _ => proto::IntrospectTokenResponse::default(),

@@ -315,7 +315,8 @@ impl PreparedKey {
     }
 }
 
-fn significant_bits(big_endian: &[u8]) -> usize {
+/// The number of bits of a big-endian unsigned integer, leading zeros not counted.
+pub(crate) fn significant_bits(big_endian: &[u8]) -> usize {
     match big_endian.iter().position(|&b| b != 0) {
         Some(i) => (big_endian.len() - i) * 8 - big_endian[i].leading_zeros() as usize,
         None => 0,

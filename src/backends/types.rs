@@ -141,13 +141,18 @@ impl FromStr for Algorithm {
 
 /// Shortens untrusted text before it goes into an error message.
 pub(crate) fn truncate_for_message(s: &str) -> String {
-    const LIMIT: usize = 40;
+    truncate_to(s, 40)
+}
+
+/// Cuts `s` to `limit` characters (marking the cut with `...`) and replaces control
+/// characters, so text from elsewhere cannot forge log lines.
+pub(crate) fn truncate_to(s: &str, limit: usize) -> String {
     let cleaned: String = s
         .chars()
-        .take(LIMIT)
+        .take(limit)
         .map(|c| if c.is_control() { '?' } else { c })
         .collect();
-    if s.chars().count() > LIMIT {
+    if s.chars().count() > limit {
         format!("{cleaned}...")
     } else {
         cleaned
@@ -502,6 +507,15 @@ mod tests {
         }
         assert!(KeyRef::new("token-cache", "aes.v2_x").is_ok());
         assert!(KeyRef::new("token", &"a".repeat(MAX_NAME_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn truncation_bounds_length_and_neutralises_control_characters() {
+        assert_eq!(truncate_to("abc", 5), "abc");
+        assert_eq!(truncate_to("abcdef", 3), "abc...");
+        assert_eq!(truncate_to("a\nb", 10), "a?b");
+        assert_eq!(truncate_for_message(&"x".repeat(50)).len(), 43);
+        assert_eq!(truncate_to(&"y".repeat(400), 300).len(), 303);
     }
 
     #[test]

@@ -196,7 +196,7 @@ impl DpopValidator {
         }
         let key = self
             .keys
-            .get(parsed.jwk.clone(), parsed.algorithm)
+            .get(parsed.jwk, parsed.algorithm)
             .map_err(|_| InvalidProof::KeyAlgorithmMismatch)?;
         let verified = self
             .chain

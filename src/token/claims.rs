@@ -43,6 +43,13 @@ pub struct AccessClaims {
     pub cnf: Option<Confirmation>,
 }
 
+impl AccessClaims {
+    /// `DPoP` for a token bound to a proof key, else `Bearer` (RFC 9449 §7.1).
+    pub fn token_type(&self) -> &'static str {
+        if self.cnf.is_some() { "DPoP" } else { "Bearer" }
+    }
+}
+
 /// The `cnf` claim of a DPoP-bound token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confirmation {

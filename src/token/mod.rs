@@ -141,11 +141,7 @@ pub struct IssuedTokens {
 impl IssuedTokens {
     /// `DPoP` for a token bound to a proof key, else `Bearer`.
     pub fn token_type(&self) -> &'static str {
-        if self.claims.cnf.is_some() {
-            "DPoP"
-        } else {
-            "Bearer"
-        }
+        self.claims.token_type()
     }
 }
 

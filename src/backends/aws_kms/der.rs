@@ -134,10 +134,9 @@ pub fn spki_to_jwk(der: &[u8]) -> Result<(PublicJwk, KeyKind), DerError> {
     } else if oid == RSA_ENCRYPTION {
         let key = RsaPublicKey::from_der(key_bits)?;
         let n = key.n.as_bytes();
-        let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
         Ok((
             PublicJwk::from_rsa_components(n, key.e.as_bytes()),
-            KeyKind::Rsa(bits),
+            KeyKind::Rsa(crate::backends::jwk::significant_bits(n)),
         ))
     } else {
         Err(DerError::Unsupported(format!(

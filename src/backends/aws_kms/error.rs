@@ -4,8 +4,10 @@
 
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 
+use aws_sdk_kms::config::http::HttpResponse;
+
 use crate::backends::error::{BackendError, Rejection, UnavailableReason};
-use crate::backends::types::truncate_for_message;
+use crate::backends::types::truncate_to;
 
 use super::NAME;
 
@@ -48,14 +50,13 @@ pub(crate) fn class_of(code: Option<&str>, http_status: Option<u16>) -> CodeClas
 }
 
 /// The backend error for a failed SDK call about `subject` (a key or alias, for messages).
-pub(crate) fn classify<E, R>(subject: &str, error: SdkError<E, R>) -> BackendError
+pub(crate) fn classify<E>(subject: &str, error: SdkError<E, HttpResponse>) -> BackendError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + HttpStatus,
 {
-    let detail = |error: &SdkError<E, R>| {
+    let detail = |error: &SdkError<E, HttpResponse>| {
         let source = aws_sdk_kms::error::DisplayErrorContext(error).to_string();
-        truncate_long(&source)
+        truncate_to(&source, MESSAGE_LIMIT)
     };
     match &error {
         SdkError::TimeoutError(_) => BackendError::Unavailable {
@@ -67,8 +68,11 @@ where
         }
         SdkError::ServiceError(context) => {
             let code = error.code().map(str::to_owned);
-            let message = error.message().map(truncate_long).unwrap_or_default();
-            let status = context.raw().status();
+            let message = error
+                .message()
+                .map(|m| truncate_to(m, MESSAGE_LIMIT))
+                .unwrap_or_default();
+            let status = context.raw().status().as_u16();
             let named = code.as_deref().unwrap_or("unknown error");
             match class_of(code.as_deref(), Some(status)) {
                 CodeClass::Throttled => BackendError::Unavailable {
@@ -93,27 +97,8 @@ where
     }
 }
 
-/// The HTTP status of a raw response, for classifying unknown error codes.
-pub(crate) trait HttpStatus {
-    /// The status code.
-    fn status(&self) -> u16;
-}
-
-impl HttpStatus for aws_sdk_kms::config::http::HttpResponse {
-    fn status(&self) -> u16 {
-        self.status().as_u16()
-    }
-}
-
-/// KMS messages name ARNs and states, never key material; they are still cut to a bound.
-fn truncate_long(text: &str) -> String {
-    const LIMIT: usize = 300;
-    if text.len() <= LIMIT {
-        return text.to_owned();
-    }
-    let cut: String = text.chars().take(LIMIT).collect();
-    format!("{}...", truncate_for_message(&cut).trim_end_matches("..."))
-}
+/// KMS messages name ARNs and states, never key material; they are still bounded.
+const MESSAGE_LIMIT: usize = 300;
 
 #[cfg(test)]
 mod tests {

@@ -236,44 +236,50 @@ impl AwsKmsBackend {
             .await
     }
 
-    /// The version a Sign or Encrypt uses, refused before any call if it is not ACTIVE.
+    /// The ring and the position of the version a Sign or Encrypt uses, refused before any
+    /// call if it is not ACTIVE.
     async fn producing(
         &self,
         key: &KeyRef,
         operation: Operation,
-    ) -> Result<(Arc<Ring>, KmsVersion), BackendError> {
+    ) -> Result<(Arc<Ring>, usize), BackendError> {
         let ring = self.ring(key, false).await?;
         let records = ring.records();
         let chosen = self
             .lifecycle()
             .producing(&key.ring(), &records, key.version(), operation)?
             .version;
-        let version = ring
-            .version(chosen)
-            .cloned()
+        let index = ring
+            .position(chosen)
             .ok_or_else(|| BackendError::Rejected(Rejection::UnknownKey(key.to_string())))?;
-        Ok((ring, version))
+        Ok((ring, index))
     }
 
-    /// A version that may verify or decrypt (ACTIVE, or DEPRECATED within retention).
-    async fn consuming(&self, key: &KeyRef, version: u32) -> Result<KmsVersion, BackendError> {
-        let mut ring = self.ring(key, false).await?;
-        if ring.version(version).is_none() {
-            // A version newer than the cache: another instance rotated.
-            ring = self.ring(key, true).await?;
-        }
-        let found = ring.version(version).cloned().ok_or_else(|| {
+    /// The ring and the position of `version`, which must be able to verify or decrypt
+    /// (ACTIVE, or DEPRECATED within retention). `ring` is the copy the caller already holds;
+    /// it is read again only when it does not know the version (another instance rotated).
+    async fn consuming(
+        &self,
+        key: &KeyRef,
+        ring: Arc<Ring>,
+        version: u32,
+    ) -> Result<(Arc<Ring>, usize), BackendError> {
+        let ring = match ring.position(version) {
+            Some(_) => ring,
+            None => self.ring(key, true).await?,
+        };
+        let index = ring.position(version).ok_or_else(|| {
             BackendError::Rejected(Rejection::UnknownKey(format!("{}#{version}", key.ring())))
         })?;
         self.lifecycle()
-            .check_consuming(&key.ring(), &found.record)?;
-        Ok(found)
+            .check_consuming(&key.ring(), &ring.versions[index].record)?;
+        Ok((ring, index))
     }
 
-    fn metadata_of(&self, ring: &Ring, key: &KeyRef, version: &KmsVersion) -> KeyMetadata {
-        let lifecycle = self.lifecycle();
-        let kid = match &version.public_jwk {
-            Some(jwk) => jwk.kid.clone().unwrap_or_default(),
+    /// A version's kid: its thumbprint, or for a symmetric key the envelope key id.
+    fn kid_of(key: &KeyRef, version: &KmsVersion) -> String {
+        match version.public_jwk.as_ref().and_then(|jwk| jwk.kid.clone()) {
+            Some(kid) => kid,
             None => EnvelopeKid {
                 backend: NAME.to_owned(),
                 namespace: key.namespace().to_owned(),
@@ -281,7 +287,12 @@ impl AwsKmsBackend {
                 version: version.record.version,
             }
             .to_string(),
-        };
+        }
+    }
+
+    fn metadata_of(&self, ring: &Ring, key: &KeyRef, version: &KmsVersion) -> KeyMetadata {
+        let lifecycle = self.lifecycle();
+        let kid = Self::kid_of(key, version);
         KeyMetadata {
             backend: NAME.to_owned(),
             key: key.ring().with_version(version.record.version),
@@ -392,12 +403,12 @@ impl Backend for AwsKmsBackend {
     }
 
     async fn active_key(&self, key: &KeyRef) -> Result<ActiveKey, BackendError> {
-        let (ring, version) = self.producing(&key.ring(), Operation::Sign).await?;
-        let metadata = self.metadata_of(&ring, key, &version);
+        let (ring, index) = self.producing(&key.ring(), Operation::Sign).await?;
+        let version = &ring.versions[index];
         Ok(ActiveKey {
-            version: metadata.version,
-            kid: metadata.kid,
-            algorithm: metadata.algorithm,
+            version: version.record.version,
+            kid: Self::kid_of(key, version),
+            algorithm: ring.algorithm,
         })
     }
 

@@ -293,9 +293,11 @@ pub struct Ring {
 }
 
 impl Ring {
-    /// The version numbered `version`.
-    pub fn version(&self, version: u32) -> Option<&KmsVersion> {
-        self.versions.iter().find(|v| v.record.version == version)
+    /// Where version `version` is in [`Ring::versions`].
+    pub fn position(&self, version: u32) -> Option<usize> {
+        self.versions
+            .iter()
+            .position(|v| v.record.version == version)
     }
 
     /// The version records, for the shared lifecycle rules.
@@ -373,6 +375,28 @@ mod tests {
         let moved = layout(Some("k3"), &registered).unwrap();
         assert_eq!((moved.current, moved.versions.len()), (3, 3));
         assert!(layout(None, &registered).is_none());
+    }
+
+    /// KMS refuses a DIGEST message whose length is not its algorithm's hash length: the
+    /// local hash must be the one the KMS algorithm names.
+    #[test]
+    fn the_local_digest_is_the_hash_the_kms_algorithm_names() {
+        for alg in Algorithm::SIGNING {
+            let Some((spec, hash)) = signing_algorithm(alg) else {
+                assert_eq!(alg, Algorithm::EdDsa);
+                continue;
+            };
+            let bits: usize = spec.as_str().rsplit('_').next().unwrap().parse().unwrap();
+            assert_eq!(hash.output_len() * 8, bits, "{alg}: {}", spec.as_str());
+            assert!(
+                spec.as_str()
+                    .starts_with(if alg.as_str().starts_with("ES") {
+                        "ECDSA_"
+                    } else {
+                        "RSASSA_PSS_"
+                    })
+            );
+        }
     }
 
     #[test]

@@ -48,7 +48,8 @@ impl AwsKmsBackend {
         plaintext: &[u8],
         aad: &[u8],
     ) -> Result<String, BackendError> {
-        let (ring, version) = self.producing(key, Operation::Encrypt).await?;
+        let (ring, index) = self.producing(key, Operation::Encrypt).await?;
+        let version = &ring.versions[index];
         ring.algorithm
             .check_serves(&key.ring(), Algorithm::A256Gcm)?;
         let kid = EnvelopeKid {
@@ -132,7 +133,8 @@ impl AwsKmsBackend {
         let body = Sealed::parse(envelope.remote_ciphertext()?)?;
         let ring = self.ring(&key, false).await?;
         ring.algorithm.check_serves(&key, Algorithm::A256Gcm)?;
-        let version = self.consuming(&key, kid.version).await?;
+        let (ring, index) = self.consuming(&key, ring, kid.version).await?;
+        let version = &ring.versions[index];
         let context = encryption_context(&key, aad);
         let blob = match &body {
             Sealed::Direct { blob } => blob,

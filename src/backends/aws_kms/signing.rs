@@ -8,7 +8,6 @@ use aws_sdk_kms::types::MessageType;
 use super::error::classify;
 use super::ring::{self, KmsVersion, Ring};
 use super::{AwsKmsBackend, NAME, der, violation};
-use crate::backends::Backend;
 use crate::backends::error::{BackendError, Rejection};
 use crate::backends::jwk::verify_with;
 use crate::backends::types::{
@@ -21,18 +20,17 @@ impl AwsKmsBackend {
         key: &KeyRef,
         message: &[u8],
     ) -> Result<Signature, BackendError> {
-        let (ring, version) = self.producing(key, Operation::Sign).await?;
+        let (ring, index) = self.producing(key, Operation::Sign).await?;
+        let version = &ring.versions[index];
         ring.algorithm.check_signs(&key.ring())?;
         let (kms_algorithm, hash) = ring::signing_algorithm(ring.algorithm).ok_or_else(|| {
             BackendError::Rejected(Rejection::UnsupportedAlgorithm(
                 ring.algorithm.as_str().into(),
             ))
         })?;
+        // The digest's hash is the one the KMS algorithm names, so its length is the one KMS
+        // requires (ring::signing_algorithm, checked by its test).
         let digest = aws_lc_rs::digest::digest(hash, message);
-        // KMS refuses a digest of the wrong length for the algorithm; so do we, first.
-        if digest.as_ref().len() != hash.output_len() {
-            return Err(BackendError::invalid_input("digest length does not match"));
-        }
         let answer = self
             .client
             .sign()
@@ -64,12 +62,11 @@ impl AwsKmsBackend {
                 .map_err(|e| violation(format!("ECDSA signature for {key}: {e}")))?,
             _ => raw.to_vec(),
         };
-        self.check_signature(key, &version, message, &bytes)?;
-        let metadata = self.metadata_of(&ring, key, &version);
+        self.check_signature(key, version, message, &bytes)?;
         Ok(Signature {
             bytes,
             algorithm: ring.algorithm,
-            kid: metadata.kid,
+            kid: Self::kid_of(key, version),
             key_version: version.record.version,
             backend: NAME.to_owned(),
         })
@@ -110,9 +107,13 @@ impl AwsKmsBackend {
                     })?,
                 }
             }
-            (None, None) => self.active_key(key).await?.version,
+            (None, None) => {
+                let (active, index) = self.producing(key, Operation::Verify).await?;
+                active.versions[index].record.version
+            }
         };
-        let version = self.consuming(key, number).await?;
+        let (ring, index) = self.consuming(key, ring, number).await?;
+        let version = &ring.versions[index];
         if self.options.kms_verify {
             let (kms_algorithm, hash) = ring::signing_algorithm(ring.algorithm)
                 .ok_or_else(|| BackendError::invalid_input("not a signing key"))?;
