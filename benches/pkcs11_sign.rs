@@ -1,14 +1,17 @@
 //! PKCS#11 sign rate through the backend (session pool, `block_in_place`) vs a raw cryptoki
 //! loop with one session per thread on the same key and mechanism, in the same run, with 1
-//! and 2 concurrent workers, against SoftHSM; then verify through the backend, locally
-//! (public key read once from the token) vs on the token.
+//! and 2 concurrent workers, against SoftHSM and (when built) kryoptic; then verify through
+//! the backend, locally (public key read once from the token) vs on the token.
 //!
-//! SoftHSM reads SOFTHSM2_CONF at start, so the bench makes a token in a temporary directory
-//! and re-runs itself with that configuration.
+//! Both tokens read their configuration file at `C_Initialize`, so the bench makes a token in
+//! a temporary directory and re-runs itself with that configuration, once per token. The
+//! two differ where scaling is concerned: SoftHSM re-reads a token object's file under a
+//! per-object lock on every operation (2 opens and 6 `fcntl` calls per sign, counted with
+//! `perf stat`), kryoptic keeps objects in memory.
 //!
 //! Run: `cargo bench --bench pkcs11_sign` (ROUND_SECONDS=0.5, ROUNDS=5 by default).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,10 +34,102 @@ use token_service::secret::Secret;
 const LABEL: &str = "bench";
 const PIN: &str = "bench-pin-1234";
 const MESSAGE: &[u8] = b"eyJhbGciOiJFUzI1NiIsImtpZCI6ImsiLCJ0eXAiOiJhdCtqd3QifQ.eyJzdWIiOiJ1c2VyLTQyIiwiZXhwIjoxNzAwMDAwOTAwfQ";
-const MODULES: [&str; 2] = [
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-];
+const SO_PIN: &str = "bench-so-0000";
+
+/// The PKCS#11 implementations the bench runs against.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Token {
+    SoftHsm,
+    Kryoptic,
+}
+
+impl Token {
+    fn name(self) -> &'static str {
+        match self {
+            Token::SoftHsm => "SoftHSM",
+            Token::Kryoptic => "kryoptic",
+        }
+    }
+
+    fn conf_variable(self) -> &'static str {
+        match self {
+            Token::SoftHsm => "SOFTHSM2_CONF",
+            Token::Kryoptic => "KRYOPTIC_CONF",
+        }
+    }
+
+    /// The module, if installed (kryoptic: built by scripts/build-kryoptic.sh).
+    fn module(self) -> Option<PathBuf> {
+        let candidates: Vec<PathBuf> = match self {
+            Token::SoftHsm => vec![
+                "/usr/lib/softhsm/libsofthsm2.so".into(),
+                "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so".into(),
+            ],
+            Token::Kryoptic => std::env::var_os("KRYOPTIC_MODULE")
+                .map(PathBuf::from)
+                .into_iter()
+                .chain(std::env::var_os("HOME").map(|home| {
+                    PathBuf::from(home)
+                        .join(".cache/token-service/kryoptic-1.5.4/libkryoptic_pkcs11.so")
+                }))
+                .collect(),
+        };
+        candidates.into_iter().find(|p| p.is_file())
+    }
+
+    /// Writes the token's configuration in `dir`; SoftHSM's token is initialised here,
+    /// kryoptic's in the child (through PKCS#11, once its configuration is loaded).
+    fn prepare(self, dir: &Path) -> PathBuf {
+        let conf = dir.join("token.conf");
+        let tokens = dir.join("tokens");
+        std::fs::create_dir(&tokens).unwrap();
+        let text = match self {
+            Token::SoftHsm => format!(
+                "directories.tokendir = {}\nlog.level = ERROR\n",
+                tokens.display()
+            ),
+            Token::Kryoptic => format!(
+                "[[slots]]\nslot = 1\ndbtype = \"sqlite\"\ndbargs = \"{}\"\n",
+                tokens.join("token.sql").display()
+            ),
+        };
+        std::fs::write(&conf, text).unwrap();
+        if self == Token::SoftHsm {
+            let init = Command::new("softhsm2-util")
+                .args([
+                    "--init-token",
+                    "--free",
+                    "--label",
+                    LABEL,
+                    "--so-pin",
+                    SO_PIN,
+                    "--pin",
+                    PIN,
+                ])
+                .env("SOFTHSM2_CONF", &conf)
+                .output()
+                .expect("softhsm2-util");
+            assert!(init.status.success());
+        }
+        conf
+    }
+
+    /// kryoptic: C_InitToken and C_InitPIN, in the child.
+    fn initialise_in_child(self, pkcs11: &Pkcs11) {
+        if self != Token::Kryoptic {
+            return;
+        }
+        let slot = pkcs11.get_all_slots().unwrap()[0];
+        pkcs11
+            .init_token(slot, &AuthPin::new(SO_PIN.into()), LABEL)
+            .unwrap();
+        let session = pkcs11.open_rw_session(slot).unwrap();
+        session
+            .login(UserType::So, Some(&AuthPin::new(SO_PIN.into())))
+            .unwrap();
+        session.init_pin(&AuthPin::new(PIN.into())).unwrap();
+    }
+}
 
 fn env_f64(name: &str, default: f64) -> f64 {
     std::env::var(name)
@@ -57,6 +152,12 @@ fn raw_rate(
     round: Duration,
 ) -> f64 {
     let slot = pkcs11.get_slots_with_token().unwrap()[0];
+    // The mechanism the backend picks by probing: hash-and-sign where the token has it
+    // (kryoptic), else the host hashes and the token signs the digest (SoftHSM).
+    let hash_and_sign = pkcs11
+        .get_mechanism_list(slot)
+        .unwrap()
+        .contains(&MechanismType::ECDSA_SHA256);
     let count = Arc::new(AtomicU64::new(0));
     let start = Arc::new(std::sync::Barrier::new(threads + 1));
     let stop = Arc::new(AtomicBool::new(false));
@@ -81,7 +182,9 @@ fn raw_rate(
                 start.wait();
                 while !stop.load(Ordering::Relaxed) {
                     let sig = match algorithm {
-                        // Same mechanisms the backend picks on SoftHSM (no CKM_ECDSA_SHA256).
+                        Algorithm::Es256 if hash_and_sign => {
+                            session.sign(&Mechanism::EcdsaSha256, key, MESSAGE).unwrap()
+                        }
                         Algorithm::Es256 => {
                             let d = digest::digest(&digest::SHA256, MESSAGE);
                             session.sign(&Mechanism::Ecdsa, key, d.as_ref()).unwrap()
@@ -199,7 +302,7 @@ fn options(module: &Path, verify_on_token: bool) -> Pkcs11Options {
     }
 }
 
-fn child(module: &Path) {
+fn child(token: Token, module: &Path) {
     let quick = std::env::var("BENCH_QUICK").is_ok();
     let round = Duration::from_secs_f64(if quick {
         0.02
@@ -216,18 +319,23 @@ fn child(module: &Path) {
         .enable_all()
         .build()
         .unwrap();
-    let backend = Arc::new(Pkcs11Backend::open(options(module, false)).unwrap());
-    // The backend's module handle is initialised; a second context on the same library
-    // shares that state (C_Initialize answers "already initialised").
+    // This context initialises the module (and, for kryoptic, the token); the backend's own
+    // context on the same library shares that state (C_Initialize answers "already
+    // initialised").
     let pkcs11 = Pkcs11::new(module).unwrap();
-    let _ = pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+    pkcs11
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    token.initialise_in_child(&pkcs11);
+    let backend = Arc::new(Pkcs11Backend::open(options(module, false)).unwrap());
     if quick {
         println!(
             "pkcs11_sign: smoke run under `cargo test` (figures are not measurements; use `cargo bench`)"
         );
     }
     println!(
-        "PKCS#11 sign on SoftHSM, {rounds} alternating rounds of {:.2} s; medians (ops/s)",
+        "PKCS#11 sign on {}, {rounds} alternating rounds of {:.2} s; medians (ops/s)",
+        token.name(),
         round.as_secs_f64()
     );
     println!(
@@ -289,7 +397,7 @@ fn child(module: &Path) {
     let on_token = Pkcs11Backend::open(options(module, true)).unwrap();
     let key = KeyRef::new("bench", "es256").unwrap();
     let signature = runtime.block_on(backend.sign(&key, MESSAGE)).unwrap();
-    let (mut local, mut token) = (Vec::new(), Vec::new());
+    let (mut local, mut on_token_rates) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         local.push(verify_rate(
             &runtime,
@@ -299,7 +407,7 @@ fn child(module: &Path) {
             &signature.bytes,
             round,
         ));
-        token.push(verify_rate(
+        on_token_rates.push(verify_rate(
             &runtime,
             &on_token,
             &key,
@@ -309,55 +417,42 @@ fn child(module: &Path) {
         ));
     }
     println!(
-        "ES256 verify, 1 worker: local {:.0}/s, on the token {:.0}/s",
+        "ES256 verify on {}, 1 worker: local {:.0}/s, on the token {:.0}/s",
+        token.name(),
         median(local),
-        median(token)
+        median(on_token_rates)
     );
 }
 
 fn main() {
-    let Some(module) = MODULES.iter().map(Path::new).find(|p| p.is_file()) else {
-        println!("pkcs11_sign: SoftHSM module not found; install softhsm2");
-        return;
-    };
-    if std::env::var_os("BENCH_SOFTHSM_CHILD").is_some() {
-        child(module);
+    if let Ok(name) = std::env::var("BENCH_TOKEN_CHILD") {
+        let token = if name == "kryoptic" {
+            Token::Kryoptic
+        } else {
+            Token::SoftHsm
+        };
+        child(token, &token.module().unwrap());
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::create_dir(dir.path().join("tokens")).unwrap();
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nlog.level = ERROR\n",
-            dir.path().join("tokens").display()
-        ),
-    )
-    .unwrap();
-    let init = Command::new("softhsm2-util")
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            LABEL,
-            "--so-pin",
-            "so-0000",
-            "--pin",
-            PIN,
-        ])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()
-        .expect("softhsm2-util");
-    assert!(init.status.success());
     let quick = !std::env::args().any(|a| a == "--bench");
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .env("SOFTHSM2_CONF", &conf)
-        .env("BENCH_SOFTHSM_CHILD", "1");
-    if quick {
-        command.env("BENCH_QUICK", "1");
+    for token in [Token::SoftHsm, Token::Kryoptic] {
+        if token.module().is_none() {
+            println!(
+                "pkcs11_sign: {} module not found (scripts/test.sh installs both)",
+                token.name()
+            );
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let conf = token.prepare(dir.path());
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
+            .env(token.conf_variable(), &conf)
+            .env("BENCH_TOKEN_CHILD", token.name().to_ascii_lowercase());
+        if quick {
+            command.env("BENCH_QUICK", "1");
+        }
+        let status = command.status().unwrap();
+        assert!(status.success());
     }
-    let status = command.status().unwrap();
-    assert!(status.success());
 }

@@ -16,10 +16,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // Without the LIFO slot, a task woken by another (the HTTP/2 connection, woken by each
+    // finished call) queues behind the calls already runnable instead of running next, so
+    // one write carries several responses. Measured with `token-service bench` (c=32, 2
+    // cores): 0.93 writes per token instead of 1.65, 18.4-18.8k tokens/s at 0.069-0.071 ms
+    // of server CPU per token instead of 15.5-15.9k at 0.083, p99 4.2-4.4 ms instead of
+    // 5.5-5.9. Tasks in the LIFO slot are also not stolen by idle workers, a known source of
+    // latency spikes. The setting needs `--cfg tokio_unstable` (.cargo/config.toml).
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

@@ -25,6 +25,9 @@ pub struct BenchArgs {
     /// Concurrent requests in flight.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// HTTP/2 connections the requests are spread over (at most one per request in flight).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
     /// How long to run (e.g. 10s).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -142,8 +145,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     println!("raw ES256 sign (aws-lc-rs, one thread, this machine): {raw:.0}/s");
     let channels = {
         let mut channels = Vec::new();
-        // A few HTTP/2 connections, as a fleet of clients would open.
-        for _ in 0..args.concurrency.clamp(1, 4) {
+        for _ in 0..args.connections.clamp(1, args.concurrency.max(1)) {
             let channel = tonic::transport::Endpoint::from_shared(args.address.clone())
                 .map_err(|e| Failure::new(format!("bad address: {e}")))?
                 .connect()
