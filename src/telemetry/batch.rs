@@ -1,16 +1,18 @@
 //! A log writer that hands lines to a background thread in batches.
 //!
 //! Every issued token has an audit line. `tracing-appender`'s non-blocking writer sends each
-//! line through a channel and wakes its thread for it, which then makes one `write` per line:
-//! at 19k tokens/s that is 19k wake-ups and 19k system calls a second. Here a line is
-//! appended to a shared buffer under a mutex, and the thread writes the buffer out every
-//! [`FLUSH_INTERVAL`], or at once when it passes [`EAGER_BYTES`]. Nothing is dropped: when
+//! line through a channel, wakes its thread whenever that thread was idle, and makes one
+//! `write` per line: measured under `token-service bench` (about 200k tokens in 10 s), its
+//! thread used 0.42-0.45 s of CPU and was woken 11-14k times. Here a line is appended to a
+//! shared buffer under a mutex; the thread sleeps while the buffer is empty and, once a line
+//! arrives, writes the whole buffer [`FLUSH_INTERVAL`] later (at once past [`EAGER_BYTES`]):
+//! 0.07-0.08 s of CPU and about 1.1k wake-ups for the same load. Nothing is dropped: when
 //! the buffer reaches [`LIMIT_BYTES`] (the output cannot keep up), writers wait for room.
 
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The longest a line waits in the buffer.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
@@ -29,7 +31,8 @@ struct Shared {
     state: Mutex<State>,
     /// Written by the thread, and directly by writers once the thread has stopped.
     output: Mutex<Box<dyn Write + Send>>,
-    /// Signalled when the buffer passes [`EAGER_BYTES`] or the writer is closed.
+    /// Signalled by a batch's first line, when the buffer passes [`EAGER_BYTES`], and when
+    /// the writer is closed.
     work: Condvar,
     /// Signalled when the thread has taken the buffer.
     room: Condvar,
@@ -80,16 +83,25 @@ pub fn batch_writer(output: impl Write + Send + 'static) -> io::Result<(BatchWri
     ))
 }
 
-/// The thread: takes the whole buffer at each interval (or when woken) and writes it.
+/// The thread: sleeps while there is nothing to write; once a line arrives, lets a batch
+/// gather for up to [`FLUSH_INTERVAL`] (less if it passes [`EAGER_BYTES`] or the writer is
+/// closing), then takes the whole buffer and writes it.
 fn write_batches(shared: &Shared) {
     let mut batch = Vec::new();
     loop {
         let closed = {
             let mut state = shared.lock();
-            if state.buffer.len() < EAGER_BYTES && !state.closed {
+            while state.buffer.is_empty() && !state.closed {
+                state = shared.work.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+            let deadline = Instant::now() + FLUSH_INTERVAL;
+            while state.buffer.len() < EAGER_BYTES && !state.closed {
+                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                    break;
+                };
                 state = shared
                     .work
-                    .wait_timeout(state, FLUSH_INTERVAL)
+                    .wait_timeout(state, left)
                     .map(|(guard, _)| guard)
                     .unwrap_or_else(|p| p.into_inner().0);
             }
@@ -152,8 +164,11 @@ impl Write for LineWriter<'_> {
             output.write_all(line)?;
             return Ok(line.len());
         }
+        // The thread is woken once per batch (its first line) and when the batch is large,
+        // never for every line.
+        let first = state.buffer.is_empty();
         state.buffer.extend_from_slice(line);
-        if state.buffer.len() >= EAGER_BYTES {
+        if first || state.buffer.len() >= EAGER_BYTES {
             self.shared.work.notify_one();
         }
         Ok(line.len())
@@ -248,6 +263,23 @@ mod tests {
         // Written without a flush or a shutdown, and in fewer writes than lines.
         assert_complete(&output.bytes.lock().unwrap(), 1, 100);
         assert!(*output.largest.lock().unwrap() > 1_000);
+        drop(guard);
+    }
+
+    #[test]
+    fn a_line_after_an_idle_spell_wakes_the_sleeping_thread() {
+        let output = Recorder::default();
+        let (writer, guard) = batch_writer(output.clone()).unwrap();
+        write_lines(&writer, 0, 1);
+        std::thread::sleep(FLUSH_INTERVAL * 20);
+        assert_complete(&output.bytes.lock().unwrap(), 1, 1);
+        // The thread now sleeps on an empty buffer; the next line alone must wake it.
+        writer
+            .make_writer()
+            .write_all(b"thread 0 line 1 x\n")
+            .unwrap();
+        std::thread::sleep(FLUSH_INTERVAL * 20);
+        assert_complete(&output.bytes.lock().unwrap(), 1, 2);
         drop(guard);
     }
 
