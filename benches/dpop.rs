@@ -9,6 +9,9 @@
 #[path = "../tests/support/dpop.rs"]
 #[allow(dead_code)]
 mod dpop_support;
+#[path = "support/measure.rs"]
+#[allow(dead_code)]
+mod measure;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use dpop_support::{ClientKey, proof};
+use measure::measure_while;
 use token_service::api::grpc::GrpcTokenService;
 use token_service::api::proto::ValidateDPoPRequest;
 use token_service::api::proto::token_service_client::TokenServiceClient;
@@ -197,46 +201,35 @@ fn main() {
         for concurrency in [1usize, 16] {
             let proofs = Arc::new(fresh(if quick { 100 } else { 30_000 }));
             let next = Arc::new(AtomicUsize::new(0));
-            let began = Instant::now();
-            let tasks: Vec<_> = (0..concurrency)
-                .map(|_| {
-                    let (proofs, next) = (proofs.clone(), next.clone());
-                    let mut client = TokenServiceClient::new(channel.clone());
-                    tokio::spawn(async move {
-                        let mut latencies = Vec::new();
-                        while began.elapsed() < round {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(proof) = proofs.get(i) else { break };
-                            let t = Instant::now();
-                            let answer = client
-                                .validate_d_po_p(ValidateDPoPRequest {
-                                    proof: proof.clone(),
-                                    http_method: "POST".into(),
-                                    http_uri: URI.into(),
-                                    access_token: String::new(),
-                                })
-                                .await
-                                .unwrap()
-                                .into_inner();
-                            assert!(answer.valid, "{answer:?}");
-                            latencies.push(t.elapsed().as_secs_f64() * 1e6);
-                        }
-                        latencies
-                    })
-                })
-                .collect();
-            let mut all = Vec::new();
-            for t in tasks {
-                all.extend(t.await.unwrap());
-            }
-            let elapsed = began.elapsed().as_secs_f64();
-            all.sort_by(|a, b| a.total_cmp(b));
-            let at = |q: f64| all[((all.len() as f64 - 1.0) * q) as usize];
+            let channel = channel.clone();
+            // Each proof is used once (a replay would be refused); a task stops when they run out.
+            let figures = measure_while(concurrency, round, move || {
+                let (proofs, next) = (proofs.clone(), next.clone());
+                let mut client = TokenServiceClient::new(channel.clone());
+                async move {
+                    let Some(proof) = proofs.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        return false;
+                    };
+                    let answer = client
+                        .validate_d_po_p(ValidateDPoPRequest {
+                            proof: proof.clone(),
+                            http_method: "POST".into(),
+                            http_uri: URI.into(),
+                            access_token: String::new(),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    assert!(answer.valid, "{answer:?}");
+                    true
+                }
+            })
+            .await;
             println!(
                 "  ValidateDPoP over gRPC, concurrency {concurrency:>2}: {:>8.0}/s  p50 {:>6.0} us  p99 {:>6.0} us",
-                all.len() as f64 / elapsed,
-                at(0.5),
-                at(0.99)
+                figures.rate,
+                figures.p50_us,
+                figures.p99_us
             );
         }
     });

@@ -11,7 +11,14 @@
 //!
 //! Run: `cargo bench --bench pkcs11_sign` (ROUND_SECONDS=0.5, ROUNDS=5 by default).
 
-use std::path::{Path, PathBuf};
+#[path = "../tests/support/process.rs"]
+#[allow(dead_code)]
+mod process;
+#[path = "../tests/support/softhsm.rs"]
+#[allow(dead_code)]
+mod softhsm;
+
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,105 +38,9 @@ use token_service::backends::software::material::RsaBits;
 use token_service::backends::{Algorithm, Backend, KeyRef, VerificationKey, VerifyRequest};
 use token_service::secret::Secret;
 
-const LABEL: &str = "bench";
-const PIN: &str = "bench-pin-1234";
+use softhsm::{LABEL, PIN, Provider, Token};
+
 const MESSAGE: &[u8] = b"eyJhbGciOiJFUzI1NiIsImtpZCI6ImsiLCJ0eXAiOiJhdCtqd3QifQ.eyJzdWIiOiJ1c2VyLTQyIiwiZXhwIjoxNzAwMDAwOTAwfQ";
-const SO_PIN: &str = "bench-so-0000";
-
-/// The PKCS#11 implementations the bench runs against.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Token {
-    SoftHsm,
-    Kryoptic,
-}
-
-impl Token {
-    fn name(self) -> &'static str {
-        match self {
-            Token::SoftHsm => "SoftHSM",
-            Token::Kryoptic => "kryoptic",
-        }
-    }
-
-    fn conf_variable(self) -> &'static str {
-        match self {
-            Token::SoftHsm => "SOFTHSM2_CONF",
-            Token::Kryoptic => "KRYOPTIC_CONF",
-        }
-    }
-
-    /// The module, if installed (kryoptic: built by scripts/build-kryoptic.sh).
-    fn module(self) -> Option<PathBuf> {
-        let candidates: Vec<PathBuf> = match self {
-            Token::SoftHsm => vec![
-                "/usr/lib/softhsm/libsofthsm2.so".into(),
-                "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so".into(),
-            ],
-            Token::Kryoptic => std::env::var_os("KRYOPTIC_MODULE")
-                .map(PathBuf::from)
-                .into_iter()
-                .chain(std::env::var_os("HOME").map(|home| {
-                    PathBuf::from(home)
-                        .join(".cache/token-service/kryoptic-1.5.4/libkryoptic_pkcs11.so")
-                }))
-                .collect(),
-        };
-        candidates.into_iter().find(|p| p.is_file())
-    }
-
-    /// Writes the token's configuration in `dir`; SoftHSM's token is initialised here,
-    /// kryoptic's in the child (through PKCS#11, once its configuration is loaded).
-    fn prepare(self, dir: &Path) -> PathBuf {
-        let conf = dir.join("token.conf");
-        let tokens = dir.join("tokens");
-        std::fs::create_dir(&tokens).unwrap();
-        let text = match self {
-            Token::SoftHsm => format!(
-                "directories.tokendir = {}\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-            Token::Kryoptic => format!(
-                "[[slots]]\nslot = 1\ndbtype = \"sqlite\"\ndbargs = \"{}\"\n",
-                tokens.join("token.sql").display()
-            ),
-        };
-        std::fs::write(&conf, text).unwrap();
-        if self == Token::SoftHsm {
-            let init = Command::new("softhsm2-util")
-                .args([
-                    "--init-token",
-                    "--free",
-                    "--label",
-                    LABEL,
-                    "--so-pin",
-                    SO_PIN,
-                    "--pin",
-                    PIN,
-                ])
-                .env("SOFTHSM2_CONF", &conf)
-                .output()
-                .expect("softhsm2-util");
-            assert!(init.status.success());
-        }
-        conf
-    }
-
-    /// kryoptic: C_InitToken and C_InitPIN, in the child.
-    fn initialise_in_child(self, pkcs11: &Pkcs11) {
-        if self != Token::Kryoptic {
-            return;
-        }
-        let slot = pkcs11.get_all_slots().unwrap()[0];
-        pkcs11
-            .init_token(slot, &AuthPin::new(SO_PIN.into()), LABEL)
-            .unwrap();
-        let session = pkcs11.open_rw_session(slot).unwrap();
-        session
-            .login(UserType::So, Some(&AuthPin::new(SO_PIN.into())))
-            .unwrap();
-        session.init_pin(&AuthPin::new(PIN.into())).unwrap();
-    }
-}
 
 fn env_f64(name: &str, default: f64) -> f64 {
     std::env::var(name)
@@ -302,7 +213,7 @@ fn options(module: &Path, verify_on_token: bool) -> Pkcs11Options {
     }
 }
 
-fn child(token: Token, module: &Path) {
+fn child(token: &Token) {
     let quick = std::env::var("BENCH_QUICK").is_ok();
     let round = Duration::from_secs_f64(if quick {
         0.02
@@ -319,23 +230,21 @@ fn child(token: Token, module: &Path) {
         .enable_all()
         .build()
         .unwrap();
-    // This context initialises the module (and, for kryoptic, the token); the backend's own
-    // context on the same library shares that state (C_Initialize answers "already
-    // initialised").
-    let pkcs11 = Pkcs11::new(module).unwrap();
-    pkcs11
-        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .unwrap();
-    token.initialise_in_child(&pkcs11);
+    token.initialise_in_child();
+    let module = token.module.as_path();
+    // The backend's module handle is initialised; a second context on the same library
+    // shares that state (C_Initialize answers "already initialised").
     let backend = Arc::new(Pkcs11Backend::open(options(module, false)).unwrap());
+    let pkcs11 = Pkcs11::new(module).unwrap();
+    let _ = pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
     if quick {
         println!(
             "pkcs11_sign: smoke run under `cargo test` (figures are not measurements; use `cargo bench`)"
         );
     }
     println!(
-        "PKCS#11 sign on {}, {rounds} alternating rounds of {:.2} s; medians (ops/s)",
-        token.name(),
+        "PKCS#11 sign on {:?}, {rounds} alternating rounds of {:.2} s; medians (ops/s)",
+        token.provider,
         round.as_secs_f64()
     );
     println!(
@@ -417,38 +326,38 @@ fn child(token: Token, module: &Path) {
         ));
     }
     println!(
-        "ES256 verify on {}, 1 worker: local {:.0}/s, on the token {:.0}/s",
-        token.name(),
+        "ES256 verify on {:?}, 1 worker: local {:.0}/s, on the token {:.0}/s",
+        token.provider,
         median(local),
         median(on_token_rates)
     );
 }
 
+/// Where the child finds its token, and which kind it is.
+const CHILD_DIR: &str = "BENCH_TOKEN_DIR";
+const CHILD_PROVIDER: &str = "BENCH_TOKEN_PROVIDER";
+
 fn main() {
-    if let Ok(name) = std::env::var("BENCH_TOKEN_CHILD") {
-        let token = if name == "kryoptic" {
-            Token::Kryoptic
-        } else {
-            Token::SoftHsm
+    if let Ok(dir) = std::env::var(CHILD_DIR) {
+        let provider = match std::env::var(CHILD_PROVIDER).as_deref() {
+            Ok("Kryoptic") => Provider::Kryoptic,
+            _ => Provider::SoftHsm,
         };
-        child(token, &token.module().unwrap());
+        child(&Token::in_dir(provider, Path::new(&dir)).unwrap());
         return;
     }
     let quick = !std::env::args().any(|a| a == "--bench");
-    for token in [Token::SoftHsm, Token::Kryoptic] {
-        if token.module().is_none() {
-            println!(
-                "pkcs11_sign: {} module not found (scripts/test.sh installs both)",
-                token.name()
-            );
-            continue;
-        }
+    for provider in [Provider::SoftHsm, Provider::Kryoptic] {
         let dir = tempfile::tempdir().unwrap();
-        let conf = token.prepare(dir.path());
+        // Not installed: `create` says so (and fails under CI=true, where both must be).
+        let Some(token) = Token::create(provider, dir.path()) else {
+            continue;
+        };
         let mut command = Command::new(std::env::current_exe().unwrap());
         command
-            .env(token.conf_variable(), &conf)
-            .env("BENCH_TOKEN_CHILD", token.name().to_ascii_lowercase());
+            .env(provider.conf_variable(), &token.conf)
+            .env(CHILD_DIR, dir.path())
+            .env(CHILD_PROVIDER, format!("{provider:?}"));
         if quick {
             command.env("BENCH_QUICK", "1");
         }

@@ -19,6 +19,23 @@ where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
+    measure_while(concurrency, round, move || {
+        let done = call();
+        async move {
+            done.await;
+            true
+        }
+    })
+    .await
+}
+
+/// Like [`measure`], for a call that can run out of input: a task stops when its call
+/// answers false, and that call is not counted.
+pub async fn measure_while<F, Fut>(concurrency: usize, round: Duration, call: F) -> Figures
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let began = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
@@ -27,7 +44,9 @@ where
                 let mut latencies = Vec::new();
                 while began.elapsed() < round {
                     let t = Instant::now();
-                    call().await;
+                    if !call().await {
+                        break;
+                    }
                     latencies.push(t.elapsed().as_secs_f64() * 1e6);
                 }
                 latencies

@@ -25,7 +25,8 @@ pub enum Provider {
 }
 
 impl Provider {
-    fn conf_variable(self) -> &'static str {
+    /// The environment variable the module reads its configuration file from.
+    pub fn conf_variable(self) -> &'static str {
         match self {
             Provider::SoftHsm => "SOFTHSM2_CONF",
             Provider::Kryoptic => "KRYOPTIC_CONF",
@@ -72,7 +73,8 @@ pub fn module_path() -> Option<PathBuf> {
 }
 
 impl Token {
-    fn in_dir(provider: Provider, dir: &Path) -> Option<Self> {
+    /// The token whose configuration `create` wrote in `dir`.
+    pub fn in_dir(provider: Provider, dir: &Path) -> Option<Self> {
         Some(Self {
             provider,
             dir: dir.to_path_buf(),
@@ -83,7 +85,7 @@ impl Token {
     }
 
     /// Writes the configuration (and, for SoftHSM, initialises the token) in `dir`.
-    fn create(provider: Provider, dir: &Path) -> Option<Self> {
+    pub fn create(provider: Provider, dir: &Path) -> Option<Self> {
         if provider == Provider::SoftHsm {
             require_tool("softhsm2-util")?;
         }
@@ -140,7 +142,7 @@ impl Token {
 
     /// Initialises a kryoptic token through PKCS#11 itself (in the child, where its
     /// configuration variable is set): C_InitToken, then C_InitPIN as the SO.
-    fn initialise_in_child(&self) {
+    pub fn initialise_in_child(&self) {
         if self.provider != Provider::Kryoptic {
             return;
         }
