@@ -128,6 +128,22 @@ fn violation(detail: impl Into<String>) -> BackendError {
     error
 }
 
+/// A KMS answer must come from the key that was asked (`arn`); any other key is a security
+/// violation. `call` names the request in the error, e.g. "Sign for ns/name".
+fn check_answered_by(
+    call: std::fmt::Arguments<'_>,
+    arn: &str,
+    answered: Option<&str>,
+) -> Result<(), BackendError> {
+    if answered == Some(arn) {
+        return Ok(());
+    }
+    Err(violation(format!(
+        "{call} answered by key `{}`",
+        answered.unwrap_or_default()
+    )))
+}
+
 impl AwsKmsBackend {
     /// A backend on the default credential chain and region (overridden by `options`).
     pub async fn connect(options: AwsKmsOptions) -> Result<Self, BackendError> {
@@ -451,5 +467,32 @@ impl Backend for AwsKmsBackend {
             )),
             Err(e) => Health::failing(classify("health probe", e).to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::error::ErrorClass;
+
+    const ARN: &str = "arn:aws:kms:us-east-1:111122223333:key/asked";
+
+    #[test]
+    fn an_answer_from_the_asked_key_passes() {
+        assert!(check_answered_by(format_args!("Sign for ns/k"), ARN, Some(ARN)).is_ok());
+    }
+
+    #[test]
+    fn an_answer_from_another_key_or_none_is_a_security_error_naming_both() {
+        let other = "arn:aws:kms:us-east-1:111122223333:key/other";
+        let error = check_answered_by(format_args!("Sign for ns/k"), ARN, Some(other)).unwrap_err();
+        assert_eq!(error.class(), ErrorClass::Security);
+        let message = error.to_string();
+        assert!(
+            message.contains("Sign for ns/k") && message.contains(other),
+            "{message}"
+        );
+        let error = check_answered_by(format_args!("Decrypt"), ARN, None).unwrap_err();
+        assert_eq!(error.class(), ErrorClass::Security);
     }
 }

@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use super::error::classify;
 use super::sealed::{self, Sealed};
-use super::{AwsKmsBackend, NAME, violation};
+use super::{AwsKmsBackend, NAME, check_answered_by, violation};
 use crate::backends::envelope::{Envelope, EnvelopeKid};
 use crate::backends::error::BackendError;
 use crate::backends::types::{Algorithm, KeyRef, Operation};
@@ -70,12 +70,11 @@ impl AwsKmsBackend {
                 .send()
                 .await
                 .map_err(|e| classify(&key.to_string(), e))?;
-            if answer.key_id() != Some(version.arn.as_str()) {
-                return Err(violation(format!(
-                    "Encrypt for {key} answered by key `{}`",
-                    answer.key_id().unwrap_or_default()
-                )));
-            }
+            check_answered_by(
+                format_args!("Encrypt for {key}"),
+                &version.arn,
+                answer.key_id(),
+            )?;
             let blob = answer
                 .ciphertext_blob()
                 .ok_or_else(|| violation(format!("Encrypt for {key} answered no ciphertext")))?;
@@ -90,12 +89,11 @@ impl AwsKmsBackend {
                 .send()
                 .await
                 .map_err(|e| classify(&key.to_string(), e))?;
-            if answer.key_id() != Some(version.arn.as_str()) {
-                return Err(violation(format!(
-                    "GenerateDataKey for {key} answered by key `{}`",
-                    answer.key_id().unwrap_or_default()
-                )));
-            }
+            check_answered_by(
+                format_args!("GenerateDataKey for {key}"),
+                &version.arn,
+                answer.key_id(),
+            )?;
             let data_key = Zeroizing::new(
                 answer
                     .plaintext()
@@ -156,12 +154,11 @@ impl AwsKmsBackend {
                 .map(|b| b.as_ref().to_vec())
                 .unwrap_or_default(),
         );
-        if answer.key_id() != Some(version.arn.as_str()) {
-            return Err(violation(format!(
-                "Decrypt of an envelope for {kid} answered by key `{}`",
-                answer.key_id().unwrap_or_default()
-            )));
-        }
+        check_answered_by(
+            format_args!("Decrypt of an envelope for {kid}"),
+            &version.arn,
+            answer.key_id(),
+        )?;
         match body {
             Sealed::Direct { .. } => Ok(opened),
             Sealed::DataKey {

@@ -7,7 +7,7 @@ use aws_sdk_kms::types::MessageType;
 
 use super::error::classify;
 use super::ring::{self, KmsVersion, Ring};
-use super::{AwsKmsBackend, NAME, der, violation};
+use super::{AwsKmsBackend, NAME, check_answered_by, der, violation};
 use crate::backends::error::{BackendError, Rejection};
 use crate::backends::jwk::verify_with;
 use crate::backends::types::{
@@ -41,12 +41,11 @@ impl AwsKmsBackend {
             .send()
             .await
             .map_err(|e| classify(&key.to_string(), e))?;
-        if answer.key_id() != Some(version.arn.as_str()) {
-            return Err(violation(format!(
-                "Sign for {key} answered by key `{}`",
-                answer.key_id().unwrap_or_default()
-            )));
-        }
+        check_answered_by(
+            format_args!("Sign for {key}"),
+            &version.arn,
+            answer.key_id(),
+        )?;
         if answer.signing_algorithm() != Some(&kms_algorithm) {
             return Err(violation(format!(
                 "Sign for {key} answered with algorithm {:?}",
