@@ -48,6 +48,17 @@ async fn verify(
 }
 
 /// A JWS over `header.payload` checked by jsonwebtoken with the JWK the backend exports.
+/// (version, state) of every version of `ring`, as `backend` reports them.
+async fn states(backend: &AwsKmsBackend, ring: &KeyRef) -> Vec<(u32, KeyState)> {
+    backend
+        .key_metadata(ring)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| (m.version, m.state))
+        .collect()
+}
+
 fn jsonwebtoken_accepts(
     jwk: &token_service::backends::PublicJwk,
     alg: Algorithm,
@@ -325,15 +336,8 @@ async fn rotation_moves_the_alias_and_old_signatures_still_verify_until_retentio
 
     // A second instance (fresh cache) reads the same ring from KMS alone.
     let other = kms.backend(kms.options());
-    let states: Vec<_> = other
-        .key_metadata(&ring)
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| (m.version, m.state))
-        .collect();
     assert_eq!(
-        states,
+        states(&other, &ring).await,
         vec![(1, KeyState::Deprecated), (2, KeyState::Active)]
     );
     let kids: Vec<_> = other
@@ -501,17 +505,9 @@ async fn key_states_are_checked_before_signing_and_errors_are_classified() {
     assert!(backend.public_keys(&ring).await.unwrap().is_empty());
 
     // A key adopted by id (KMS_KEY_ID): version 1, signs, cannot be rotated here.
-    let external = client
-        .create_key()
-        .key_spec(aws_sdk_kms::types::KeySpec::EccNistP384)
-        .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_owned();
+    let external = kms
+        .create_signing_key(aws_sdk_kms::types::KeySpec::EccNistP384)
+        .await;
     let adopted = kms.backend({
         let mut o = kms.options();
         o.keys = vec![(key("signing"), external.clone())];
@@ -545,15 +541,8 @@ async fn key_states_are_checked_before_signing_and_errors_are_classified() {
     assert_eq!(v1.key_version, 1);
     let v2 = by_alias.rotate_key(&ring).await.unwrap();
     assert_eq!((v2.version, v2.algorithm), (2, Algorithm::Es384));
-    let states: Vec<_> = by_alias
-        .key_metadata(&ring)
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| (m.version, m.state))
-        .collect();
     assert_eq!(
-        states,
+        states(&by_alias, &ring).await,
         vec![(1, KeyState::Deprecated), (2, KeyState::Active)]
     );
     verify(&by_alias, &ring, &v1.kid, Algorithm::Es384, b"m", &v1.bytes)

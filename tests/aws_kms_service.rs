@@ -37,17 +37,9 @@ async fn tokens_are_signed_by_the_kms_key_named_by_kms_key_id_and_fall_back_when
     };
     // The team's existing key, created outside the service.
     let client = kms.client();
-    let key_id = client
-        .create_key()
-        .key_spec(aws_sdk_kms::types::KeySpec::EccNistP256)
-        .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_owned();
+    let key_id = kms
+        .create_signing_key(aws_sdk_kms::types::KeySpec::EccNistP256)
+        .await;
     client
         .create_alias()
         .alias_name("alias/team-signing")

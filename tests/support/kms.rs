@@ -185,6 +185,22 @@ impl MotoKms {
         aws_sdk_kms::Client::new(&self.sdk_config())
     }
 
+    /// Creates a SIGN_VERIFY key of `spec` outside the service (as a team's existing key
+    /// would be) and returns its id.
+    pub async fn create_signing_key(&self, spec: aws_sdk_kms::types::KeySpec) -> String {
+        self.client()
+            .create_key()
+            .key_spec(spec)
+            .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
+            .send()
+            .await
+            .expect("CreateKey")
+            .key_metadata()
+            .expect("key metadata")
+            .key_id()
+            .to_owned()
+    }
+
     /// Backend options pointing at this server, with a short metadata TTL.
     pub fn options(&self) -> AwsKmsOptions {
         let mut options = AwsKmsOptions::new();
