@@ -16,7 +16,7 @@ mod measure;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use measure::measure;
+use measure::{measure, round_length};
 
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{MessageType, SigningAlgorithmSpec};
@@ -26,14 +26,7 @@ const MESSAGE: &[u8] = b"eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCJ9.eyJzdWIiOiJ1c2
 
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
-    let round = Duration::from_secs_f64(if quick {
-        0.2
-    } else {
-        std::env::var("ROUND_SECONDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(3.0)
-    });
+    let round = round_length(quick, 0.2, 3.0);
     let Some(server) = kms::MotoKms::start() else {
         return;
     };

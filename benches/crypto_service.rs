@@ -8,9 +8,8 @@
 mod measure;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use measure::measure;
+use measure::{measure, round_length};
 
 use token_service::backends::chain::{Chain, Routes};
 use token_service::backends::crypto_service::{CryptoServiceBackend, CryptoServiceOptions};
@@ -25,14 +24,7 @@ const MESSAGE: &[u8] = b"eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCJ9.eyJzdWIiOiJ1c2
 
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
-    let round = Duration::from_secs_f64(if quick {
-        0.05
-    } else {
-        std::env::var("ROUND_SECONDS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2.0)
-    });
+    let round = round_length(quick, 0.05, 2.0);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use dpop_support::{ClientKey, proof};
-use measure::measure_while;
+use measure::{measure_while, round_length};
 use token_service::api::grpc::GrpcTokenService;
 use token_service::api::proto::ValidateDPoPRequest;
 use token_service::api::proto::token_service_client::TokenServiceClient;
@@ -54,14 +54,7 @@ fn split(proof: &str) -> (Vec<u8>, Vec<u8>) {
 
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
-    let round = Duration::from_secs_f64(if quick {
-        0.05
-    } else {
-        std::env::var("ROUND_SECONDS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2.0)
-    });
+    let round = round_length(quick, 0.05, 2.0);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

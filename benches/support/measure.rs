@@ -3,6 +3,19 @@
 
 use std::time::{Duration, Instant};
 
+/// How long each round runs: `quick` (a smoke run under `cargo test`) or ROUND_SECONDS,
+/// else `default_seconds`.
+pub fn round_length(quick: bool, quick_seconds: f64, default_seconds: f64) -> Duration {
+    Duration::from_secs_f64(if quick {
+        quick_seconds
+    } else {
+        std::env::var("ROUND_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default_seconds)
+    })
+}
+
 /// One round's figures.
 pub struct Figures {
     /// Calls per second.
