@@ -132,7 +132,7 @@ async fn tokens_are_signed_by_the_kms_key_named_by_kms_key_id_and_fall_back_when
     );
     assert!(metrics.contains("to=\"software\""), "fallback counted");
     assert!(
-        !service.log().contains("testing"),
+        !service.settled_log().contains("testing"),
         "no credential in the log"
     );
     assert!(service.terminate().success());

@@ -215,7 +215,7 @@ async fn bound_tokens_and_families_over_grpc() {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
     assert!(
-        !service.log().contains(&issued.access_token),
+        !service.settled_log().contains(&issued.access_token),
         "no token in the log"
     );
 }

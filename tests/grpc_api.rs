@@ -262,7 +262,7 @@ async fn the_token_api_end_to_end_over_grpc() {
     );
 
     // Nothing secret in the log: no refresh token, no full access token.
-    let log = service.log();
+    let log = service.wait_for_log("reuse_detected");
     assert!(!log.contains(&first.refresh_token[4..]) && !log.contains(&first.access_token));
     assert!(log.contains("token issued"), "audit lines expected");
     assert!(
@@ -407,6 +407,8 @@ fn the_bench_subcommand_reports_rate_latency_and_cpu() {
             &service.admin.to_string(),
             "--concurrency",
             "4",
+            "--connections",
+            "2",
             "--duration",
             "1s",
             "--refresh",
@@ -423,6 +425,7 @@ fn the_bench_subcommand_reports_rate_latency_and_cpu() {
         out.contains("tokens/s") && out.contains("p99") && out.contains("errors 0"),
         "{out}"
     );
+    assert!(out.contains("at concurrency 4 over 2 connections"), "{out}");
     assert!(out.contains("ms per token"), "{out}");
     assert!(out.contains("raw ES256 sign"), "{out}");
     assert_eq!(service.terminate().code(), Some(0));

@@ -51,7 +51,7 @@ fn embedded_default_starts_creates_keys_and_is_ready() {
 fn start_and_stop_without_config(cwd: &std::path::Path, check: impl FnOnce(&ServiceProcess)) {
     let service = start_without_config(cwd);
     check(&service);
-    let log = service.log();
+    let log = service.settled_log();
     let status = service.terminate();
     assert_eq!(status.code(), Some(0), "log:\n{log}");
     // The key material never reaches the log.
@@ -179,6 +179,6 @@ fn scheduled_rotation_rotates_the_signing_key() {
     let (_, jwks) = http_get(service.public, "/.well-known/jwks.json");
     let jwks: serde_json::Value = serde_json::from_str(&jwks).unwrap();
     assert!(jwks["keys"].as_array().unwrap().len() >= 2, "{jwks}");
-    assert!(service.log().contains("scheduled_rotation"));
+    service.wait_for_log("scheduled_rotation");
     assert_eq!(service.terminate().code(), Some(0));
 }

@@ -249,9 +249,10 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     let total = done.load(Ordering::Relaxed);
     let rate = total as f64 / elapsed;
     println!(
-        "{} tokens in {elapsed:.1} s at concurrency {}: {rate:.0} tokens/s; latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms; errors {}",
+        "{} tokens in {elapsed:.1} s at concurrency {} over {} connections: {rate:.0} tokens/s; latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms; errors {}",
         total,
         args.concurrency,
+        channels.len(),
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.95),
         percentile(&latencies, 0.99),

@@ -219,9 +219,30 @@ impl ServiceProcess {
         }
     }
 
-    /// The service's log so far.
+    /// The service's log so far. The service writes its log in batches (at most
+    /// `FLUSH_INTERVAL` old), so a line for a call just made may not be here yet: use
+    /// [`ServiceProcess::wait_for_log`] or [`ServiceProcess::settled_log`].
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The log once every line written so far has had time to arrive: for asserting that
+    /// something is *not* in it.
+    pub fn settled_log(&self) -> String {
+        std::thread::sleep(token_service::telemetry::batch::FLUSH_INTERVAL * 10);
+        self.log()
+    }
+
+    /// Waits (up to 10 s) until the log contains `needle`; returns the log.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        for _ in 0..200 {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("`{needle}` never appeared in the log:\n{}", self.log());
     }
 
     /// Sends SIGTERM and waits for the exit status.
