@@ -381,6 +381,15 @@ impl Operation {
         !matches!(self, Operation::GenerateKey | Operation::RotateKey)
     }
 
+    /// A use of key material (sign, verify, encrypt, decrypt), as opposed to managing or
+    /// reading key rings.
+    pub fn is_key_use(self) -> bool {
+        matches!(
+            self,
+            Operation::Sign | Operation::Verify | Operation::Encrypt | Operation::Decrypt
+        )
+    }
+
     pub(crate) fn index(self) -> usize {
         self as usize
     }

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +38,7 @@ pub struct FaultBackend {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     starts: Mutex<Vec<Instant>>,
+    in_process: AtomicBool,
 }
 
 impl FaultBackend {
@@ -57,7 +58,13 @@ impl FaultBackend {
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             starts: Mutex::new(Vec::new()),
+            in_process: AtomicBool::new(false),
         })
+    }
+
+    /// Makes the backend say it runs in this process ([`Backend::is_in_process`]).
+    pub fn set_in_process(&self, in_process: bool) {
+        self.in_process.store(in_process, Ordering::SeqCst);
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -105,6 +112,10 @@ impl Backend for FaultBackend {
 
     fn capabilities(&self) -> &Capabilities {
         &self.capabilities
+    }
+
+    fn is_in_process(&self) -> bool {
+        self.in_process.load(Ordering::SeqCst)
     }
 
     async fn sign(&self, _key: &KeyRef, _message: &[u8]) -> Result<Signature, BackendError> {

@@ -1,6 +1,6 @@
 //! One backend inside its policies: rate limit → circuit breaker → concurrency limit →
 //! timeout → the call, with retries around the whole attempt, metrics per attempt and a
-//! tracing span per call.
+//! tracing span per call (opened lazily for in-process key uses).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -114,19 +114,19 @@ impl GuardedBackend {
     where
         F: Fn(&'a dyn Backend) -> BoxFuture<'a, Result<T, BackendError>>,
     {
-        let span = tracing::info_span!(
-            "backend_call",
-            backend = self.name(),
-            operation = operation.as_str(),
-            key = %key,
-            correlation_id = ctx.correlation_id(),
-        );
+        let span = CallSpan {
+            backend: self.name(),
+            operation,
+            key,
+            ctx,
+            around_call: !(self.backend.is_in_process() && operation.is_key_use()),
+        };
         // The context is made current so that a remote backend can send the correlation
         // id and trace context with its request.
         let attempts = async {
             let mut retries = 0u32;
             loop {
-                let result = self.attempt(operation, &call).await;
+                let result = self.attempt(operation, &call, &span).await;
                 match result {
                     Err(error)
                         if operation.is_idempotent()
@@ -136,17 +136,26 @@ impl GuardedBackend {
                         retries += 1;
                         self.metrics.retry(operation);
                         let delay = self.config.retry.jittered_delay(retries);
-                        tracing::debug!(%error, retry = retries, delay_ms = delay.as_millis() as u64, "retrying");
+                        span.log(|| tracing::debug!(%error, retry = retries, delay_ms = delay.as_millis() as u64, "retrying"));
                         tokio::time::sleep(delay).await;
                     }
                     other => return other,
                 }
             }
         };
-        ctx.scope(attempts).instrument(span).await
+        if span.around_call {
+            ctx.scope(attempts).instrument(span.open()).await
+        } else {
+            ctx.scope(attempts).await
+        }
     }
 
-    async fn attempt<'a, T, F>(&'a self, operation: Operation, call: &F) -> Result<T, BackendError>
+    async fn attempt<'a, T, F>(
+        &'a self,
+        operation: Operation,
+        call: &F,
+        span: &CallSpan<'_>,
+    ) -> Result<T, BackendError>
     where
         F: Fn(&'a dyn Backend) -> BoxFuture<'a, Result<T, BackendError>>,
     {
@@ -199,14 +208,49 @@ impl GuardedBackend {
         permit.record(health);
         self.metrics.outcome(operation, outcome);
         if let Err(error) = &result {
-            match error.class() {
+            span.log(|| match error.class() {
                 ErrorClass::Security => {
                     tracing::error!(target: "security", %error, "security event: backend response refused")
                 }
                 ErrorClass::Unavailable => tracing::warn!(%error, "backend unavailable"),
                 _ => tracing::debug!(%error, "backend refused the call"),
-            }
+            });
         }
         result
+    }
+}
+
+/// The tracing span of one backend call: backend, operation, key and correlation id.
+///
+/// Usually the call runs inside it. A key use of an in-process backend runs without it
+/// ([`Backend::is_in_process`]): such a call logs nothing unless the chain does, so the
+/// chain opens the span only around its own lines, which therefore read the same either way.
+struct CallSpan<'c> {
+    backend: &'c str,
+    operation: Operation,
+    key: &'c (dyn std::fmt::Display + Sync),
+    ctx: &'c CallContext,
+    /// Whether the call runs inside the span (else it is opened only to log).
+    around_call: bool,
+}
+
+impl CallSpan<'_> {
+    fn open(&self) -> tracing::Span {
+        tracing::info_span!(
+            "backend_call",
+            backend = self.backend,
+            operation = self.operation.as_str(),
+            key = %self.key,
+            correlation_id = self.ctx.correlation_id(),
+        )
+    }
+
+    /// Emits the line(s) of `log` inside the span, opening it if the call runs without it.
+    fn log(&self, log: impl FnOnce()) {
+        if self.around_call {
+            log()
+        } else {
+            self.open().in_scope(log)
+        }
     }
 }

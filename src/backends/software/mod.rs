@@ -268,6 +268,10 @@ impl Backend for SoftwareBackend {
         &self.capabilities
     }
 
+    fn is_in_process(&self) -> bool {
+        true
+    }
+
     async fn sign(&self, key: &KeyRef, message: &[u8]) -> Result<Signature, BackendError> {
         let ring = self.ring(key).await?;
         ring.algorithm.check_signs(&ring.key)?;
