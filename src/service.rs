@@ -169,6 +169,50 @@ pub fn routes(chain: &ChainConfig, backends: &BackendsConfig) -> Routes {
     }
 }
 
+/// Opens the configured token store. Every kind is matched by name: a Redis or Redis Cluster
+/// setting never falls back to the in-memory store, which would leave each instance of a
+/// fleet with state of its own (revocations and rotations unseen by the others).
+async fn open_store(tokens: &crate::config::TokensConfig) -> Result<Arc<dyn Store>, ServiceError> {
+    let connect_error = |e: crate::token::store::StoreError| ServiceError::Store(e.to_string());
+    let store: Arc<dyn Store> = match (tokens.store, tokens.redis_url.as_deref()) {
+        (StoreKind::Memory, _) => {
+            tracing::info!(
+                store = "memory",
+                capacity = tokens.memory_capacity,
+                "token store ready"
+            );
+            return Ok(Arc::new(MemoryStore::new(tokens.memory_capacity)));
+        }
+        (StoreKind::Redis, Some(url)) => {
+            Arc::new(RedisStore::connect(url).await.map_err(connect_error)?)
+        }
+        (StoreKind::RedisCluster, Some(urls)) => {
+            let seeds: Vec<String> = urls.split(',').map(|u| u.trim().to_owned()).collect();
+            Arc::new(
+                RedisStore::connect_cluster(&seeds)
+                    .await
+                    .map_err(connect_error)?,
+            )
+        }
+        (StoreKind::Redis | StoreKind::RedisCluster, None) => {
+            return Err(ServiceError::Store(
+                "tokens.redis_url (or REDIS_URL) is required for a Redis store".into(),
+            ));
+        }
+    };
+    // The URL may hold a password: only the kind and the node count are logged.
+    let nodes = tokens
+        .redis_url
+        .as_deref()
+        .map_or(0, |u| u.split(',').count());
+    tracing::info!(
+        store = tokens.store.as_str(),
+        nodes,
+        "token store connected"
+    );
+    Ok(store)
+}
+
 impl Service {
     /// Builds the chain and connects the token store, without touching keys.
     pub async fn build(config: Config, metrics: Metrics) -> Result<Self, ServiceError> {
@@ -191,14 +235,7 @@ impl Service {
         )
         .map_err(key_error)?;
         let chain = Arc::new(chain);
-        let store: Arc<dyn Store> = match (config.tokens.store, &config.tokens.redis_url) {
-            (StoreKind::Redis, Some(url)) => Arc::new(
-                RedisStore::connect(url)
-                    .await
-                    .map_err(|e| ServiceError::Store(e.to_string()))?,
-            ),
-            _ => Arc::new(MemoryStore::new(config.tokens.memory_capacity)),
-        };
+        let store = open_store(&config.tokens).await?;
         let tokens = Arc::new(
             TokenService::new(
                 chain.clone(),

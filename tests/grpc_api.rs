@@ -329,8 +329,35 @@ async fn a_revocation_through_one_instance_is_seen_by_another_sharing_redis() {
     let Some(redis) = support::redis::RedisServer::start() else {
         return;
     };
+    revocation_is_shared(Sandbox::new(""), redis.url()).await;
+}
+
+/// The same over a Redis Cluster (`tokens.store = "redis_cluster"`, seeds in `REDIS_URL`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_through_one_instance_is_seen_by_another_sharing_a_redis_cluster() {
+    let Some(cluster) = tokio::task::spawn_blocking(support::redis::RedisCluster::start)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    revocation_is_shared(cluster_sandbox(), cluster.seeds().join(",")).await;
+    drop(cluster);
+}
+
+/// A sandbox configured for the Redis Cluster store.
+fn cluster_sandbox() -> Sandbox {
     let sandbox = Sandbox::new("");
-    let url = redis.url();
+    let text = std::fs::read_to_string(sandbox.config_path())
+        .unwrap()
+        .replace("[tokens]", "[tokens]\nstore = \"redis_cluster\"");
+    sandbox.write_config(&text);
+    sandbox
+}
+
+/// Starts two service processes on `sandbox`'s config with `REDIS_URL=url`; a token A
+/// issues is active at B, and A's revocation is seen by B at once.
+async fn revocation_is_shared(sandbox: Sandbox, url: String) {
     let (config, cwd) = (sandbox.config_path(), sandbox.dir.path().to_path_buf());
     let (a, b) = tokio::task::spawn_blocking(move || {
         let env = [("REDIS_URL", url.as_str())];
@@ -603,11 +630,7 @@ async fn family_flow_and_fifty_concurrent_refreshes_over_grpc_redis_cluster() {
     else {
         return;
     };
-    let sandbox = Sandbox::new("");
-    let text = std::fs::read_to_string(sandbox.config_path())
-        .unwrap()
-        .replace("[tokens]", "[tokens]\nstore = \"redis_cluster\"");
-    sandbox.write_config(&text);
+    let sandbox = cluster_sandbox();
     let seeds = cluster.seeds().join(",");
     let (config, cwd) = (sandbox.config_path(), sandbox.dir.path().to_path_buf());
     let service = tokio::task::spawn_blocking(move || {
@@ -615,9 +638,47 @@ async fn family_flow_and_fifty_concurrent_refreshes_over_grpc_redis_cluster() {
     })
     .await
     .unwrap();
+    service.wait_for_log("token store connected store=\"redis_cluster\" nodes=6");
+    assert_eq!(cluster.key_count(), 0);
     family_flow_and_race(service.grpc).await;
+    // The families are in the cluster, not in a store of the process's own.
+    let held = tokio::task::spawn_blocking(move || (cluster.key_count(), cluster))
+        .await
+        .unwrap();
+    assert!(held.0 >= 2, "families in the cluster: {}", held.0);
     tokio::task::spawn_blocking(move || assert_eq!(service.terminate().code(), Some(0)))
         .await
         .unwrap();
-    drop(cluster);
+    drop(held);
+}
+
+/// A Redis store that cannot be reached stops `serve` with a clear error: it never serves
+/// from a memory store of its own, which would split a fleet's state.
+#[test]
+fn serve_refuses_to_start_when_its_redis_store_cannot_be_reached() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{closed}");
+    for (sandbox, kind) in [
+        (Sandbox::new(""), "redis"),
+        (cluster_sandbox(), "redis_cluster"),
+    ] {
+        let output = support::process::run_cli_within(
+            Some(&sandbox.config_path()),
+            sandbox.dir.path(),
+            &["serve"],
+            &[("REDIS_URL", url.as_str())],
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap_or_else(|| panic!("{kind}: serve kept running without its store"));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{kind}: {stderr}");
+        assert!(
+            stderr.contains("error: token store") && stderr.contains("refused"),
+            "{kind}: {stderr}"
+        );
+    }
 }

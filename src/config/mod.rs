@@ -207,6 +207,17 @@ pub enum StoreKind {
     RedisCluster,
 }
 
+impl StoreKind {
+    /// The setting's value in configuration (`memory`, `redis`, `redis_cluster`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Memory => "memory",
+            StoreKind::Redis => "redis",
+            StoreKind::RedisCluster => "redis_cluster",
+        }
+    }
+}
+
 fn redact<S: serde::Serializer>(value: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
     match value {
         Some(_) => serializer.serialize_str("<redacted>"),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The binary under test.
 pub fn binary() -> &'static str {
@@ -100,6 +100,46 @@ pub fn run_cli(
     stdin: Option<&[u8]>,
     env: &[(&str, &str)],
 ) -> Output {
+    let mut command = cli_command(config, cwd, args, env);
+    command.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = command.spawn().expect("spawn token-service");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(input).expect("write stdin");
+    }
+    child.wait_with_output().expect("wait token-service")
+}
+
+/// Runs a command that must exit by itself (`serve` refusing to start, say): its output, or
+/// None if it was still running after `limit` (it is then killed).
+pub fn run_cli_within(
+    config: Option<&Path>,
+    cwd: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> Option<Output> {
+    let mut child = cli_command(config, cwd, args, env)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn token-service");
+    let started = Instant::now();
+    while child.try_wait().expect("poll token-service").is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(child.wait_with_output().expect("wait token-service"))
+}
+
+fn cli_command(config: Option<&Path>, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(binary());
     if let Some(config) = config {
         command.arg("--config").arg(config);
@@ -110,22 +150,12 @@ pub fn run_cli(
         .env_remove("RUST_LOG")
         .env_remove("CRYPTO_FALLBACK_ENABLED")
         .env_remove("CRYPTO_KEY_NAMESPACE")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {
         command.env(k, v);
     }
-    let mut child = command.spawn().expect("spawn token-service");
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin");
-        pipe.write_all(input).expect("write stdin");
-    }
-    child.wait_with_output().expect("wait token-service")
+    command
 }
 
 /// A running `token-service serve`.

@@ -239,6 +239,19 @@ impl RedisCluster {
             .collect()
     }
 
+    /// Keys held by the cluster (the sum over its masters).
+    pub fn key_count(&self) -> u64 {
+        self.masters()
+            .into_iter()
+            .map(|port| {
+                redis_cli(port, &["dbsize"])
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
     /// Ports of the live masters.
     pub fn masters(&self) -> Vec<u16> {
         self.live_ports()
