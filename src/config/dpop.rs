@@ -113,7 +113,15 @@ impl DpopConfig {
                     .map_err(|e| ConfigError::invalid("dpop.nonce_secret", e.to_string()))?,
                 )
             }
-            _ => None,
+            // Validation refuses this too; repeated here so that nonces can never be
+            // silently off when they are required.
+            (true, None) => {
+                return Err(ConfigError::invalid(
+                    "dpop.nonce_secret",
+                    "required with require_nonce",
+                ));
+            }
+            (false, _) => None,
         };
         Ok(DpopSettings {
             algorithms: self.algorithms.clone(),
@@ -160,6 +168,10 @@ mod tests {
         }
         assert!(toml::from_str::<DpopConfig>("algorithms = [\"none\"]").is_err());
         assert!(toml::from_str::<DpopConfig>("algorithms = [\"HS256\"]").is_err());
+        // Settings read without validating first still refuse required nonces without a
+        // secret, rather than turning nonces off.
+        let error = parse("require_nonce = true").settings().unwrap_err();
+        assert_eq!(error.setting(), Some("dpop.nonce_secret"));
     }
 
     #[test]
