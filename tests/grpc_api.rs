@@ -335,14 +335,18 @@ async fn a_revocation_through_one_instance_is_seen_by_another_sharing_redis() {
 /// The same over a Redis Cluster (`tokens.store = "redis_cluster"`, seeds in `REDIS_URL`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_through_one_instance_is_seen_by_another_sharing_a_redis_cluster() {
-    let Some(cluster) = tokio::task::spawn_blocking(support::redis::RedisCluster::start)
-        .await
-        .unwrap()
-    else {
+    let Some(cluster) = start_cluster().await else {
         return;
     };
     revocation_is_shared(cluster_sandbox(), cluster.seeds().join(",")).await;
     drop(cluster);
+}
+
+/// A 6-node Redis Cluster (None when redis-server is missing outside strict mode).
+async fn start_cluster() -> Option<support::redis::RedisCluster> {
+    tokio::task::spawn_blocking(support::redis::RedisCluster::start)
+        .await
+        .unwrap()
 }
 
 /// A sandbox configured for the Redis Cluster store.
@@ -624,10 +628,7 @@ async fn family_flow_and_fifty_concurrent_refreshes_over_grpc_memory_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn family_flow_and_fifty_concurrent_refreshes_over_grpc_redis_cluster() {
-    let Some(cluster) = tokio::task::spawn_blocking(support::redis::RedisCluster::start)
-        .await
-        .unwrap()
-    else {
+    let Some(cluster) = start_cluster().await else {
         return;
     };
     let sandbox = cluster_sandbox();

@@ -145,25 +145,26 @@ async fn an_in_process_backends_failure_is_logged_with_the_calls_fields() {
 #[tokio::test(start_paused = true)]
 async fn every_call_to_a_remote_backend_runs_in_a_span() {
     let (_captured, spans, _guard) = capture();
-    let (chain, a, _b) = chain_of(false);
+    sign_three_times(false).await;
+    // The span is there for the backend's own lines, which carry the correlation id.
+    assert_eq!(spans.get(), 3);
+}
+
+/// A chain whose first backend answers, of the given kind, after three signs through it.
+async fn sign_three_times(in_process: bool) -> (Chain, Arc<FaultBackend>, CallContext) {
+    let (chain, a, _b) = chain_of(in_process);
     a.set_mode(Mode::Ok);
     let ctx = CallContext::with_correlation_id("req-1");
     for _ in 0..3 {
         chain.sign(&ctx, &key(), b"m").await.unwrap();
     }
-    // The span is there for the backend's own lines, which carry the correlation id.
-    assert_eq!(spans.get(), 3);
+    (chain, a, ctx)
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_in_process_key_use_opens_a_span_only_to_log() {
     let (_captured, spans, _guard) = capture();
-    let (chain, a, _b) = chain_of(true);
-    a.set_mode(Mode::Ok);
-    let ctx = CallContext::with_correlation_id("req-2");
-    for _ in 0..3 {
-        chain.sign(&ctx, &key(), b"m").await.unwrap();
-    }
+    let (chain, a, ctx) = sign_three_times(true).await;
     assert_eq!(spans.get(), 0, "successful in-process signs open no span");
 
     a.set_mode(Mode::Unavailable);
