@@ -457,7 +457,11 @@ fn the_bench_subcommand_reports_rate_latency_and_cpu() {
         "{out}"
     );
     assert!(out.contains("at concurrency 4 over 2 connections"), "{out}");
-    assert!(out.contains("ms per token"), "{out}");
+    assert!(
+        out.contains("server CPU: ") && out.contains("ms per token"),
+        "{out}"
+    );
+    assert!(out.contains("bench client CPU (same machine): "), "{out}");
     assert!(out.contains("raw ES256 sign"), "{out}");
     assert_eq!(service.terminate().code(), Some(0));
 }

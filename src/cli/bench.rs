@@ -159,6 +159,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         Some(admin) => server_cpu_seconds(admin).await,
         None => None,
     };
+    // The load tool's own CPU, to show what share of a shared machine it takes.
+    let own_cpu_before = token_service::metrics::process_cpu_seconds();
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -241,6 +243,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     progress.abort();
     eprintln!();
     let elapsed = started.elapsed().as_secs_f64();
+    let own_cpu_after = token_service::metrics::process_cpu_seconds();
     let cpu_after = match &args.admin {
         Some(admin) => server_cpu_seconds(admin).await,
         None => None,
@@ -263,6 +266,15 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     {
         println!(
             "server CPU: {:.2} s in all, {:.3} ms per token",
+            after - before,
+            (after - before) * 1000.0 / total as f64
+        );
+    }
+    if let (Some(before), Some(after)) = (own_cpu_before, own_cpu_after)
+        && total > 0
+    {
+        println!(
+            "bench client CPU (same machine): {:.2} s in all, {:.3} ms per token",
             after - before,
             (after - before) * 1000.0 / total as f64
         );
