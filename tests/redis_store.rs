@@ -312,3 +312,36 @@ async fn a_killed_cluster_master_loses_no_family() {
         }
     }
 }
+
+/// A family record whose stored hash is not a SHA-256 digest (tampered or corrupt) is
+/// refused as unavailable: the refresh fails closed, and stays refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_stored_hash_fails_closed() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let service = instance(&keys.path().join("keys"), &redis.url()).await;
+    let issued = service.generate(&ctx(), &request("alice")).await.unwrap();
+    let key = format!("ts:fam:{{{}}}", issued.claims.fid);
+    let output = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "HSET",
+            &key,
+            "current",
+            "not-a-hash",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    for _ in 0..2 {
+        match service.refresh(&ctx(), &issued.refresh_token).await {
+            Err(TokenError::Unavailable(reason)) => {
+                assert!(reason.contains("corrupt"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -61,6 +61,20 @@ impl SecretHash {
     pub fn matches(&self, other: &SecretHash) -> bool {
         self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
     }
+
+    /// The hash as a store keeps it: base64url of the SHA-256 digest. Not a secret (the
+    /// secret cannot be recovered from it), but still kept out of `Debug` and logs.
+    pub fn as_stored(&self) -> &str {
+        &self.0
+    }
+
+    /// A hash read back from a store; None unless it is base64url of a SHA-256 digest.
+    pub fn from_stored(text: &str) -> Option<Self> {
+        match B64.decode(text) {
+            Ok(digest) if digest.len() == digest::SHA256_OUTPUT_LEN => Some(Self(text.to_owned())),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Debug for SecretHash {
@@ -148,6 +162,19 @@ impl RefreshToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_hash_reads_back_and_malformed_ones_are_refused() {
+        let token = RefreshToken::generate(FamilyId::generate().unwrap()).unwrap();
+        let hash = token.hash();
+        let read = SecretHash::from_stored(hash.as_stored()).unwrap();
+        assert!(read.matches(&hash));
+        let short = &hash.as_stored()[..20];
+        for bad in ["", "not base64 !", short, "AAAA"] {
+            assert!(SecretHash::from_stored(bad).is_none(), "{bad}");
+        }
+        assert!(SecretHash::from_stored(&format!("{}AA", hash.as_stored())).is_none());
+    }
 
     #[test]
     fn tokens_round_trip_and_hash_stably() {

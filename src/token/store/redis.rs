@@ -157,13 +157,6 @@ impl RedisStore {
             deny: Script::new(DENY),
         }
     }
-
-    fn hash_text(hash: &SecretHash) -> String {
-        serde_json::to_value(hash)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default()
-    }
 }
 
 #[async_trait]
@@ -176,7 +169,7 @@ impl Store for RedisStore {
         let created: i64 = self
             .create
             .key(family_key(family))
-            .arg(Self::hash_text(&record.current))
+            .arg(record.current.as_stored())
             .arg(record.generation)
             .arg(if record.revoked { "1" } else { "0" })
             .arg(record.expires_at)
@@ -216,8 +209,8 @@ impl Store for RedisStore {
         if expires_at <= now {
             return Ok(None);
         }
-        let current: SecretHash = serde_json::from_value(serde_json::Value::String(current))
-            .map_err(|_| StoreError::Unavailable("corrupt family record".into()))?;
+        let current = SecretHash::from_stored(&current)
+            .ok_or_else(|| StoreError::Unavailable("corrupt family record".into()))?;
         Ok(Some(FamilyRecord {
             current,
             retired: Vec::new(),
@@ -239,8 +232,8 @@ impl Store for RedisStore {
             .rotate
             .key(family_key(family))
             .key(retired_key(family))
-            .arg(Self::hash_text(presented))
-            .arg(Self::hash_text(&next))
+            .arg(presented.as_stored())
+            .arg(next.as_stored())
             .arg(now)
             .arg(MAX_RETIRED)
             .invoke_async(&mut self.connection.clone())
