@@ -2,7 +2,7 @@
 """A local KMS-compatible server for tests and benchmarks: moto's server, with the calls
 where moto is looser than AWS KMS patched to behave as AWS documents.
 
-Usage: moto-kms-server.py --port PORT [--host 127.0.0.1]
+Usage: moto-kms-server.py --port PORT [--host 127.0.0.1] [--fault decrypt-without-plaintext]
 
 What is patched (measured against moto 5.2; see ../shared/facts.md in the design notes):
   * Sign/Verify with MessageType=DIGEST: moto hashed the digest again. Here the message is
@@ -236,12 +236,31 @@ def patch():
     utils.RSAPrivateKey._RSAPrivateKey__padding_and_hash_algorithm = rsa_padding
 
 
+def inject_decrypt_without_plaintext():
+    """Fault injection for tests: Decrypt answers 200 with KeyId but no Plaintext, a
+    malformed answer the client must refuse rather than read as an empty plaintext."""
+    original = responses.KmsResponse.decrypt
+
+    def decrypt(self):
+        answer = json.loads(original(self))
+        answer.pop("Plaintext", None)
+        return json.dumps(answer)
+
+    responses.KmsResponse.decrypt = decrypt
+
+
+FAULTS = {"decrypt-without-plaintext": inject_decrypt_without_plaintext}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--fault", choices=sorted(FAULTS), help="misbehave on purpose (tests)")
     args = parser.parse_args()
     patch()
+    if args.fault:
+        FAULTS[args.fault]()
     moto.server.main(["-H", args.host, "-p", str(args.port)])
 
 

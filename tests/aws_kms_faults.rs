@@ -10,6 +10,7 @@ use std::time::Duration;
 use support::kms::{Flavour, MotoKms};
 use token_service::backends::aws_kms::NAME;
 use token_service::backends::chain::{Chain, Routes};
+use token_service::backends::envelope::Envelope;
 use token_service::backends::software::{SoftwareBackend, SoftwareOptions};
 use token_service::backends::{Algorithm, Backend, ErrorClass, KeyRef};
 use token_service::context::CallContext;
@@ -157,4 +158,30 @@ async fn killed_kms_server_makes_calls_unavailable_and_the_chain_falls_back() {
         rendered.contains("backend=\"aws_kms\""),
         "metrics name the backend"
     );
+}
+
+/// A Decrypt answer without Plaintext is a security error, for both envelope forms: never
+/// an empty plaintext (direct) nor a mere decryption failure (data key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decrypt_answer_without_plaintext_is_a_security_error() {
+    let Some(kms) = MotoKms::start_flavour(Flavour::DecryptWithoutPlaintext) else {
+        return;
+    };
+    let backend = kms.backend(kms.options());
+    let ring = KeyRef::new("token-cache", "aes").unwrap();
+    backend
+        .generate_key(&ring, Algorithm::A256Gcm)
+        .await
+        .unwrap();
+    let small = b"family record".to_vec();
+    let large: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    for plaintext in [small, large] {
+        let sealed = backend.encrypt(&ring, &plaintext, b"aad").await.unwrap();
+        let envelope = Envelope::parse(&sealed).unwrap();
+        let (captured, _guard) = support::capture::Captured::install();
+        let error = backend.decrypt(&envelope, b"aad").await.unwrap_err();
+        assert_eq!(error.class(), ErrorClass::Security, "{error}");
+        assert!(error.to_string().contains("gave no plaintext"), "{error}");
+        assert!(captured.text().contains("KMS answer refused"));
+    }
 }

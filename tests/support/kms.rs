@@ -23,6 +23,8 @@ pub enum Flavour {
     Aws,
     /// Plain `moto_server`, with its known differences from AWS.
     PlainMoto,
+    /// The launcher, with Decrypt answering no Plaintext (a malformed answer).
+    DecryptWithoutPlaintext,
 }
 
 /// A running moto server.
@@ -104,10 +106,13 @@ impl MotoKms {
     fn launch(&mut self) {
         let port = self.port.to_string();
         let mut command = match self.flavour {
-            Flavour::Aws => {
+            Flavour::Aws | Flavour::DecryptWithoutPlaintext => {
                 let mut c = Command::new(python());
                 c.arg(launcher())
                     .args(["--host", "127.0.0.1", "--port", &port]);
+                if self.flavour == Flavour::DecryptWithoutPlaintext {
+                    c.args(["--fault", "decrypt-without-plaintext"]);
+                }
                 c
             }
             Flavour::PlainMoto => {

@@ -97,8 +97,9 @@ impl AwsKmsBackend {
             let data_key = Zeroizing::new(
                 answer
                     .plaintext()
-                    .map(|b| b.as_ref().to_vec())
-                    .unwrap_or_default(),
+                    .ok_or_else(|| violation(format!("GenerateDataKey for {key} gave no key")))?
+                    .as_ref()
+                    .to_vec(),
             );
             let encrypted_key = answer
                 .ciphertext_blob()
@@ -148,11 +149,17 @@ impl AwsKmsBackend {
             .send()
             .await
             .map_err(|e| classify(&key.to_string(), e))?;
+        // An answer without plaintext is refused, never read as an empty plaintext.
         let opened = Zeroizing::new(
             answer
                 .plaintext()
-                .map(|b| b.as_ref().to_vec())
-                .unwrap_or_default(),
+                .ok_or_else(|| {
+                    violation(format!(
+                        "Decrypt of an envelope for {kid} gave no plaintext"
+                    ))
+                })?
+                .as_ref()
+                .to_vec(),
         );
         check_answered_by(
             format_args!("Decrypt of an envelope for {kid}"),
