@@ -160,7 +160,8 @@ pub fn layout(ring_target: Option<&str>, version_aliases: &[(u32, String)]) -> O
     })
 }
 
-/// A KMS key state as a version state: `None` for states that are refused outright.
+/// A KMS key state as a version state. Only `Enabled` can be used; pending deletion is
+/// DESTROYED, and every other or unknown state (an empty one included) is DISABLED.
 pub fn state_of(kms_state: &str, is_current: bool) -> KeyState {
     match kms_state {
         "Enabled" if is_current => KeyState::Active,
@@ -407,6 +408,7 @@ mod tests {
         assert_eq!(state_of("PendingDeletion", true), KeyState::Destroyed);
         assert_eq!(state_of("PendingImport", true), KeyState::Disabled);
         assert_eq!(state_of("Unavailable", true), KeyState::Disabled);
+        assert_eq!(state_of("", true), KeyState::Disabled, "no state given");
         assert_eq!(
             algorithm_of("RSA_3072", "SIGN_VERIFY", Some("PS384")),
             Ok(Algorithm::Ps384)
