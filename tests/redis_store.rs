@@ -345,3 +345,57 @@ async fn a_corrupt_stored_hash_fails_closed() {
         }
     }
 }
+
+/// After more rotations than [`MAX_RETIRED`], the newest retired hashes are the ones kept:
+/// the oldest are forgotten (Unknown, no side effect), the newest still reveal reuse.
+async fn the_newest_retired_hashes_are_kept(store: &dyn Store) {
+    use token_service::token::refresh::{FamilyId, RefreshToken};
+    use token_service::token::store::{FamilyRecord, MAX_RETIRED, Rotation};
+
+    let family = FamilyId::generate().unwrap();
+    let hash = || RefreshToken::generate(family.clone()).unwrap().hash();
+    // Real time: Redis expires the keys at `expires_at` by its own clock.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut current = hash();
+    let record = FamilyRecord {
+        current: current.clone(),
+        retired: Vec::new(),
+        generation: 0,
+        revoked: false,
+        expires_at: now + 3_600,
+        data: "sealed".into(),
+    };
+    store.create_family(&family, record).await.unwrap();
+    let mut retired = Vec::new();
+    for _ in 0..MAX_RETIRED + 20 {
+        let next = hash();
+        let rotation = store.rotate(&family, &current, next.clone(), now).await;
+        assert_eq!(rotation, Ok(Rotation::Rotated));
+        retired.push(std::mem::replace(&mut current, next));
+    }
+    for forgotten in &retired[..20] {
+        let rotation = store.rotate(&family, forgotten, hash(), now).await;
+        assert_eq!(rotation, Ok(Rotation::Unknown), "the oldest are forgotten");
+    }
+    let newest = retired.last().unwrap();
+    let rotation = store.rotate(&family, newest, hash(), now).await;
+    assert_eq!(rotation, Ok(Rotation::Reused), "the newest is remembered");
+}
+
+#[tokio::test]
+async fn the_newest_retired_hashes_are_kept_in_memory() {
+    the_newest_retired_hashes_are_kept(&token_service::token::store::memory::MemoryStore::default())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_retired_hashes_are_kept_in_redis() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    the_newest_retired_hashes_are_kept(&store).await;
+}

@@ -3,7 +3,8 @@
 //! slot).
 //!
 //! Keys: `ts:fam:{F}` (hash: current, generation, revoked, expires_at, data) and
-//! `ts:fam:{F}:retired` (set of used token hashes), both expiring with the family;
+//! `ts:fam:{F}:retired` (list of used token hashes, newest first, the newest
+//! [`MAX_RETIRED`] kept), both expiring with the family;
 //! `ts:deny:<jti>` expiring with the access token. Every decision is one Lua script, so it
 //! is atomic: of many instances presenting one refresh token at once, exactly one rotates.
 
@@ -21,12 +22,12 @@ if not f[1] or tonumber(f[3]) <= tonumber(ARGV[3]) then return 'unknown' end
 if f[2] == '1' then return 'revoked' end
 if f[1] == ARGV[1] then
   redis.call('HSET', KEYS[1], 'current', ARGV[2], 'generation', tonumber(f[4]) + 1)
-  redis.call('SADD', KEYS[2], ARGV[1])
-  if redis.call('SCARD', KEYS[2]) > tonumber(ARGV[4]) then redis.call('SPOP', KEYS[2]) end
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[4]) - 1)
   redis.call('EXPIREAT', KEYS[2], f[3])
   return 'rotated'
 end
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
+if redis.call('LPOS', KEYS[2], ARGV[1]) then
   redis.call('HSET', KEYS[1], 'revoked', '1')
   return 'reused'
 end
