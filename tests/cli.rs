@@ -286,3 +286,25 @@ fn help_is_available_everywhere() {
         assert!(output.status.signal().is_none());
     }
 }
+
+/// Output into a closed pipe (`token-service ... | head -1` after head exits) ends the
+/// command quietly with success, not with a panic and a backtrace.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    let sandbox = Sandbox::new("");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = std::process::Command::new(support::process::binary())
+        .args(["--config"])
+        .arg(sandbox.config_path())
+        .args(["config", "check"])
+        .current_dir(sandbox.dir.path())
+        .env_remove("RUST_LOG")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = stderr(&output);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(output.status.code(), Some(0), "{err}");
+}

@@ -94,6 +94,7 @@ async fn bound_tokens_and_families_over_grpc() {
     let seen = client
         .introspect_token(IntrospectTokenRequest {
             token: issued.access_token.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -64,6 +64,7 @@ async fn the_token_api_end_to_end_over_grpc() {
     let seen = client
         .introspect_token(IntrospectTokenRequest {
             token: first.access_token.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -73,6 +74,19 @@ async fn the_token_api_end_to_end_over_grpc() {
         (seen.sub.as_str(), seen.client_id.as_str()),
         ("alice", "demo")
     );
+    // A resource server may ask for itself: active only if `aud` holds its audience.
+    for (audience, active) in [("api", true), ("billing", false)] {
+        let seen = client
+            .introspect_token(IntrospectTokenRequest {
+                token: first.access_token.clone(),
+                audience: audience.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(seen.active, active, "audience {audience}");
+        assert_eq!(seen.sub.is_empty(), !active, "no claims when inactive");
+    }
 
     let second = client
         .refresh_tokens(RefreshTokensRequest {
@@ -99,6 +113,7 @@ async fn the_token_api_end_to_end_over_grpc() {
         let seen = client
             .introspect_token(IntrospectTokenRequest {
                 token: token.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -145,7 +160,8 @@ async fn the_token_api_end_to_end_over_grpc() {
     assert!(
         !client
             .introspect_token(IntrospectTokenRequest {
-                token: third.access_token
+                token: third.access_token,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -386,6 +402,7 @@ async fn revocation_is_shared(sandbox: Sandbox, url: String) {
     let seen = to_b
         .introspect_token(IntrospectTokenRequest {
             token: issued.access_token.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -402,6 +419,7 @@ async fn revocation_is_shared(sandbox: Sandbox, url: String) {
     let seen = to_b
         .introspect_token(IntrospectTokenRequest {
             token: issued.access_token,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -582,7 +600,10 @@ async fn family_flow_and_race(grpc: std::net::SocketAddr) {
     for token in [first.access_token, second.access_token] {
         assert!(
             !client
-                .introspect_token(IntrospectTokenRequest { token })
+                .introspect_token(IntrospectTokenRequest {
+                    token,
+                    ..Default::default()
+                })
                 .await
                 .unwrap()
                 .into_inner()

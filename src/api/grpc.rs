@@ -204,7 +204,11 @@ impl TokenApi for GrpcTokenService {
         let body = request.into_inner();
         let seen = self
             .tokens
-            .introspect(&ctx, &body.token)
+            .introspect_for(
+                &ctx,
+                &body.token,
+                Some(body.audience.as_str()).filter(|a| !a.is_empty()),
+            )
             .await
             .map_err(status)?;
         let response = match seen.claims {

@@ -142,7 +142,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     let raw = tokio::task::spawn_blocking(raw_es256_rate)
         .await
         .unwrap_or(0.0);
-    println!("raw ES256 sign (aws-lc-rs, one thread, this machine): {raw:.0}/s");
+    say!("raw ES256 sign (aws-lc-rs, one thread, this machine): {raw:.0}/s");
     let channels = {
         let mut channels = Vec::new();
         for _ in 0..args.connections.clamp(1, args.concurrency.max(1)) {
@@ -251,7 +251,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     latencies.sort_unstable();
     let total = done.load(Ordering::Relaxed);
     let rate = total as f64 / elapsed;
-    println!(
+    say!(
         "{} tokens in {elapsed:.1} s at concurrency {} over {} connections: {rate:.0} tokens/s; latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms; errors {}",
         total,
         args.concurrency,
@@ -264,7 +264,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     if let (Some(before), Some(after)) = (cpu_before, cpu_after)
         && total > 0
     {
-        println!(
+        say!(
             "server CPU: {:.2} s in all, {:.3} ms per token",
             after - before,
             (after - before) * 1000.0 / total as f64
@@ -273,14 +273,14 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     if let (Some(before), Some(after)) = (own_cpu_before, own_cpu_after)
         && total > 0
     {
-        println!(
+        say!(
             "bench client CPU (same machine): {:.2} s in all, {:.3} ms per token",
             after - before,
             (after - before) * 1000.0 / total as f64
         );
     }
     if raw > 0.0 {
-        println!(
+        say!(
             "issuance rate / raw one-thread ES256 sign rate: {:.2}",
             rate / raw
         );

@@ -60,6 +60,9 @@ enum ClientCommand {
     Introspect {
         /// The access token.
         token: String,
+        /// Ask as the resource server of this audience: inactive unless `aud` holds it.
+        #[arg(long, default_value = "")]
+        audience: String,
     },
     /// Print the JWKS.
     Jwks,
@@ -78,7 +81,7 @@ fn print_tokens(r: token_service::api::proto::TokenResponse) -> Result<(), Failu
 
 fn print_json(value: serde_json::Value) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(&value).map_err(|e| Failure::new(e.to_string()))?;
-    println!("{text}");
+    say!("{text}");
     Ok(())
 }
 
@@ -138,9 +141,9 @@ pub async fn run(args: ClientArgs) -> Result<(), Failure> {
                 .into_inner();
             print_json(serde_json::json!({ "revoked": r.revoked }))
         }
-        ClientCommand::Introspect { token } => {
+        ClientCommand::Introspect { token, audience } => {
             let r = client
-                .introspect_token(IntrospectTokenRequest { token })
+                .introspect_token(IntrospectTokenRequest { token, audience })
                 .await
                 .map_err(failure)?
                 .into_inner();

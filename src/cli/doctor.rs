@@ -14,9 +14,13 @@ pub async fn run(config: &Option<PathBuf>) -> Result<(), Failure> {
     let key: &KeyRef = &service.signing_key;
     let label = key.to_string();
     let message = b"token-service doctor probe";
-    println!(
+    say!(
         "{:<14} {:<8} {:<9} {:<34} {:<14} ALGORITHMS",
-        "BACKEND", "HEALTH", "BREAKER", "SIGN/VERIFY ROUND TRIP", "OPERATIONS"
+        "BACKEND",
+        "HEALTH",
+        "BREAKER",
+        "SIGN/VERIFY ROUND TRIP",
+        "OPERATIONS"
     );
     let mut failures = 0;
     for guarded in service.chain.backends() {
@@ -66,7 +70,7 @@ pub async fn run(config: &Option<PathBuf>) -> Result<(), Failure> {
         if !health.healthy {
             failures += 1;
         }
-        println!(
+        say!(
             "{:<14} {:<8} {:<9} {:<34} {:<14} {}",
             guarded.name(),
             if health.healthy { "ok" } else { "FAILING" },
@@ -81,12 +85,12 @@ pub async fn run(config: &Option<PathBuf>) -> Result<(), Failure> {
                 .join(",")
         );
         if !health.healthy {
-            println!("{:<14} health: {}", "", health.detail);
+            say!("{:<14} health: {}", "", health.detail);
         }
     }
     if failures > 0 {
         return Err(Failure::new(format!("{failures} problem(s) found")));
     }
-    println!("all backends answered");
+    say!("all backends answered");
     Ok(())
 }

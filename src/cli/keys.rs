@@ -96,12 +96,19 @@ pub fn timestamp(seconds: u64) -> String {
 }
 
 fn print_versions(rows: &[KeyMetadata]) {
-    println!(
+    say!(
         "{:<10} {:<22} {:>7} {:<10} {:<8} {:<20} {:<20} {:<20} KID",
-        "BACKEND", "KEY", "VERSION", "STATE", "ALG", "CREATED", "ROTATED", "RETAINED UNTIL"
+        "BACKEND",
+        "KEY",
+        "VERSION",
+        "STATE",
+        "ALG",
+        "CREATED",
+        "ROTATED",
+        "RETAINED UNTIL"
     );
     for m in rows {
-        println!(
+        say!(
             "{:<10} {:<22} {:>7} {:<10} {:<8} {:<20} {:<20} {:<20} {}",
             m.backend,
             format!("{}/{}", m.key.namespace(), m.key.name()),
@@ -174,7 +181,7 @@ pub async fn run(config: &Option<PathBuf>, command: KeysCommand) -> Result<(), F
         }
         KeysCommand::List { namespace, backend } => {
             let namespace = namespace.unwrap_or_else(|| service.signing_key.namespace().to_owned());
-            println!("{:<10} KEY", "BACKEND");
+            say!("{:<10} KEY", "BACKEND");
             for guarded in targets(&service, backend.as_deref(), Operation::ListKeys)? {
                 let names = guarded
                     .call(&ctx, Operation::ListKeys, &namespace, |b| {
@@ -182,7 +189,7 @@ pub async fn run(config: &Option<PathBuf>, command: KeysCommand) -> Result<(), F
                     })
                     .await?;
                 for name in names {
-                    println!("{:<10} {namespace}/{name}", guarded.name());
+                    say!("{:<10} {namespace}/{name}", guarded.name());
                 }
             }
         }

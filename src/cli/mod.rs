@@ -1,5 +1,13 @@
 //! Command-line interface.
 
+/// `println!` for command output: a closed stdout (`| head`) ends the process quietly with
+/// success, as command-line tools do, instead of a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod client;
 mod doctor;
@@ -13,6 +21,19 @@ use clap::{Parser, Subcommand};
 use token_service::config::{Config, ConfigError, ProcessEnv};
 use token_service::metrics::Metrics;
 use token_service::service::Service;
+
+/// Writes one line of command output to stdout (see `say!`).
+pub fn write_out(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {error}");
+        std::process::exit(1);
+    }
+}
 
 /// Exit code for configuration errors (sysexits EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
@@ -155,7 +176,7 @@ async fn crypto_service(path: &Option<PathBuf>) -> Result<(), Failure> {
 fn config_check(path: &Option<PathBuf>) -> Result<(), Failure> {
     let config = Config::load(path.as_deref(), &ProcessEnv)?;
     let rendered = config.to_redacted_toml()?;
-    println!("# configuration is valid; resolved with environment overrides");
-    print!("{rendered}");
+    say!("# configuration is valid; resolved with environment overrides");
+    say!("{}", rendered.trim_end());
     Ok(())
 }

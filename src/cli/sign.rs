@@ -60,7 +60,7 @@ pub async fn sign(config: &Option<PathBuf>, args: SignArgs) -> Result<(), Failur
     let payload = read_input(&args.input)?;
     let ctx = CallContext::new();
     let signed = jws::sign(&service.chain, &ctx, &key, args.typ.as_deref(), &payload).await?;
-    println!("{}", signed.compact);
+    say!("{}", signed.compact);
     Ok(())
 }
 

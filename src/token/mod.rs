@@ -537,6 +537,17 @@ impl TokenService {
         ctx: &CallContext,
         token: &str,
     ) -> Result<Introspection, TokenError> {
+        self.introspect_for(ctx, token, None).await
+    }
+
+    /// [`TokenService::introspect`] for a resource server: with `audience`, a token whose
+    /// `aud` does not hold it is inactive.
+    pub async fn introspect_for(
+        &self,
+        ctx: &CallContext,
+        token: &str,
+        audience: Option<&str>,
+    ) -> Result<Introspection, TokenError> {
         let Ok(jws) = CompactJws::parse(token) else {
             return Ok(Introspection::inactive("not a JWS we accept"));
         };
@@ -559,6 +570,9 @@ impl TokenService {
         }
         if claims.iss != self.settings.issuer {
             return Ok(Introspection::inactive("issuer"));
+        }
+        if audience.is_some_and(|wanted| !claims.aud.iter().any(|aud| aud == wanted)) {
+            return Ok(Introspection::inactive("audience"));
         }
         if self.store.is_denied(&claims.jti, now).await? {
             return Ok(Introspection::inactive("revoked jti"));
