@@ -6,6 +6,7 @@ pub mod aws_kms;
 pub mod crypto_service;
 pub mod dpop;
 mod env;
+pub mod pkcs11;
 mod validate;
 
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use crate::resilience::ResilienceConfig;
 pub use aws_kms::AwsKmsConfig;
 pub use crypto_service::{CryptoServerConfig, CryptoServiceConfig};
 pub use env::{EnvSource, ProcessEnv};
+pub use pkcs11::{Pkcs11Config, ResolvedPkcs11, VerifyMode};
 
 /// The embedded default configuration (`config/default.toml`).
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -368,151 +370,6 @@ impl BackendsConfig {
     }
 }
 
-/// Where verification with a PKCS#11 key happens.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VerifyMode {
-    /// Locally, with the public key read once from the token (fast; the default).
-    #[default]
-    Local,
-    /// On the token.
-    Token,
-}
-
-/// `[backends.pkcs11]`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Pkcs11Config {
-    /// Path of the PKCS#11 module (or `module-path` in `uri`); env `PKCS11_MODULE`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub module: Option<PathBuf>,
-    /// The token's label; env `PKCS11_TOKEN_LABEL`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_label: Option<String>,
-    /// The token's serial number.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_serial: Option<String>,
-    /// An RFC 7512 URI selecting the token (`token`, `serial`), and optionally
-    /// `module-path` and `pin-source`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uri: Option<String>,
-    /// Where the user PIN comes from: `{ file = "..." }` or `{ env = "NAME" }`;
-    /// env `PKCS11_PIN_FILE` sets a file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pin: Option<crate::secret::SecretSource>,
-    /// Sessions (worker threads), capped by the token's own limit.
-    #[serde(default = "default_sessions")]
-    pub max_sessions: usize,
-    /// Where signatures with the token's keys are verified.
-    #[serde(default)]
-    pub verify: VerifyMode,
-    /// How long a rotated-out version still verifies and decrypts.
-    #[serde(default = "default_retention", with = "humantime_serde")]
-    pub retention: Duration,
-    /// Modulus size of new RSA keys.
-    #[serde(default = "default_rsa_bits")]
-    pub rsa_bits: RsaBits,
-    /// How often a cached ring is re-read from the token.
-    #[serde(default = "default_refresh_interval", with = "humantime_serde")]
-    pub refresh_interval: Duration,
-    /// Policies around the backend.
-    #[serde(default)]
-    pub resilience: ResilienceConfig,
-}
-
-fn default_sessions() -> usize {
-    4
-}
-
-/// The PKCS#11 settings that must be combined from several places, resolved.
-#[derive(Clone, Debug)]
-pub struct ResolvedPkcs11 {
-    /// The module.
-    pub module: PathBuf,
-    /// The token.
-    pub token: crate::backends::pkcs11::token::TokenSelector,
-    /// The PIN source.
-    pub pin: crate::secret::SecretSource,
-}
-
-impl Pkcs11Config {
-    /// Combines `module`/`token_*`/`pin` with the URI; each missing or ambiguous piece is an
-    /// error naming the setting.
-    pub fn resolve(&self) -> Result<ResolvedPkcs11, ConfigError> {
-        use crate::backends::pkcs11::token::TokenSelector;
-        use crate::backends::pkcs11::uri::Pkcs11Uri;
-        let uri: Pkcs11Uri = match &self.uri {
-            Some(text) => text
-                .parse()
-                .map_err(|e: crate::backends::pkcs11::uri::UriError| {
-                    ConfigError::invalid("backends.pkcs11.uri", e.to_string())
-                })?,
-            None => Pkcs11Uri::default(),
-        };
-        // Attributes this backend cannot honour are refused, not ignored: a URI that names
-        // one object, or a manufacturer, means something this configuration would not do.
-        if uri.object.is_some() || uri.id.is_some() || uri.object_type.is_some() {
-            return Err(ConfigError::invalid(
-                "backends.pkcs11.uri",
-                "object=, id= and type= select a single object; this backend keeps key rings by logical name (labels ts/<namespace>/<name>/<version>), so give only token= or serial=",
-            ));
-        }
-        if uri.manufacturer.is_some() || uri.model.is_some() {
-            return Err(ConfigError::invalid(
-                "backends.pkcs11.uri",
-                "manufacturer= and model= are not used to select the token; give token= or serial=",
-            ));
-        }
-        let module = self.module.clone().or(uri.module_path).ok_or_else(|| {
-            ConfigError::invalid(
-                "backends.pkcs11.module",
-                "expected the path of the PKCS#11 module (or module-path in backends.pkcs11.uri)",
-            )
-        })?;
-        let mut selectors = Vec::new();
-        if let Some(l) = &self.token_label {
-            selectors.push(TokenSelector::Label(l.clone()));
-        }
-        if let Some(s) = &self.token_serial {
-            selectors.push(TokenSelector::Serial(s.clone()));
-        }
-        if let Some(l) = uri.token {
-            selectors.push(TokenSelector::Label(l));
-        }
-        if let Some(s) = uri.serial {
-            selectors.push(TokenSelector::Serial(s));
-        }
-        let token = match selectors.len() {
-            1 => selectors.remove(0),
-            0 => {
-                return Err(ConfigError::invalid(
-                    "backends.pkcs11.token_label",
-                    "expected the token's label (or token_serial, or token= / serial= in uri); a slot id alone is not accepted because slot ids change",
-                ));
-            }
-            _ => {
-                return Err(ConfigError::invalid(
-                    "backends.pkcs11.token_label",
-                    "expected exactly one of token_label, token_serial, or token= / serial= in uri",
-                ));
-            }
-        };
-        let pin = self.pin.clone().or(uri.pin_source).ok_or_else(|| {
-            ConfigError::invalid(
-                "backends.pkcs11.pin",
-                "expected { file = \"/path\" } or { env = \"NAME\" } (or pin-source in uri)",
-            )
-        })?;
-        if self.max_sessions == 0 {
-            return Err(ConfigError::invalid(
-                "backends.pkcs11.max_sessions",
-                "expected at least 1",
-            ));
-        }
-        Ok(ResolvedPkcs11 { module, token, pin })
-    }
-}
-
 /// `[backends.software]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -533,15 +390,15 @@ pub struct SoftwareConfig {
     pub resilience: ResilienceConfig,
 }
 
-fn default_retention() -> Duration {
+pub(crate) fn default_retention() -> Duration {
     Duration::from_secs(24 * 3600)
 }
 
-fn default_refresh_interval() -> Duration {
+pub(crate) fn default_refresh_interval() -> Duration {
     Duration::from_secs(1)
 }
 
-fn default_rsa_bits() -> RsaBits {
+pub(crate) fn default_rsa_bits() -> RsaBits {
     RsaBits::B2048
 }
 

@@ -4,6 +4,7 @@
 
 mod binding;
 pub mod claims;
+mod introspect;
 pub mod refresh;
 pub mod store;
 
@@ -26,8 +27,9 @@ use crate::backends::jwk::PublicJwk;
 use crate::backends::types::KeyRef;
 use crate::context::CallContext;
 use crate::dpop::{DpopError, DpopSettings, DpopValidator};
-use crate::jws::{self, CompactJws};
+use crate::jws;
 pub use binding::DpopInput;
+pub use introspect::Introspection;
 
 /// What went wrong, in the classes the API reports (gRPC status codes map 1:1).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -152,25 +154,6 @@ impl std::fmt::Debug for IssuedTokens {
             .field("kid", &self.kid)
             .field("expires_in", &self.expires_in)
             .finish_non_exhaustive()
-    }
-}
-
-/// The result of introspection (RFC 7662): inactive tokens carry no claims.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Introspection {
-    /// Whether the token is active.
-    pub active: bool,
-    /// Its claims, when active.
-    pub claims: Option<AccessClaims>,
-}
-
-impl Introspection {
-    fn inactive(why: &str) -> Self {
-        tracing::debug!(reason = why, "token inactive");
-        Self {
-            active: false,
-            claims: None,
-        }
     }
 }
 
@@ -526,66 +509,6 @@ impl TokenService {
     pub async fn jwks(&self, ctx: &CallContext) -> Result<Jwks, TokenError> {
         Ok(Jwks {
             keys: self.chain.public_keys(ctx, &self.signing_key).await?,
-        })
-    }
-
-    /// RFC 7662 introspection: signature against the published keys, `typ`, exp/nbf with the
-    /// configured skew, issuer, the jti denylist and the family's state. Anything wrong with
-    /// the token is "inactive", not an error; only outages are errors.
-    pub async fn introspect(
-        &self,
-        ctx: &CallContext,
-        token: &str,
-    ) -> Result<Introspection, TokenError> {
-        self.introspect_for(ctx, token, None).await
-    }
-
-    /// [`TokenService::introspect`] for a resource server: with `audience`, a token whose
-    /// `aud` does not hold it is inactive.
-    pub async fn introspect_for(
-        &self,
-        ctx: &CallContext,
-        token: &str,
-        audience: Option<&str>,
-    ) -> Result<Introspection, TokenError> {
-        let Ok(jws) = CompactJws::parse(token) else {
-            return Ok(Introspection::inactive("not a JWS we accept"));
-        };
-        if jws.header.typ.as_deref() != Some("at+jwt") {
-            return Ok(Introspection::inactive("typ is not at+jwt"));
-        }
-        let keys = self.chain.public_keys(ctx, &self.signing_key).await?;
-        match jws.verify(&self.chain, ctx, &keys).await {
-            Ok(()) => {}
-            Err(error) if error.class() == ErrorClass::Unavailable => return Err(error.into()),
-            Err(_) => return Ok(Introspection::inactive("signature")),
-        }
-        let Ok(claims) = serde_json::from_slice::<AccessClaims>(&jws.payload) else {
-            return Ok(Introspection::inactive("claims"));
-        };
-        let now = self.clock.now();
-        let skew = self.settings.clock_skew.as_secs();
-        if claims.exp.saturating_add(skew) <= now || claims.nbf > now.saturating_add(skew) {
-            return Ok(Introspection::inactive("time"));
-        }
-        if claims.iss != self.settings.issuer {
-            return Ok(Introspection::inactive("issuer"));
-        }
-        if audience.is_some_and(|wanted| !claims.aud.iter().any(|aud| aud == wanted)) {
-            return Ok(Introspection::inactive("audience"));
-        }
-        if self.store.is_denied(&claims.jti, now).await? {
-            return Ok(Introspection::inactive("revoked jti"));
-        }
-        let Ok(family) = FamilyId::parse(&claims.fid) else {
-            return Ok(Introspection::inactive("family id"));
-        };
-        if !self.store.family_active(&family, now).await? {
-            return Ok(Introspection::inactive("family revoked"));
-        }
-        Ok(Introspection {
-            active: true,
-            claims: Some(claims),
         })
     }
 }
