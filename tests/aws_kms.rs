@@ -199,13 +199,7 @@ async fn every_algorithm_signs_and_verifies_locally_with_kms_and_with_the_export
 async fn encryption_round_trips_directly_and_by_envelope_and_binds_its_context() {
     let Some(kms) = MotoKms::start() else { return };
     let backend = kms.backend(kms.options());
-    let ring = KeyRef::new("token-cache", "aes").unwrap();
-    backend
-        .generate_key(&ring, Algorithm::A256Gcm)
-        .await
-        .unwrap();
-    let small = b"family record".to_vec();
-    let large: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let (ring, [small, large]) = support::kms::aes_ring_and_plaintexts(&backend).await;
     for (plaintext, direct) in [(&small, true), (&large, false)] {
         let sealed = backend
             .encrypt(&ring, plaintext, b"family:abc")

@@ -168,14 +168,8 @@ async fn a_decrypt_answer_without_plaintext_is_a_security_error() {
         return;
     };
     let backend = kms.backend(kms.options());
-    let ring = KeyRef::new("token-cache", "aes").unwrap();
-    backend
-        .generate_key(&ring, Algorithm::A256Gcm)
-        .await
-        .unwrap();
-    let small = b"family record".to_vec();
-    let large: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
-    for plaintext in [small, large] {
+    let (ring, plaintexts) = support::kms::aes_ring_and_plaintexts(&backend).await;
+    for plaintext in plaintexts {
         let sealed = backend.encrypt(&ring, &plaintext, b"aad").await.unwrap();
         let envelope = Envelope::parse(&sealed).unwrap();
         let (captured, _guard) = support::capture::Captured::install();

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use token_service::backends::aws_kms::{AwsKmsBackend, AwsKmsOptions};
+use token_service::backends::{Algorithm, Backend, KeyRef};
 
 /// Whether a missing moto must fail (CI) rather than skip.
 fn strict() -> bool {
@@ -228,4 +229,17 @@ impl Drop for MotoKms {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A `token-cache/aes` ring made on `backend`, and two plaintexts: one small enough for a
+/// direct KMS Encrypt, one that needs a data key.
+pub async fn aes_ring_and_plaintexts(backend: &AwsKmsBackend) -> (KeyRef, [Vec<u8>; 2]) {
+    let ring = KeyRef::new("token-cache", "aes").unwrap();
+    backend
+        .generate_key(&ring, Algorithm::A256Gcm)
+        .await
+        .unwrap();
+    let small = b"family record".to_vec();
+    let large: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    (ring, [small, large])
 }
