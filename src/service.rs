@@ -266,7 +266,8 @@ impl Service {
     }
 
     /// Creates the configured signing key on every backend of the sign chain, and the
-    /// encryption key on every backend of the encrypt chain, where missing.
+    /// encryption key on every backend of the encrypt chain, where missing; then reads the
+    /// published keys once.
     pub async fn ensure_keys(&self) -> Result<(), ServiceError> {
         let ctx = CallContext::new();
         self.chain
@@ -293,6 +294,12 @@ impl Service {
                 key: self.encryption_key.to_string(),
                 source,
             })?;
+        // Read the published keys once, so that from the start the chain has each backend's
+        // keys to stand in for it if it stops answering (see Chain::public_keys). A failure
+        // here is not fatal: the JWKS is read again on every request for it.
+        if let Err(error) = self.chain.public_keys(&ctx, &self.signing_key).await {
+            tracing::warn!(%error, "public keys not readable at start-up");
+        }
         Ok(())
     }
 

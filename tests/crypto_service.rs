@@ -316,6 +316,10 @@ async fn killed_server_falls_back_and_traffic_returns_after_restart() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // A JWKS fetch before the outage, as resource servers make all the time.
+    let signed_before = chain.sign(&ctx, &key, b"steady").await.unwrap();
+    assert_eq!(signed_before.backend, NAME);
+    chain.public_keys(&ctx, &key).await.unwrap();
     server.kill();
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
@@ -324,6 +328,15 @@ async fn killed_server_falls_back_and_traffic_returns_after_restart() {
         "breaker open after the kill"
     );
     assert!(metrics.fallback_count(token_service::backends::Operation::Sign, NAME, "software") > 0);
+    // During the outage the JWKS still holds the primary's keys (the ones it last
+    // published), so tokens it signed before going down keep verifying.
+    let during = chain.public_keys(&CallContext::new(), &key).await.unwrap();
+    assert!(
+        during
+            .iter()
+            .any(|jwk| jwk.kid.as_deref() == Some(signed_before.kid.as_str())),
+        "the primary's key is published during the outage: {during:?}"
+    );
     server.restart();
     // Half-open after 1 s, closed after 2 good probes: traffic returns to the primary.
     let mut back = false;

@@ -11,6 +11,7 @@
 //! therefore returns the keys of every backend that may sign.
 
 mod guarded;
+mod published;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 pub use self::guarded::{BoxFuture, GuardedBackend};
+pub use self::published::LAST_KEYS_KEPT_FOR;
+use self::published::PublishedKeys;
 use super::Backend;
 use super::envelope::Envelope;
 use super::error::{BackendError, ErrorClass, Rejection, UnavailableReason};
@@ -72,6 +75,7 @@ pub struct Chain {
     encrypt: Vec<Arc<GuardedBackend>>,
     fallback_enabled: bool,
     metrics: Metrics,
+    published: PublishedKeys,
 }
 
 /// Checks a signature a backend returned against what was asked: a backend that answers
@@ -156,6 +160,7 @@ impl Chain {
             encrypt,
             fallback_enabled,
             metrics,
+            published: PublishedKeys::default(),
         })
     }
 
@@ -377,14 +382,23 @@ impl Chain {
 
     /// The public keys of every backend in the sign chain for `key` (ACTIVE and retained
     /// versions), de-duplicated by `kid`: what a JWKS must hold so that every token verifies,
-    /// whichever backend signed it. A backend that is unavailable is left out with a warning;
-    /// the call fails only if none answers.
+    /// whichever backend signed it. For a backend that does not answer, the keys it last
+    /// published stand in (up to [`LAST_KEYS_KEPT_FOR`]), so tokens it signed before an outage
+    /// keep verifying; one with no such keys is left out with a warning. The call fails only
+    /// if no backend contributes.
     pub async fn public_keys(
         &self,
         ctx: &CallContext,
         key: &KeyRef,
     ) -> Result<Vec<PublicJwk>, BackendError> {
         let label = key;
+        let add = |by_kid: &mut BTreeMap<String, PublicJwk>, keys: Vec<PublicJwk>| {
+            for jwk in keys {
+                if let Some(kid) = jwk.kid.clone() {
+                    by_kid.entry(kid).or_insert(jwk);
+                }
+            }
+        };
         let mut by_kid: BTreeMap<String, PublicJwk> = BTreeMap::new();
         let mut answered = false;
         let mut last_error = None;
@@ -404,17 +418,24 @@ impl Chain {
             {
                 Ok(keys) => {
                     answered = true;
-                    for jwk in keys {
-                        if let Some(kid) = jwk.kid.clone() {
-                            by_kid.entry(kid).or_insert(jwk);
-                        }
+                    self.published.remember(guarded.name(), key, &keys);
+                    add(&mut by_kid, keys);
+                }
+                Err(BackendError::Rejected(Rejection::UnknownKey(_))) => {
+                    answered = true;
+                    self.published.forget(guarded.name(), key);
+                }
+                Err(error) => match self.published.last(guarded.name(), key) {
+                    Some(keys) => {
+                        tracing::warn!(backend = guarded.name(), %error, "public keys unavailable; publishing the keys it last answered");
+                        answered = true;
+                        add(&mut by_kid, keys);
                     }
-                }
-                Err(BackendError::Rejected(Rejection::UnknownKey(_))) => answered = true,
-                Err(error) => {
-                    tracing::warn!(backend = guarded.name(), %error, "public keys unavailable; JWKS is missing this backend's keys");
-                    last_error = Some(error);
-                }
+                    None => {
+                        tracing::warn!(backend = guarded.name(), %error, "public keys unavailable; JWKS is missing this backend's keys");
+                        last_error = Some(error);
+                    }
+                },
             }
         }
         match (answered, last_error) {
