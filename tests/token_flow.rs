@@ -287,6 +287,30 @@ async fn introspection_checks_time_with_skew_issuer_and_revocation() {
     );
 
     let issued = f.service.generate(&ctx(), &request()).await.unwrap();
+    // The family id is public (`fid` in the access token): a refresh token forged from it,
+    // or one already rotated out, revokes nothing.
+    let forged = format!("rt1.{}.{}", issued.claims.fid, "A".repeat(43));
+    assert!(!f.service.revoke_refresh_token(&forged).await.unwrap());
+    let rotated = f
+        .service
+        .refresh(&ctx(), &issued.refresh_token)
+        .await
+        .unwrap();
+    assert!(
+        !f.service
+            .revoke_refresh_token(&issued.refresh_token)
+            .await
+            .unwrap()
+    );
+    assert!(
+        f.service
+            .introspect(&ctx(), &rotated.access_token)
+            .await
+            .unwrap()
+            .active,
+        "the family survives both"
+    );
+    let issued = rotated;
     assert!(
         f.service
             .revoke_refresh_token(&issued.refresh_token)

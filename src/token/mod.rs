@@ -472,10 +472,25 @@ impl TokenService {
         }
     }
 
-    /// Revokes the family of a refresh token.
+    /// Revokes the family of a refresh token, if it is the family's current one; false when
+    /// nothing was revoked (a forged, rotated-out or expired token, or an already revoked
+    /// family).
     pub async fn revoke_refresh_token(&self, refresh_token: &str) -> Result<bool, TokenError> {
         let presented = RefreshToken::parse(refresh_token)?;
-        self.revoke_family(presented.family()).await
+        let family = presented.family();
+        // The family id is public (every access token carries it as `fid`): only the
+        // family's current secret may revoke it through this path. Anything else revokes
+        // nothing, without an error (RFC 7009 §2.2).
+        let current = self
+            .store
+            .get_family(family, self.clock.now())
+            .await?
+            .is_some_and(|record| record.current.matches(&presented.hash()));
+        if !current {
+            tracing::info!(target: "audit", event = "revoke_family", fid = %family, revoked = false, "not the family's current refresh token");
+            return Ok(false);
+        }
+        self.revoke_family(family).await
     }
 
     /// Revokes a family: its refresh token stops working and its access tokens turn inactive.
