@@ -174,7 +174,8 @@ pub fn routes(chain: &ChainConfig, backends: &BackendsConfig) -> Routes {
 /// fleet with state of its own (revocations and rotations unseen by the others).
 async fn open_store(tokens: &crate::config::TokensConfig) -> Result<Arc<dyn Store>, ServiceError> {
     let connect_error = |e: crate::token::store::StoreError| ServiceError::Store(e.to_string());
-    let store: Arc<dyn Store> = match (tokens.store, tokens.redis_url.as_deref()) {
+    let (store, nodes): (Arc<dyn Store>, usize) = match (tokens.store, tokens.redis_url.as_deref())
+    {
         (StoreKind::Memory, _) => {
             tracing::info!(
                 store = "memory",
@@ -183,16 +184,16 @@ async fn open_store(tokens: &crate::config::TokensConfig) -> Result<Arc<dyn Stor
             );
             return Ok(Arc::new(MemoryStore::new(tokens.memory_capacity)));
         }
-        (StoreKind::Redis, Some(url)) => {
-            Arc::new(RedisStore::connect(url).await.map_err(connect_error)?)
-        }
+        (StoreKind::Redis, Some(url)) => (
+            Arc::new(RedisStore::connect(url).await.map_err(connect_error)?),
+            1,
+        ),
         (StoreKind::RedisCluster, Some(urls)) => {
             let seeds: Vec<String> = urls.split(',').map(|u| u.trim().to_owned()).collect();
-            Arc::new(
-                RedisStore::connect_cluster(&seeds)
-                    .await
-                    .map_err(connect_error)?,
-            )
+            let store = RedisStore::connect_cluster(&seeds)
+                .await
+                .map_err(connect_error)?;
+            (Arc::new(store), seeds.len())
         }
         (StoreKind::Redis | StoreKind::RedisCluster, None) => {
             return Err(ServiceError::Store(
@@ -201,10 +202,6 @@ async fn open_store(tokens: &crate::config::TokensConfig) -> Result<Arc<dyn Stor
         }
     };
     // The URL may hold a password: only the kind and the node count are logged.
-    let nodes = tokens
-        .redis_url
-        .as_deref()
-        .map_or(0, |u| u.split(',').count());
     tracing::info!(
         store = tokens.store.as_str(),
         nodes,

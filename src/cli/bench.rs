@@ -138,6 +138,19 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[index] as f64 / 1000.0
 }
 
+/// Prints the CPU seconds between two readings, in all and per token, when both exist.
+fn print_cpu(what: &str, before: Option<f64>, after: Option<f64>, tokens: u64) {
+    if let (Some(before), Some(after)) = (before, after)
+        && tokens > 0
+    {
+        let spent = after - before;
+        say!(
+            "{what}: {spent:.2} s in all, {:.3} ms per token",
+            spent * 1000.0 / tokens as f64
+        );
+    }
+}
+
 pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     let raw = tokio::task::spawn_blocking(raw_es256_rate)
         .await
@@ -261,24 +274,13 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         percentile(&latencies, 0.99),
         errors.load(Ordering::Relaxed)
     );
-    if let (Some(before), Some(after)) = (cpu_before, cpu_after)
-        && total > 0
-    {
-        say!(
-            "server CPU: {:.2} s in all, {:.3} ms per token",
-            after - before,
-            (after - before) * 1000.0 / total as f64
-        );
-    }
-    if let (Some(before), Some(after)) = (own_cpu_before, own_cpu_after)
-        && total > 0
-    {
-        say!(
-            "bench client CPU (same machine): {:.2} s in all, {:.3} ms per token",
-            after - before,
-            (after - before) * 1000.0 / total as f64
-        );
-    }
+    print_cpu("server CPU", cpu_before, cpu_after, total);
+    print_cpu(
+        "bench client CPU (same machine)",
+        own_cpu_before,
+        own_cpu_after,
+        total,
+    );
     if raw > 0.0 {
         say!(
             "issuance rate / raw one-thread ES256 sign rate: {:.2}",

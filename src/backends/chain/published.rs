@@ -27,12 +27,19 @@ pub(super) struct PublishedKeys {
 }
 
 impl PublishedKeys {
-    /// Records what `backend` answered for `ring` just now.
+    /// Records what `backend` answered for `ring` just now. Every JWKS read and introspection
+    /// passes here, so an unchanged answer only refreshes its time, without copying keys.
     pub(super) fn remember(&self, backend: &str, ring: &KeyRef, keys: &[PublicJwk]) {
-        self.lock().insert(
-            (backend.to_owned(), ring.clone()),
-            (keys.to_vec(), Instant::now()),
-        );
+        let mut last = self.lock();
+        match last.get_mut(&(backend.to_owned(), ring.clone())) {
+            Some((known, at)) if known.as_slice() == keys => *at = Instant::now(),
+            _ => {
+                last.insert(
+                    (backend.to_owned(), ring.clone()),
+                    (keys.to_vec(), Instant::now()),
+                );
+            }
+        }
     }
 
     /// Forgets `ring` on `backend` (the backend says it has no such ring).
@@ -76,7 +83,12 @@ mod tests {
         assert!(published.last("b", &ring).is_none(), "per backend");
 
         tokio::time::advance(LAST_KEYS_KEPT_FOR).await;
-        assert!(published.last("a", &ring).is_some(), "kept up to the bound");
+        published.remember("a", &ring, &[jwk("k1")]);
+        tokio::time::advance(LAST_KEYS_KEPT_FOR).await;
+        assert!(
+            published.last("a", &ring).is_some(),
+            "an unchanged answer refreshes its time; kept up to the bound"
+        );
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(published.last("a", &ring).is_none(), "not past it");
 
