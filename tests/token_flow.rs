@@ -25,6 +25,13 @@ struct Fixture {
     clock: ManualClock,
 }
 
+impl Fixture {
+    /// Whether introspection calls `token` active.
+    async fn is_active(&self, token: &str) -> bool {
+        self.service.introspect(&ctx(), token).await.unwrap().active
+    }
+}
+
 fn settings() -> TokenSettings {
     TokenSettings {
         issuer: "https://tokens.example".into(),
@@ -144,13 +151,7 @@ async fn issue_introspect_refresh_then_reuse_revokes_the_family() {
         .unwrap();
     assert_ne!(second.refresh_token.as_str(), first.refresh_token.as_str());
     assert_eq!(second.claims.fid, first.claims.fid);
-    assert!(
-        f.service
-            .introspect(&ctx(), &second.access_token)
-            .await
-            .unwrap()
-            .active
-    );
+    assert!(f.is_active(&second.access_token).await);
 
     // The used token again: reuse → the family is revoked, every access token it issued is
     // inactive, and the newest refresh token is dead too.
@@ -161,7 +162,7 @@ async fn issue_introspect_refresh_then_reuse_revokes_the_family() {
         other => panic!("{other:?}"),
     }
     for token in [&first.access_token, &second.access_token] {
-        assert!(!f.service.introspect(&ctx(), token).await.unwrap().active);
+        assert!(!f.is_active(token).await);
     }
     match f.service.refresh(&ctx(), &second.refresh_token).await {
         Err(TokenError::Unauthenticated(reason)) => assert!(reason.contains("revoked"), "{reason}"),
@@ -256,35 +257,16 @@ async fn introspection_checks_time_with_skew_issuer_and_revocation() {
     let f = fixture().await;
     let issued = f.service.generate(&ctx(), &request()).await.unwrap();
     f.clock.advance(900 + 59);
-    assert!(
-        f.service
-            .introspect(&ctx(), &issued.access_token)
-            .await
-            .unwrap()
-            .active,
-        "within the skew"
-    );
+    assert!(f.is_active(&issued.access_token).await, "within the skew");
     f.clock.advance(1);
-    assert!(
-        !f.service
-            .introspect(&ctx(), &issued.access_token)
-            .await
-            .unwrap()
-            .active
-    );
+    assert!(!f.is_active(&issued.access_token).await);
 
     let issued = f.service.generate(&ctx(), &request()).await.unwrap();
     f.service
         .revoke_access_token(&issued.claims.jti, issued.claims.exp)
         .await
         .unwrap();
-    assert!(
-        !f.service
-            .introspect(&ctx(), &issued.access_token)
-            .await
-            .unwrap()
-            .active
-    );
+    assert!(!f.is_active(&issued.access_token).await);
 
     let issued = f.service.generate(&ctx(), &request()).await.unwrap();
     // The family id is public (`fid` in the access token): a refresh token forged from it,
@@ -303,11 +285,7 @@ async fn introspection_checks_time_with_skew_issuer_and_revocation() {
             .unwrap()
     );
     assert!(
-        f.service
-            .introspect(&ctx(), &rotated.access_token)
-            .await
-            .unwrap()
-            .active,
+        f.is_active(&rotated.access_token).await,
         "the family survives both"
     );
     let issued = rotated;
@@ -317,13 +295,7 @@ async fn introspection_checks_time_with_skew_issuer_and_revocation() {
             .await
             .unwrap()
     );
-    assert!(
-        !f.service
-            .introspect(&ctx(), &issued.access_token)
-            .await
-            .unwrap()
-            .active
-    );
+    assert!(!f.is_active(&issued.access_token).await);
     assert!(
         f.service
             .refresh(&ctx(), &issued.refresh_token)
@@ -340,10 +312,7 @@ async fn introspection_checks_time_with_skew_issuer_and_revocation() {
         .access_token;
     tampered.push('A');
     for token in ["", "garbage", "a.b.c", tampered.as_str()] {
-        assert!(
-            !f.service.introspect(&ctx(), token).await.unwrap().active,
-            "{token}"
-        );
+        assert!(!f.is_active(token).await, "{token}");
     }
 }
 
@@ -447,11 +416,5 @@ async fn a_signing_failure_during_refresh_leaves_the_refresh_token_usable() {
         .refresh(&ctx(), &issued.refresh_token)
         .await
         .unwrap();
-    assert!(
-        f.service
-            .introspect(&ctx(), &refreshed.access_token)
-            .await
-            .unwrap()
-            .active
-    );
+    assert!(f.is_active(&refreshed.access_token).await);
 }

@@ -240,16 +240,21 @@ mod tests {
         assert_eq!(next, vec![count; threads]);
     }
 
+    /// `lines` lines from each of `threads` threads at once.
+    fn write_from_threads(writer: &BatchWriter, threads: usize, lines: usize) {
+        std::thread::scope(|scope| {
+            for thread in 0..threads {
+                let writer = writer.clone();
+                scope.spawn(move || write_lines(&writer, thread, lines));
+            }
+        });
+    }
+
     #[test]
     fn lines_from_many_threads_all_arrive_whole_and_in_order() {
         let output = Recorder::default();
         let (writer, guard) = batch_writer(output.clone()).unwrap();
-        std::thread::scope(|scope| {
-            for thread in 0..4 {
-                let writer = writer.clone();
-                scope.spawn(move || write_lines(&writer, thread, 5_000));
-            }
-        });
+        write_from_threads(&writer, 4, 5_000);
         guard.finish();
         assert_complete(&output.bytes.lock().unwrap(), 4, 5_000);
     }
@@ -291,12 +296,7 @@ mod tests {
         };
         let (writer, guard) = batch_writer(output.clone()).unwrap();
         // ~6 MiB of lines against a 4 MiB limit and a slow output.
-        std::thread::scope(|scope| {
-            for thread in 0..2 {
-                let writer = writer.clone();
-                scope.spawn(move || write_lines(&writer, thread, 20_000));
-            }
-        });
+        write_from_threads(&writer, 2, 20_000);
         guard.finish();
         assert_complete(&output.bytes.lock().unwrap(), 2, 20_000);
         // The buffer filled up to the limit (writers had to wait) and never grew past it by
