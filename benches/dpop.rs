@@ -95,6 +95,7 @@ fn main() {
                 ClientPolicy {
                     scopes: vec![],
                     audiences: vec!["api".into()],
+                    callers: Vec::new(),
                 },
             )]),
             rate_limit: None,

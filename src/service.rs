@@ -49,8 +49,11 @@ pub enum ServiceError {
     /// A setting could only be checked at start-up (a secret file, for instance).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    /// The admin endpoint could not listen.
-    #[error("admin endpoint could not listen on {addr}: {source}")]
+    /// The gRPC API's TLS files could not be read or used.
+    #[error("gRPC API TLS: {0}")]
+    Tls(String),
+    /// A listener (gRPC, public HTTP or admin) could not be bound.
+    #[error("could not listen on {addr}: {source}")]
     Listen {
         /// The address.
         addr: SocketAddr,
@@ -374,7 +377,18 @@ impl Service {
             self.tokens.clone(),
             self.config.tokens.max_access_ttl.as_secs(),
         );
-        let grpc = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        let scheme = match &server.tls {
+            Some(tls) => {
+                let loaded = tls.load().map_err(|e| ServiceError::Tls(e.to_string()))?;
+                builder = builder
+                    .tls_config(loaded)
+                    .map_err(|e| ServiceError::Tls(e.to_string()))?;
+                "https"
+            }
+            None => "http",
+        };
+        let grpc = builder
             .add_service(health_service)
             .add_service(reflection)
             .add_service(api.into_server())
@@ -386,7 +400,18 @@ impl Service {
             );
         let public = crate::admin::run_public(public_listener, self.clone(), signal());
         let admin = crate::admin::run(admin_listener, self.clone(), signal());
-        tracing::info!(%grpc_addr, "gRPC API listening on http://{grpc_addr}");
+        tracing::info!(%grpc_addr, "gRPC API listening on {scheme}://{grpc_addr}");
+        match &server.tls {
+            None if !server.host.is_loopback() => tracing::warn!(
+                %grpc_addr,
+                "gRPC API has no TLS and no caller authentication: anyone who reaches this port can issue tokens; set [server.tls] with client_ca_file"
+            ),
+            Some(tls) if tls.client_ca_file.is_none() => tracing::warn!(
+                %grpc_addr,
+                "gRPC API has TLS but no client certificates: anyone who reaches this port can issue tokens; set server.tls.client_ca_file"
+            ),
+            _ => {}
+        }
         tracing::info!(%public_addr, "public HTTP listening on http://{public_addr}");
         tracing::info!(%admin_addr, "admin endpoint listening on http://{admin_addr}");
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::crypto_server::{CryptoServerProcess, config};
+use support::pki::Pki;
 use token_service::api::crypto_proto as pb;
 use token_service::api::crypto_proto::crypto_service_client::CryptoServiceClient;
 use token_service::backends::chain::{Chain, Routes};
@@ -375,49 +376,11 @@ async fn killed_server_falls_back_and_traffic_returns_after_restart() {
     }
 }
 
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    /// A CA, a server certificate for `localhost`, and a client certificate, as PEM files.
-    fn new() -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-        let dir = tempfile::tempdir().unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
-        write("ca.pem", ca.pem());
-        for (name, san) in [("server", "localhost"), ("client", "token-service")] {
-            let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(vec![san.to_owned()])
-                .unwrap()
-                .signed_by(&key, &issuer)
-                .unwrap();
-            write(&format!("{name}.pem"), cert.pem());
-            write(&format!("{name}.key"), key.serialize_pem());
-        }
-        Self { dir }
-    }
-
-    fn path(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(name)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_admits_a_client_with_a_certificate_only() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new();
-    let tls = format!(
-        "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n",
-        pki.path("server.pem").display(),
-        pki.path("server.key").display(),
-        pki.path("ca.pem").display()
-    );
+    let tls = pki.server_tls_table(true);
     let server = CryptoServerProcess::start(dir.path(), &config(dir.path(), "127.0.0.1:0", &tls));
     let address = format!("https://localhost:{}", server.addr.port());
     let with_cert = CryptoServiceBackend::connect(options(

@@ -585,6 +585,7 @@ token_test!(
                         ClientPolicy {
                             scopes: vec![],
                             audiences: vec!["api".into()],
+                            callers: Vec::new(),
                         },
                     )]),
                     rate_limit: None,

@@ -63,6 +63,7 @@ async fn instance_with_store(keys: &Path, store: Arc<dyn Store>) -> Arc<TokenSer
             ClientPolicy {
                 scopes: vec!["read".into()],
                 audiences: vec!["api".into()],
+                callers: Vec::new(),
             },
         )]),
     };

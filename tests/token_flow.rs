@@ -15,7 +15,7 @@ use token_service::metrics::Metrics;
 use token_service::resilience::ResilienceConfig;
 use token_service::token::claims::ClientPolicy;
 use token_service::token::store::memory::MemoryStore;
-use token_service::token::{TokenError, TokenRequest, TokenService, TokenSettings};
+use token_service::token::{Caller, TokenError, TokenRequest, TokenService, TokenSettings};
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -40,13 +40,24 @@ fn settings() -> TokenSettings {
         refresh_ttl: Duration::from_secs(604_800),
         clock_skew: Duration::from_secs(60),
         rate_limit: None,
-        clients: BTreeMap::from([(
-            "web".to_owned(),
-            ClientPolicy {
-                scopes: vec!["read".into(), "write".into()],
-                audiences: vec!["api".into()],
-            },
-        )]),
+        clients: BTreeMap::from([
+            (
+                "web".to_owned(),
+                ClientPolicy {
+                    scopes: vec!["read".into(), "write".into()],
+                    audiences: vec!["api".into()],
+                    callers: Vec::new(),
+                },
+            ),
+            (
+                "partner".to_owned(),
+                ClientPolicy {
+                    scopes: vec!["read".into()],
+                    audiences: vec!["api".into()],
+                    callers: vec!["gateway.internal".into()],
+                },
+            ),
+        ]),
     }
 }
 
@@ -417,4 +428,80 @@ async fn a_signing_failure_during_refresh_leaves_the_refresh_token_usable() {
         .await
         .unwrap();
     assert!(f.is_active(&refreshed.access_token).await);
+}
+
+/// A caller whose (self-signed, test-only) client certificate names `dns_name`, as the TLS
+/// layer would hand it over after verifying it.
+fn caller_named(dns_name: &str) -> Caller {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![dns_name.to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    Caller::from_verified_chain(Some(&[cert.der().clone()]))
+}
+
+fn expect_permission_denied<T: std::fmt::Debug>(result: Result<T, TokenError>, needles: &[&str]) {
+    match result {
+        Err(TokenError::PermissionDenied(reason)) => {
+            for needle in needles {
+                assert!(reason.contains(needle), "{reason} lacks {needle}");
+            }
+        }
+        other => panic!("expected PermissionDenied, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_client_naming_its_callers_acts_only_for_their_certificates() {
+    let f = fixture().await;
+    let gateway = caller_named("gateway.internal");
+    let stranger = caller_named("billing.internal");
+    let partner = TokenRequest {
+        client_id: "partner".into(),
+        ..request()
+    };
+
+    expect_permission_denied(
+        f.service.generate(&ctx(), &partner).await,
+        &["unidentified caller", "`partner`"],
+    );
+    expect_permission_denied(
+        f.service.generate_as(&ctx(), &stranger, &partner).await,
+        &["billing.internal", "`partner`"],
+    );
+    assert_eq!(f.store.families(), 0, "a refused caller stores nothing");
+
+    let issued = f
+        .service
+        .generate_as(&ctx(), &gateway, &partner)
+        .await
+        .unwrap();
+    assert_eq!(issued.claims.client_id, "partner");
+
+    // Refreshing is acting for the family's client too; a refusal leaves the token usable.
+    expect_permission_denied(
+        f.service
+            .refresh_as(&ctx(), &stranger, &issued.refresh_token, None)
+            .await,
+        &["billing.internal"],
+    );
+    expect_permission_denied(
+        f.service.refresh(&ctx(), &issued.refresh_token).await,
+        &["unidentified caller"],
+    );
+    let refreshed = f
+        .service
+        .refresh_as(&ctx(), &gateway, &issued.refresh_token, None)
+        .await
+        .unwrap();
+    assert!(f.is_active(&refreshed.access_token).await);
+
+    // A client that names no callers is served to any caller.
+    for caller in [&stranger, &gateway, &Caller::unidentified()] {
+        f.service
+            .generate_as(&ctx(), caller, &request())
+            .await
+            .unwrap();
+    }
 }

@@ -11,7 +11,7 @@ use super::proto::token_service_server::TokenService as TokenApi;
 use crate::context::CallContext;
 use crate::dpop::{DpopError, ProofRequest};
 use crate::token::refresh::FamilyId;
-use crate::token::{DpopInput, IssuedTokens, TokenError, TokenRequest, TokenService};
+use crate::token::{Caller, DpopInput, IssuedTokens, TokenError, TokenRequest, TokenService};
 
 /// Largest message accepted by the server, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -44,10 +44,17 @@ fn context<T>(request: &Request<T>) -> CallContext {
     super::inbound_context(request.metadata(), None)
 }
 
+/// The caller as the TLS layer proved it: the client certificate chain of an mTLS
+/// connection (already verified against `server.tls.client_ca_file`), else unidentified.
+fn caller<T>(request: &Request<T>) -> Caller {
+    Caller::from_verified_chain(request.peer_certs().as_deref().map(Vec::as_slice))
+}
+
 fn status(error: TokenError) -> Status {
     match error {
         TokenError::InvalidArgument(reason) => Status::invalid_argument(reason),
         TokenError::Unauthenticated(reason) => Status::unauthenticated(reason),
+        TokenError::PermissionDenied(reason) => Status::permission_denied(reason),
         TokenError::Unavailable(reason) => Status::unavailable(reason),
         TokenError::RateLimited {
             client_id,
@@ -120,6 +127,7 @@ impl TokenApi for GrpcTokenService {
         request: Request<proto::GenerateTokensRequest>,
     ) -> Result<Response<proto::TokenResponse>, Status> {
         let ctx = context(&request);
+        let caller = caller(&request);
         let body = request.into_inner();
         let ttl = match body.access_token_ttl_seconds {
             0 => None,
@@ -133,8 +141,9 @@ impl TokenApi for GrpcTokenService {
         };
         let issued = self
             .tokens
-            .generate(
+            .generate_as(
                 &ctx,
+                &caller,
                 &TokenRequest {
                     subject: body.subject,
                     client_id: body.client_id,
@@ -154,11 +163,12 @@ impl TokenApi for GrpcTokenService {
         request: Request<proto::RefreshTokensRequest>,
     ) -> Result<Response<proto::TokenResponse>, Status> {
         let ctx = context(&request);
+        let caller = caller(&request);
         let body = request.into_inner();
         let proof = dpop_input(body.dpop)?;
         let issued = self
             .tokens
-            .refresh_with_proof(&ctx, &body.refresh_token, proof.as_ref())
+            .refresh_as(&ctx, &caller, &body.refresh_token, proof.as_ref())
             .await
             .map_err(status)?;
         Ok(respond(&ctx, token_response(issued)))

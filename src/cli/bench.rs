@@ -13,12 +13,12 @@ use token_service::api::proto::token_service_client::TokenServiceClient;
 use token_service::api::proto::{DPoPProof, GenerateTokensRequest, RefreshTokensRequest};
 
 use super::Failure;
+use super::connect::TokenApiArgs;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// The Token Service's gRPC address.
-    #[arg(long, default_value = "http://127.0.0.1:50052")]
-    address: String,
+    #[command(flatten)]
+    api: TokenApiArgs,
     /// The server's admin address, to read its CPU time from /metrics.
     #[arg(long)]
     admin: Option<String>,
@@ -159,12 +159,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     let channels = {
         let mut channels = Vec::new();
         for _ in 0..args.connections.clamp(1, args.concurrency.max(1)) {
-            let channel = tonic::transport::Endpoint::from_shared(args.address.clone())
-                .map_err(|e| Failure::new(format!("bad address: {e}")))?
-                .connect()
-                .await
-                .map_err(|e| Failure::new(format!("cannot connect to {}: {e}", args.address)))?;
-            channels.push(channel);
+            channels.push(args.api.connect().await?);
         }
         channels
     };

@@ -8,16 +8,12 @@ use token_service::api::proto::{
 };
 
 use super::Failure;
+use super::connect::TokenApiArgs;
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Address of the Token Service's gRPC API.
-    #[arg(
-        long,
-        default_value = "http://127.0.0.1:50052",
-        env = "TOKEN_SERVICE_ADDRESS"
-    )]
-    address: String,
+    #[command(flatten)]
+    api: TokenApiArgs,
     #[command(subcommand)]
     command: ClientCommand,
 }
@@ -68,10 +64,6 @@ enum ClientCommand {
     Jwks,
 }
 
-fn failure(status: tonic::Status) -> Failure {
-    Failure::new(format!("{:?}: {}", status.code(), status.message()))
-}
-
 fn print_tokens(r: token_service::api::proto::TokenResponse) -> Result<(), Failure> {
     print_json(serde_json::json!({
         "access_token": r.access_token, "refresh_token": r.refresh_token,
@@ -86,9 +78,7 @@ fn print_json(value: serde_json::Value) -> Result<(), Failure> {
 }
 
 pub async fn run(args: ClientArgs) -> Result<(), Failure> {
-    let mut client = TokenServiceClient::connect(args.address.clone())
-        .await
-        .map_err(|e| Failure::new(format!("cannot connect to {}: {e}", args.address)))?;
+    let mut client = TokenServiceClient::new(args.api.connect().await?);
     match args.command {
         ClientCommand::Generate {
             subject,
@@ -106,7 +96,7 @@ pub async fn run(args: ClientArgs) -> Result<(), Failure> {
                     dpop: None,
                 })
                 .await
-                .map_err(failure)?
+                .map_err(|status| args.api.failure(status))?
                 .into_inner();
             print_tokens(r)
         }
@@ -117,7 +107,7 @@ pub async fn run(args: ClientArgs) -> Result<(), Failure> {
                     dpop: None,
                 })
                 .await
-                .map_err(failure)?
+                .map_err(|status| args.api.failure(status))?
                 .into_inner();
             print_tokens(r)
         }
@@ -137,7 +127,7 @@ pub async fn run(args: ClientArgs) -> Result<(), Failure> {
                     target: Some(target),
                 })
                 .await
-                .map_err(failure)?
+                .map_err(|status| args.api.failure(status))?
                 .into_inner();
             print_json(serde_json::json!({ "revoked": r.revoked }))
         }
@@ -145,7 +135,7 @@ pub async fn run(args: ClientArgs) -> Result<(), Failure> {
             let r = client
                 .introspect_token(IntrospectTokenRequest { token, audience })
                 .await
-                .map_err(failure)?
+                .map_err(|status| args.api.failure(status))?
                 .into_inner();
             if !r.active {
                 return print_json(serde_json::json!({ "active": false }));
@@ -159,7 +149,7 @@ pub async fn run(args: ClientArgs) -> Result<(), Failure> {
             let r = client
                 .get_jwks(GetJwksRequest {})
                 .await
-                .map_err(failure)?
+                .map_err(|status| args.api.failure(status))?
                 .into_inner();
             let value: serde_json::Value =
                 serde_json::from_str(&r.jwks_json).map_err(|e| Failure::new(e.to_string()))?;

@@ -10,6 +10,7 @@ macro_rules! say {
 
 mod bench;
 mod client;
+mod connect;
 mod doctor;
 mod keys;
 mod sign;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::tls::ServerTlsConfig;
 use super::{AdminConfig, BackendsConfig, ChainConfig, ConfigError, LoggingConfig};
 use crate::backends::crypto_service::{ChannelOptions, ClientTls, CryptoServiceOptions};
 use crate::resilience::{RateLimitConfig, ResilienceConfig};
@@ -157,19 +158,6 @@ pub struct CryptoServerListen {
     /// TLS; with `client_ca_file`, clients must present a certificate it signed (mTLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ServerTlsConfig>,
-}
-
-/// `[server.tls]`
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerTlsConfig {
-    /// PEM certificate chain.
-    pub cert_file: PathBuf,
-    /// PEM private key.
-    pub key_file: PathBuf,
-    /// PEM CA whose certificates clients must present.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_ca_file: Option<PathBuf>,
 }
 
 fn default_max_payload() -> usize {

@@ -7,6 +7,7 @@ pub mod crypto_service;
 pub mod dpop;
 mod env;
 pub mod pkcs11;
+pub mod tls;
 mod validate;
 
 use std::net::SocketAddr;
@@ -131,6 +132,12 @@ pub struct ServerConfig {
     /// remaining connections are dropped.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// TLS on the gRPC API; with `client_ca_file`, callers must present a certificate that
+    /// CA signed (mTLS), and clients may name the callers allowed to act for them
+    /// (`tokens.clients.<id>.callers`). Without it the API is plaintext and open to whoever
+    /// reaches the port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<tls::ServerTlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -141,6 +148,7 @@ impl Default for ServerConfig {
             public_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             jwks_max_age: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(10),
+            tls: None,
         }
     }
 }

@@ -423,6 +423,14 @@ fn the_production_and_crypto_service_profiles_load_as_is() {
         remote.tls.unwrap().cert_file.is_some(),
         "production uses mTLS"
     );
+    assert!(
+        config
+            .server
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_ca_file.is_some()),
+        "production's Token API requires client certificates"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crypto-service.toml");
@@ -552,4 +560,54 @@ fn aws_kms_refuses_bad_settings_by_name() {
     for (table, setting, needle) in cases {
         expect_setting(load_str(&with_aws_kms(table), &no_env()), setting, needle);
     }
+}
+
+#[test]
+fn named_callers_need_mtls_and_well_formed_names() {
+    let with_callers = |names: &str| {
+        DEFAULT_TOML.replace(
+            "audiences = [\"api\"]",
+            &format!("audiences = [\"api\"]\ncallers = [{names}]"),
+        )
+    };
+    let mtls = "\n[server.tls]\ncert_file = \"/s.pem\"\nkey_file = \"/s.key\"\nclient_ca_file = \"/ca.pem\"\n";
+    let tls_only = "\n[server.tls]\ncert_file = \"/s.pem\"\nkey_file = \"/s.key\"\n";
+    expect_setting(
+        load_str(&with_callers("\"gateway.internal\""), &no_env()),
+        "tokens.clients.demo.callers",
+        "client_ca_file",
+    );
+    expect_setting(
+        load_str(
+            &format!("{}{tls_only}", with_callers("\"gateway.internal\"")),
+            &no_env(),
+        ),
+        "tokens.clients.demo.callers",
+        "client_ca_file",
+    );
+    expect_setting(
+        load_str(
+            &format!("{}{mtls}", with_callers("\"*.internal\"")),
+            &no_env(),
+        ),
+        "tokens.clients.demo.callers",
+        "`*.internal` is not a DNS name",
+    );
+    let config = load_str(
+        &format!(
+            "{}{mtls}",
+            with_callers("\"gateway.internal\", \"10.0.0.7\"")
+        ),
+        &no_env(),
+    )
+    .unwrap();
+    assert_eq!(
+        config.tokens.clients["demo"].callers,
+        vec!["gateway.internal".to_owned(), "10.0.0.7".to_owned()]
+    );
+    let tls = config.server.tls.clone().unwrap();
+    assert_eq!(tls.client_ca_file, Some(PathBuf::from("/ca.pem")));
+    // Rendered and parsed back unchanged, TLS table and callers included.
+    let text = config.to_redacted_toml().unwrap();
+    assert_eq!(Config::parse(&text).unwrap(), config);
 }

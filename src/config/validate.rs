@@ -173,6 +173,29 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                 "expected a client id without whitespace, valid scope tokens, and at least one audience",
             ));
         }
+        if let Some(bad) = client
+            .callers
+            .iter()
+            .find(|name| !crate::token::caller::is_valid_caller_name(name))
+        {
+            return Err(ConfigError::invalid(
+                format!("tokens.clients.{id}.callers"),
+                format!("`{bad}` is not a DNS name or an IP address (no wildcards)"),
+            ));
+        }
+        let mtls = config
+            .server
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_ca_file.is_some());
+        if !client.callers.is_empty() && !mtls {
+            // Callers are named by their client certificates: without mTLS none could
+            // ever be identified, and every call for this client would be refused.
+            return Err(ConfigError::invalid(
+                format!("tokens.clients.{id}.callers"),
+                "callers are identified by client certificates: set server.tls with client_ca_file",
+            ));
+        }
     }
     if !config.admin.listen.ip().is_loopback() {
         return Err(ConfigError::invalid(

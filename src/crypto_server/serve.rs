@@ -25,28 +25,6 @@ pub enum CryptoServerError {
     },
 }
 
-fn tls_config(
-    tls: &crate::config::crypto_service::ServerTlsConfig,
-) -> Result<tonic::transport::ServerTlsConfig, CryptoServerError> {
-    let read = |path: &std::path::Path, what: &str| {
-        std::fs::read(path)
-            .map_err(|e| CryptoServerError::Tls(format!("{what} `{}`: {e}", path.display())))
-    };
-    let key = zeroize::Zeroizing::new(read(&tls.key_file, "server.tls.key_file")?);
-    let mut config = tonic::transport::ServerTlsConfig::new().identity(
-        tonic::transport::Identity::from_pem(read(&tls.cert_file, "server.tls.cert_file")?, &*key),
-    );
-    if let Some(ca) = &tls.client_ca_file {
-        config = config
-            .client_ca_root(tonic::transport::Certificate::from_pem(read(
-                ca,
-                "server.tls.client_ca_file",
-            )?))
-            .client_auth_optional(false);
-    }
-    Ok(config)
-}
-
 /// Serves the reference Crypto Service described by `config` until SIGTERM or SIGINT.
 pub async fn serve(config: crate::config::CryptoServerConfig) -> Result<(), CryptoServerError> {
     let metrics = crate::metrics::Metrics::new();
@@ -95,7 +73,10 @@ pub async fn serve(config: crate::config::CryptoServerConfig) -> Result<(), Cryp
     let scheme = match &config.server.tls {
         Some(tls) => {
             builder = builder
-                .tls_config(tls_config(tls)?)
+                .tls_config(
+                    tls.load()
+                        .map_err(|e| CryptoServerError::Tls(e.to_string()))?,
+                )
                 .map_err(|e| CryptoServerError::Tls(e.to_string()))?;
             "https"
         }

@@ -66,6 +66,11 @@ pub struct ClientPolicy {
     pub scopes: Vec<String>,
     /// Audiences the client may request; at least one.
     pub audiences: Vec<String>,
+    /// The callers allowed to act for this client (GenerateTokens, RefreshTokens), by the
+    /// DNS names or IP addresses of their mTLS client certificates. Empty: any caller the
+    /// gRPC port admits. Needs `server.tls.client_ca_file`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub callers: Vec<String>,
 }
 
 fn check_identifier(what: &str, value: &str) -> Result<(), TokenError> {
@@ -185,6 +190,7 @@ mod tests {
             ClientPolicy {
                 scopes: vec!["read".into(), "write".into()],
                 audiences: vec!["api".into(), "admin".into()],
+                callers: Vec::new(),
             },
         )]
         .into()

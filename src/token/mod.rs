@@ -3,6 +3,7 @@
 //! (RFC 7662 semantics) and the JWKS. Transport (gRPC, HTTP) sits on top of this.
 
 mod binding;
+pub mod caller;
 pub mod claims;
 mod introspect;
 pub mod refresh;
@@ -29,6 +30,7 @@ use crate::context::CallContext;
 use crate::dpop::{DpopError, DpopSettings, DpopValidator};
 use crate::jws;
 pub use binding::DpopInput;
+pub use caller::Caller;
 pub use introspect::Introspection;
 
 /// What went wrong, in the classes the API reports (gRPC status codes map 1:1).
@@ -40,6 +42,9 @@ pub enum TokenError {
     /// The credential presented is not valid (UNAUTHENTICATED).
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// The caller may not act for the client it names (PERMISSION_DENIED).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// A dependency (key backends, store) cannot serve now (UNAVAILABLE).
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -242,6 +247,23 @@ impl TokenService {
         &self.dpop
     }
 
+    /// Whether `caller` may act for `client_id`: any caller when the client names none,
+    /// else only one whose certificate is valid for a named caller. Checked before the rate
+    /// limit, so a refused caller spends none of the client's budget. An unknown client
+    /// passes here and is refused by the grant's validation.
+    fn authorize(&self, caller: &Caller, client_id: &str) -> Result<(), TokenError> {
+        let Some(policy) = self.settings.clients.get(client_id) else {
+            return Ok(());
+        };
+        if policy.callers.is_empty() || caller.is_one_of(&policy.callers) {
+            return Ok(());
+        }
+        tracing::warn!(target: "audit", event = "caller_refused", client_id, caller = %caller, "caller may not act for this client");
+        Err(TokenError::PermissionDenied(format!(
+            "{caller} may not act for client `{client_id}`"
+        )))
+    }
+
     /// Admits one request of `client_id` under the per-client rate limit. Only registered
     /// clients get a bucket, so unknown ids cannot grow the table.
     fn admit(&self, client_id: &str) -> Result<(), TokenError> {
@@ -327,12 +349,26 @@ impl TokenService {
         );
     }
 
-    /// Issues an access token and starts a refresh-token family.
+    /// Issues an access token and starts a refresh-token family, for an unidentified
+    /// caller (see [`TokenService::generate_as`]).
     pub async fn generate(
         &self,
         ctx: &CallContext,
         request: &TokenRequest,
     ) -> Result<IssuedTokens, TokenError> {
+        self.generate_as(ctx, &Caller::unidentified(), request)
+            .await
+    }
+
+    /// Issues an access token and starts a refresh-token family, if `caller` may act for
+    /// the requested client.
+    pub async fn generate_as(
+        &self,
+        ctx: &CallContext,
+        caller: &Caller,
+        request: &TokenRequest,
+    ) -> Result<IssuedTokens, TokenError> {
+        self.authorize(caller, &request.client_id)?;
         self.admit(&request.client_id)?;
         let grant = Grant::validate(
             &self.settings.clients,
@@ -398,15 +434,19 @@ impl TokenService {
         ctx: &CallContext,
         refresh_token: &str,
     ) -> Result<IssuedTokens, TokenError> {
-        self.refresh_with_proof(ctx, refresh_token, None).await
+        self.refresh_as(ctx, &Caller::unidentified(), refresh_token, None)
+            .await
     }
 
-    /// As [`TokenService::refresh`], with the DPoP proof of the refresh request. A family
-    /// bound to a key is refreshed only with a valid proof of that key; an unbound family
-    /// with a proof gets a bound access token.
-    pub async fn refresh_with_proof(
+    /// As [`TokenService::refresh`], for `caller`, with the DPoP proof of the refresh
+    /// request. The caller must be allowed to act for the family's client (checked before
+    /// the rotation, so a refused caller leaves the token usable). A family bound to a key
+    /// is refreshed only with a valid proof of that key; an unbound family with a proof
+    /// gets a bound access token.
+    pub async fn refresh_as(
         &self,
         ctx: &CallContext,
+        caller: &Caller,
         refresh_token: &str,
         dpop: Option<&DpopInput>,
     ) -> Result<IssuedTokens, TokenError> {
@@ -435,6 +475,7 @@ impl TokenService {
             access_ttl,
             jkt: bound,
         } = serde_json::from_slice(&stored).map_err(|_| TokenError::Internal)?;
+        self.authorize(caller, &grant.client_id)?;
         self.admit(&grant.client_id)?;
         // Checked before the rotation: a refused proof leaves the refresh token usable.
         let jkt = binding::refresh_key(&self.dpop, ctx, bound, dpop).await?;

@@ -8,6 +8,7 @@ pub mod crypto_server;
 pub mod dpop;
 pub mod fault;
 pub mod kms;
+pub mod pki;
 pub mod process;
 pub mod redis;
 pub mod softhsm;

@@ -207,7 +207,10 @@ impl ServiceProcess {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 for what in ["admin endpoint", "gRPC API", "public HTTP"] {
-                    if let Some(rest) = line.split(&format!("{what} listening on http://")).nth(1) {
+                    let rest = ["http://", "https://"].iter().find_map(|scheme| {
+                        line.split(&format!("{what} listening on {scheme}")).nth(1)
+                    });
+                    if let Some(rest) = rest {
                         // Text or JSON log line: the address is the run of address characters.
                         let addr: String = rest
                             .chars()

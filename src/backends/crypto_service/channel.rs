@@ -7,6 +7,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use zeroize::Zeroizing;
 
 use crate::backends::error::BackendError;
+use crate::config::tls::TlsFileError;
 
 /// TLS towards the Crypto Service (rustls). With a client certificate and key, mTLS.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,6 +20,33 @@ pub struct ClientTls {
     pub key_file: Option<PathBuf>,
     /// The name to check in the server certificate; defaults to the address's host.
     pub domain_name: Option<String>,
+}
+
+impl ClientTls {
+    /// Reads the files into tonic's client TLS settings; the key's bytes are zeroized once
+    /// handed over. Also used by the CLI's connection to the Token API.
+    pub fn load(&self) -> Result<ClientTlsConfig, TlsFileError> {
+        let read = |path: &PathBuf, setting: &'static str| {
+            std::fs::read(path).map_err(|source| TlsFileError {
+                setting,
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        let mut config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&self.ca_file, "CA file")?));
+        if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+            let key = Zeroizing::new(read(key, "client key file")?);
+            config = config.identity(Identity::from_pem(
+                read(cert, "client certificate file")?,
+                &*key,
+            ));
+        }
+        if let Some(name) = &self.domain_name {
+            config = config.domain_name(name.clone());
+        }
+        Ok(config)
+    }
 }
 
 /// How to reach the Crypto Service.
@@ -36,12 +64,6 @@ pub struct ChannelOptions {
     pub keepalive_timeout: Duration,
     /// TLS settings; `None` for plaintext (loopback or a service mesh).
     pub tls: Option<ClientTls>,
-}
-
-fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>, BackendError> {
-    std::fs::read(path).map_err(|e| {
-        BackendError::invalid_input(format!("crypto_service {what} `{}`: {e}", path.display()))
-    })
 }
 
 fn invalid(detail: String) -> BackendError {
@@ -91,18 +113,7 @@ pub fn connect(options: &ChannelOptions) -> Result<Channel, BackendError> {
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     if let Some(tls) = &options.tls {
-        let mut config = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(&tls.ca_file, "CA file")?));
-        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
-            let key = Zeroizing::new(read(key, "client key file")?);
-            config = config.identity(Identity::from_pem(
-                read(cert, "client certificate file")?,
-                &*key,
-            ));
-        }
-        if let Some(name) = &tls.domain_name {
-            config = config.domain_name(name.clone());
-        }
+        let config = tls.load().map_err(|e| invalid(format!("TLS {e}")))?;
         endpoint = endpoint
             .tls_config(config)
             .map_err(|e| invalid(format!("TLS configuration: {e}")))?;

@@ -1,0 +1,154 @@
+//! Who is calling the Token API, as far as the transport proved it: the client certificate
+//! of an mTLS connection, or nothing. A client whose policy names its callers
+//! (`tokens.clients.<id>.callers`) is acted for only by a caller whose certificate is valid
+//! for one of those names, so one service's certificate cannot mint tokens for another's
+//! client.
+
+use std::sync::Arc;
+
+use rustls_pki_types::{CertificateDer, ServerName};
+
+/// The caller of one request.
+#[derive(Clone, Default)]
+pub struct Caller {
+    /// The end-entity certificate the TLS layer verified against `server.tls.client_ca_file`.
+    certificate: Option<Arc<CertificateDer<'static>>>,
+}
+
+impl Caller {
+    /// A caller the transport did not identify (plaintext, TLS without client
+    /// certificates, or an in-process call). It may act only for clients that do not name
+    /// their callers.
+    pub fn unidentified() -> Self {
+        Self::default()
+    }
+
+    /// The caller of an mTLS connection: `chain` as the TLS layer verified it, the
+    /// end-entity certificate first. `None` or an empty chain is an unidentified caller.
+    pub fn from_verified_chain(chain: Option<&[CertificateDer<'static>]>) -> Self {
+        Self {
+            certificate: chain
+                .and_then(|certs| certs.first())
+                .map(|cert| Arc::new(cert.clone())),
+        }
+    }
+
+    /// Whether the caller's certificate is valid for one of `names` (DNS names, wildcards
+    /// included, or IP addresses, matched against its subjectAltName as a TLS client
+    /// matches a server). An unidentified caller, an unparsable certificate or a name that
+    /// is not a DNS name or an IP address matches nothing.
+    pub fn is_one_of(&self, names: &[String]) -> bool {
+        let Some(der) = &self.certificate else {
+            return false;
+        };
+        let Ok(cert) = webpki::EndEntityCert::try_from(der.as_ref()) else {
+            return false;
+        };
+        names.iter().any(|name| {
+            ServerName::try_from(name.as_str())
+                .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
+        })
+    }
+
+    /// The DNS names the certificate presents, for audit lines and error messages (public
+    /// data, never used to decide).
+    fn presented_names(&self) -> Vec<String> {
+        let Some(der) = &self.certificate else {
+            return Vec::new();
+        };
+        match webpki::EndEntityCert::try_from(der.as_ref()) {
+            Ok(cert) => cert.valid_dns_names().take(4).map(str::to_owned).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.certificate.is_none() {
+            return f.write_str("unidentified caller");
+        }
+        match self.presented_names().as_slice() {
+            [] => f.write_str("certificate without DNS names"),
+            names => write!(f, "certificate for {}", names.join(", ")),
+        }
+    }
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Caller({self})")
+    }
+}
+
+/// Whether `name` can name a caller: a DNS name (wildcards are for certificates, not here)
+/// or an IP address.
+pub fn is_valid_caller_name(name: &str) -> bool {
+    !name.contains('*') && ServerName::try_from(name).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate_for(names: &[&str]) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        cert.der().clone()
+    }
+
+    fn caller(names: &[&str]) -> Caller {
+        Caller::from_verified_chain(Some(&[certificate_for(names)]))
+    }
+
+    #[test]
+    fn a_certificate_matches_the_names_in_its_subject_alt_name_only() {
+        let gateway = caller(&["gateway.internal", "10.0.0.7"]);
+        assert!(gateway.is_one_of(&["gateway.internal".into()]));
+        assert!(gateway.is_one_of(&["GATEWAY.internal".into()]));
+        assert!(gateway.is_one_of(&["other".into(), "10.0.0.7".into()]));
+        assert!(!gateway.is_one_of(&["billing.internal".into()]));
+        assert!(!gateway.is_one_of(&["internal".into()]));
+        assert!(!gateway.is_one_of(&["10.0.0.8".into()]));
+        assert!(!gateway.is_one_of(&[]));
+        assert_eq!(gateway.to_string(), "certificate for gateway.internal");
+    }
+
+    #[test]
+    fn a_wildcard_certificate_matches_one_label() {
+        let wild = caller(&["*.payments.internal"]);
+        assert!(wild.is_one_of(&["api.payments.internal".into()]));
+        assert!(!wild.is_one_of(&["a.b.payments.internal".into()]));
+        assert!(!wild.is_one_of(&["payments.internal".into()]));
+    }
+
+    #[test]
+    fn without_a_usable_certificate_nothing_matches() {
+        let names = ["gateway.internal".to_owned()];
+        assert!(!Caller::unidentified().is_one_of(&names));
+        assert!(!Caller::from_verified_chain(None).is_one_of(&names));
+        assert!(!Caller::from_verified_chain(Some(&[])).is_one_of(&names));
+        let garbage = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
+        let broken = Caller::from_verified_chain(Some(&[garbage]));
+        assert!(!broken.is_one_of(&names));
+        assert_eq!(
+            Caller::unidentified().to_string(),
+            "unidentified caller",
+            "shown as such in audit lines"
+        );
+    }
+
+    #[test]
+    fn caller_names_are_dns_names_or_ip_addresses() {
+        for good in ["gateway.internal", "gateway", "10.0.0.7", "::1"] {
+            assert!(is_valid_caller_name(good), "{good}");
+        }
+        for bad in ["", "*.internal", "has space", "https://gateway", "a..b"] {
+            assert!(!is_valid_caller_name(bad), "{bad}");
+        }
+    }
+}

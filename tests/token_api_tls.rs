@@ -1,0 +1,344 @@
+//! The Token API behind TLS and mTLS, against the real binary on a real socket: only
+//! callers holding a certificate from the configured CA get in; a client that names its
+//! callers is acted for only by their certificates; the CLI speaks TLS; bad TLS files stop
+//! `serve`; an unprotected API is announced in the log.
+
+mod support;
+
+use std::time::Duration;
+
+use support::pki::Pki;
+use support::process::{Sandbox, ServiceProcess, run_cli_within};
+use token_service::api::proto::token_service_client::TokenServiceClient;
+use token_service::api::proto::{
+    GenerateTokensRequest, GetJwksRequest, RefreshTokensRequest, TokenResponse,
+};
+use token_service::backends::crypto_service::ClientTls;
+use tonic::Code;
+use tonic::transport::Endpoint;
+
+fn generate(client_id: &str) -> GenerateTokensRequest {
+    GenerateTokensRequest {
+        subject: "alice".into(),
+        client_id: client_id.into(),
+        ..Default::default()
+    }
+}
+
+/// How a test client reaches the server: the CA it trusts (the server's), and the
+/// certificate it shows, if any (`<name>.pem` / `<name>.key` of `issued_by`).
+struct Credentials<'a> {
+    trusts: &'a Pki,
+    issued_by: &'a Pki,
+    client: Option<&'a str>,
+}
+
+impl<'a> Credentials<'a> {
+    /// Trusting `pki`'s CA and showing its certificate `client`.
+    fn of(pki: &'a Pki, client: Option<&'a str>) -> Self {
+        Self {
+            trusts: pki,
+            issued_by: pki,
+            client,
+        }
+    }
+}
+
+/// A Token API client over TLS to `localhost:port`. Connection and handshake failures come
+/// back as the status of the first call, as a real caller sees them.
+async fn client(
+    port: u16,
+    credentials: Credentials<'_>,
+) -> Result<TokenServiceClient<tonic::transport::Channel>, tonic::Status> {
+    let file = |extension: &str| {
+        credentials
+            .client
+            .map(|name| credentials.issued_by.path(&format!("{name}.{extension}")))
+    };
+    let tls = ClientTls {
+        ca_file: credentials.trusts.path("ca.pem"),
+        cert_file: file("pem"),
+        key_file: file("key"),
+        domain_name: None,
+    }
+    .load()
+    .unwrap();
+    let channel = Endpoint::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("{e:?}")))?;
+    Ok(TokenServiceClient::new(channel))
+}
+
+/// A call refused by the TLS layer, not by the service (which answers with a status).
+fn refused_by_transport(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Cancelled | Code::Unknown
+    ) && status.metadata().is_empty()
+}
+
+async fn try_generate(
+    port: u16,
+    credentials: Credentials<'_>,
+    client_id: &str,
+) -> Result<TokenResponse, tonic::Status> {
+    client(port, credentials)
+        .await?
+        .generate_tokens(generate(client_id))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mtls_only_certificates_of_the_configured_ca_get_in() {
+    let pki = Pki::new();
+    let stranger = Pki::new(); // another CA, with a client certificate of its own
+    let sandbox = Sandbox::new(&pki.server_tls_table(true));
+    let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
+    let port = service.grpc.port();
+    let log = service.wait_for_log("gRPC API listening on https://");
+    assert!(!log.contains("anyone who reaches this port"), "{log}");
+
+    let mut admitted = client(port, Credentials::of(&pki, Some("client")))
+        .await
+        .unwrap();
+    let issued = admitted
+        .generate_tokens(generate("demo"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(issued.access_token.split('.').count(), 3);
+    let jwks = admitted
+        .get_jwks(GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(jwks.jwks_json.contains(&issued.kid));
+
+    let without_certificate = try_generate(port, Credentials::of(&pki, None), "demo")
+        .await
+        .unwrap_err();
+    // TLS 1.3: the client finishes its side of the handshake before the server checks the
+    // certificate, so the refusal arrives as the connection closing under the first call.
+    assert!(
+        refused_by_transport(&without_certificate),
+        "{without_certificate}"
+    );
+
+    // The stranger trusts our server but shows a certificate of another CA.
+    let refused = try_generate(
+        port,
+        Credentials {
+            trusts: &pki,
+            issued_by: &stranger,
+            client: Some("client"),
+        },
+        "demo",
+    )
+    .await
+    .unwrap_err();
+    assert!(refused_by_transport(&refused), "{refused}");
+
+    let plaintext = async {
+        TokenServiceClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("{e:?}")))?
+            .generate_tokens(generate("demo"))
+            .await
+    }
+    .await
+    .unwrap_err();
+    eprintln!("plaintext client against the TLS port: {plaintext}");
+
+    // Only the admitted caller's call reached the token logic: one issuance in the audit log.
+    let log = service.settled_log();
+    assert_eq!(log.matches("token issued").count(), 1, "{log}");
+    assert!(service.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_naming_its_callers_is_acted_for_only_by_their_certificates() {
+    let pki = Pki::new();
+    pki.issue("gateway-a", "gateway-a.internal");
+    pki.issue("gateway-b", "gateway-b.internal");
+    let sandbox = Sandbox::new(&format!(
+        "{}\n[tokens.clients.billing]\naudiences = [\"billing\"]\n",
+        pki.server_tls_table(true)
+    ));
+    let config = std::fs::read_to_string(sandbox.config_path())
+        .unwrap()
+        .replace(
+            "audiences = [\"api\"]",
+            "audiences = [\"api\"]\ncallers = [\"gateway-a.internal\"]",
+        );
+    sandbox.write_config(&config);
+    let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
+    let port = service.grpc.port();
+    let as_a = || Credentials::of(&pki, Some("gateway-a"));
+    let as_b = || Credentials::of(&pki, Some("gateway-b"));
+
+    let refused = try_generate(port, as_b(), "demo").await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
+    assert!(
+        refused.message().contains("gateway-b.internal") && refused.message().contains("`demo`"),
+        "{}",
+        refused.message()
+    );
+    // billing names no callers: any certificate of the CA may act for it.
+    try_generate(port, as_b(), "billing").await.unwrap();
+
+    let issued = try_generate(port, as_a(), "demo").await.unwrap();
+    let refresh = |token: &str| RefreshTokensRequest {
+        refresh_token: token.to_owned(),
+        dpop: None,
+    };
+    let refused = client(port, as_b())
+        .await
+        .unwrap()
+        .refresh_tokens(refresh(&issued.refresh_token))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
+    // The refused refresh consumed nothing: gateway-a rotates the same token.
+    let refreshed = client(port, as_a())
+        .await
+        .unwrap()
+        .refresh_tokens(refresh(&issued.refresh_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(refreshed.refresh_token, issued.refresh_token);
+
+    let log = service.wait_for_log("caller_refused");
+    assert!(log.contains("gateway-b.internal"), "{log}");
+    assert!(!log.contains(&issued.refresh_token), "no token in the log");
+    assert!(service.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_speaks_tls_and_refuses_half_configured_connections() {
+    let pki = Pki::new();
+    let sandbox = Sandbox::new(&pki.server_tls_table(true));
+    let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
+    let address = format!("https://localhost:{}", service.grpc.port());
+    let path = |name: &str| pki.path(name).display().to_string();
+    let (ca, cert, key) = (path("ca.pem"), path("client.pem"), path("client.key"));
+    let run = |args: &[&str]| {
+        let mut all = vec!["client", "--address", address.as_str()];
+        all.extend_from_slice(args);
+        tokio::task::block_in_place(|| sandbox.run(&all, None))
+    };
+
+    let ok = run(&[
+        "--ca-file",
+        &ca,
+        "--cert-file",
+        &cert,
+        "--key-file",
+        &key,
+        "generate",
+        "--subject",
+        "alice",
+    ]);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(stdout.contains("\"access_token\""), "{stdout}");
+
+    let no_ca = run(&["generate", "--subject", "alice"]);
+    assert_eq!(no_ca.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&no_ca.stderr).contains("needs --ca-file"),
+        "{}",
+        String::from_utf8_lossy(&no_ca.stderr)
+    );
+
+    let no_certificate = run(&["--ca-file", &ca, "generate", "--subject", "alice"]);
+    assert_eq!(no_certificate.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&no_certificate.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("give --cert-file and --key-file"),
+        "{stderr}"
+    );
+    eprintln!("CLI without a client certificate: {stderr}");
+
+    let plaintext_with_files = tokio::task::block_in_place(|| {
+        sandbox.run(
+            &[
+                "client",
+                "--address",
+                &format!("http://127.0.0.1:{}", service.grpc.port()),
+                "--ca-file",
+                &ca,
+                "jwks",
+            ],
+            None,
+        )
+    });
+    assert_eq!(plaintext_with_files.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&plaintext_with_files.stderr).contains("use https://"),
+        "{}",
+        String::from_utf8_lossy(&plaintext_with_files.stderr)
+    );
+    assert!(service.terminate().success());
+}
+
+#[test]
+fn serve_refuses_to_start_when_a_tls_file_cannot_be_read() {
+    let pki = Pki::new();
+    let missing = pki.path("nowhere.pem");
+    let table = pki.server_tls_table(true).replace(
+        &pki.path("server.pem").display().to_string(),
+        &missing.display().to_string(),
+    );
+    let sandbox = Sandbox::new(&table);
+    let output = run_cli_within(
+        Some(&sandbox.config_path()),
+        sandbox.dir.path(),
+        &["serve"],
+        &[],
+        Duration::from_secs(60),
+    )
+    .expect("serve should exit by itself");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("server.tls.cert_file") && stderr.contains("nowhere.pem"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unprotected_api_is_announced_in_the_log() {
+    // Plaintext on every interface: anyone on the network could issue tokens.
+    let sandbox = Sandbox::new("");
+    let open = sandbox.config_path();
+    let text = std::fs::read_to_string(&open)
+        .unwrap()
+        .replace("host = \"127.0.0.1\"", "host = \"0.0.0.0\"");
+    sandbox.write_config(&text);
+    let service = ServiceProcess::start(Some(&open), sandbox.dir.path());
+    service.wait_for_log("no TLS and no caller authentication");
+    drop(service);
+
+    // TLS without client certificates: encrypted, but still open to anyone.
+    let pki = Pki::new();
+    let sandbox = Sandbox::new(&pki.server_tls_table(false));
+    let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
+    service.wait_for_log("TLS but no client certificates");
+
+    // Plaintext on loopback only (the test default) is not announced.
+    let quiet = Sandbox::new("");
+    let service = ServiceProcess::start(Some(&quiet.config_path()), quiet.dir.path());
+    let log = service.settled_log();
+    assert!(!log.contains("anyone who reaches this port"), "{log}");
+}
