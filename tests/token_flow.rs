@@ -438,7 +438,7 @@ fn caller_named(dns_name: &str) -> Caller {
         .unwrap()
         .self_signed(&key)
         .unwrap();
-    Caller::from_verified_chain(Some(&[cert.der().clone()]))
+    Caller::from_verified_chain(Some(Arc::new(vec![cert.der().clone()])))
 }
 
 fn expect_permission_denied<T: std::fmt::Debug>(result: Result<T, TokenError>, needles: &[&str]) {

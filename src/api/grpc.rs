@@ -47,7 +47,7 @@ fn context<T>(request: &Request<T>) -> CallContext {
 /// The caller as the TLS layer proved it: the client certificate chain of an mTLS
 /// connection (already verified against `server.tls.client_ca_file`), else unidentified.
 fn caller<T>(request: &Request<T>) -> Caller {
-    Caller::from_verified_chain(request.peer_certs().as_deref().map(Vec::as_slice))
+    Caller::from_verified_chain(request.peer_certs())
 }
 
 fn status(error: TokenError) -> Status {

@@ -11,8 +11,9 @@ use rustls_pki_types::{CertificateDer, ServerName};
 /// The caller of one request.
 #[derive(Clone, Default)]
 pub struct Caller {
-    /// The end-entity certificate the TLS layer verified against `server.tls.client_ca_file`.
-    certificate: Option<Arc<CertificateDer<'static>>>,
+    /// The chain the TLS layer verified against `server.tls.client_ca_file`, end-entity
+    /// certificate first; shared with the connection, not copied per request.
+    chain: Option<Arc<Vec<CertificateDer<'static>>>>,
 }
 
 impl Caller {
@@ -25,12 +26,14 @@ impl Caller {
 
     /// The caller of an mTLS connection: `chain` as the TLS layer verified it, the
     /// end-entity certificate first. `None` or an empty chain is an unidentified caller.
-    pub fn from_verified_chain(chain: Option<&[CertificateDer<'static>]>) -> Self {
+    pub fn from_verified_chain(chain: Option<Arc<Vec<CertificateDer<'static>>>>) -> Self {
         Self {
-            certificate: chain
-                .and_then(|certs| certs.first())
-                .map(|cert| Arc::new(cert.clone())),
+            chain: chain.filter(|certs| !certs.is_empty()),
         }
+    }
+
+    fn certificate(&self) -> Option<&CertificateDer<'static>> {
+        self.chain.as_ref().and_then(|certs| certs.first())
     }
 
     /// Whether the caller's certificate is valid for one of `names` (DNS names, wildcards
@@ -38,10 +41,10 @@ impl Caller {
     /// matches a server). An unidentified caller, an unparsable certificate or a name that
     /// is not a DNS name or an IP address matches nothing.
     pub fn is_one_of(&self, names: &[String]) -> bool {
-        let Some(der) = &self.certificate else {
+        let Some(der) = self.certificate() else {
             return false;
         };
-        let Ok(cert) = webpki::EndEntityCert::try_from(der.as_ref()) else {
+        let Ok(cert) = webpki::EndEntityCert::try_from(der) else {
             return false;
         };
         names.iter().any(|name| {
@@ -53,10 +56,10 @@ impl Caller {
     /// The DNS names the certificate presents, for audit lines and error messages (public
     /// data, never used to decide).
     fn presented_names(&self) -> Vec<String> {
-        let Some(der) = &self.certificate else {
+        let Some(der) = self.certificate() else {
             return Vec::new();
         };
-        match webpki::EndEntityCert::try_from(der.as_ref()) {
+        match webpki::EndEntityCert::try_from(der) {
             Ok(cert) => cert.valid_dns_names().take(4).map(str::to_owned).collect(),
             Err(_) => Vec::new(),
         }
@@ -65,7 +68,7 @@ impl Caller {
 
 impl std::fmt::Display for Caller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.certificate.is_none() {
+        if self.certificate().is_none() {
             return f.write_str("unidentified caller");
         }
         match self.presented_names().as_slice() {
@@ -102,7 +105,7 @@ mod tests {
     }
 
     fn caller(names: &[&str]) -> Caller {
-        Caller::from_verified_chain(Some(&[certificate_for(names)]))
+        Caller::from_verified_chain(Some(Arc::new(vec![certificate_for(names)])))
     }
 
     #[test]
@@ -131,9 +134,9 @@ mod tests {
         let names = ["gateway.internal".to_owned()];
         assert!(!Caller::unidentified().is_one_of(&names));
         assert!(!Caller::from_verified_chain(None).is_one_of(&names));
-        assert!(!Caller::from_verified_chain(Some(&[])).is_one_of(&names));
+        assert!(!Caller::from_verified_chain(Some(Arc::new(Vec::new()))).is_one_of(&names));
         let garbage = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
-        let broken = Caller::from_verified_chain(Some(&[garbage]));
+        let broken = Caller::from_verified_chain(Some(Arc::new(vec![garbage])));
         assert!(!broken.is_one_of(&names));
         assert_eq!(
             Caller::unidentified().to_string(),
