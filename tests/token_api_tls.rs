@@ -342,3 +342,96 @@ fn an_unprotected_api_is_announced_in_the_log() {
     let log = service.settled_log();
     assert!(!log.contains("anyone who reaches this port"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_certificate_is_refused_at_the_handshake() {
+    let pki = Pki::new();
+    pki.issue("gateway-a", "gateway-a.internal");
+    pki.issue("gateway-b", "gateway-b.internal");
+    pki.revoke(&["gateway-b"]);
+    let sandbox = Sandbox::new(&format!(
+        "{}client_crl_file = \"{}\"\n",
+        pki.server_tls_table(true),
+        pki.path("crl.pem").display()
+    ));
+    let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
+    let port = service.grpc.port();
+
+    try_generate(port, Credentials::of(&pki, Some("gateway-a")), "demo")
+        .await
+        .unwrap();
+    let refused = try_generate(port, Credentials::of(&pki, Some("gateway-b")), "demo")
+        .await
+        .unwrap_err();
+    assert!(refused_by_transport(&refused), "{refused}");
+    let log = service.wait_for_log("tls_client_refused");
+    assert!(log.contains("Revoked"), "{log}");
+    assert_eq!(log.matches("token issued").count(), 1, "{log}");
+}
+
+/// Replaces `to` with `from` atomically, as a secret mount or a certificate manager does.
+fn replace_file(from: &std::path::Path, to: &std::path::Path) {
+    let staged = to.with_extension("staged");
+    std::fs::copy(from, &staged).unwrap();
+    std::fs::rename(&staged, to).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_tls_files_are_used_for_new_connections_without_a_restart() {
+    let (old, new) = (Pki::new(), Pki::new());
+    let live = tempfile::tempdir().unwrap();
+    let file = |name: &str| live.path().join(name);
+    for name in ["server.pem", "server.key", "ca.pem"] {
+        replace_file(&old.path(name), &file(name));
+    }
+    let sandbox = Sandbox::new(&format!(
+        "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\nreload_interval = \"200ms\"\n",
+        file("server.pem").display(),
+        file("server.key").display(),
+        file("ca.pem").display()
+    ));
+    let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
+    let port = service.grpc.port();
+    let mut established = client(port, Credentials::of(&old, Some("client")))
+        .await
+        .unwrap();
+    established.generate_tokens(generate("demo")).await.unwrap();
+
+    // A new server certificate and a new client CA, as a rotation would bring.
+    for name in ["server.pem", "server.key", "ca.pem"] {
+        replace_file(&new.path(name), &file(name));
+    }
+    service.wait_for_log("TLS files changed: reloaded");
+    try_generate(port, Credentials::of(&new, Some("client")), "demo")
+        .await
+        .unwrap();
+    let refused = try_generate(port, Credentials::of(&old, Some("client")), "demo")
+        .await
+        .unwrap_err();
+    assert!(refused_by_transport(&refused), "{refused}");
+    // A connection made before the change keeps working.
+    established.generate_tokens(generate("demo")).await.unwrap();
+
+    // A change that does not load (half-written, wrong file) leaves the files in use.
+    let garbage = live.path().join("garbage");
+    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    replace_file(&garbage, &file("server.pem"));
+    service.wait_for_log("cannot be used; the previous ones stay in use");
+    try_generate(port, Credentials::of(&new, Some("client")), "demo")
+        .await
+        .unwrap();
+    // A key that does not match the certificate is caught too.
+    replace_file(&new.path("server.pem"), &file("server.pem"));
+    replace_file(&old.path("server.key"), &file("server.key"));
+    std::thread::sleep(Duration::from_millis(600));
+    try_generate(port, Credentials::of(&new, Some("client")), "demo")
+        .await
+        .unwrap();
+    let log = service.settled_log();
+    assert_eq!(
+        log.matches("cannot be used").count(),
+        2,
+        "each broken set logged once: {log}"
+    );
+    assert!(service.terminate().success());
+}

@@ -1,6 +1,7 @@
 //! Transports: the Token Service's gRPC API, and the generated Crypto Service API.
 
 pub mod grpc;
+pub mod tls;
 
 use crate::context::CallContext;
 

@@ -183,6 +183,9 @@ impl CryptoServerConfig {
             ));
         }
         super::validate::validate_chain(&config.chain, &config.backends)?;
+        if let Some(tls) = &config.server.tls {
+            tls.validate()?;
+        }
         if config.server.max_payload == 0 || config.server.max_payload > 4 * 1024 * 1024 {
             return Err(ConfigError::invalid(
                 "server.max_payload",

@@ -611,3 +611,30 @@ fn named_callers_need_mtls_and_well_formed_names() {
     let text = config.to_redacted_toml().unwrap();
     assert_eq!(Config::parse(&text).unwrap(), config);
 }
+
+#[test]
+fn tls_revocation_lists_need_client_certificates_and_reloads_a_sane_interval() {
+    let tls = |extra: &str| {
+        format!(
+            "{DEFAULT_TOML}\n[server.tls]\ncert_file = \"/s.pem\"\nkey_file = \"/s.key\"\n{extra}"
+        )
+    };
+    expect_setting(
+        load_str(&tls("client_crl_file = \"/crl.pem\"\n"), &no_env()),
+        "server.tls.client_crl_file",
+        "client_ca_file",
+    );
+    expect_setting(
+        load_str(&tls("reload_interval = \"10ms\"\n"), &no_env()),
+        "server.tls.reload_interval",
+        "at least 100ms",
+    );
+    let config = load_str(
+        &tls("client_ca_file = \"/ca.pem\"\nclient_crl_file = \"/crl.pem\"\n"),
+        &no_env(),
+    )
+    .unwrap();
+    let tls = config.server.tls.unwrap();
+    assert_eq!(tls.reload_interval, Duration::from_secs(30), "the default");
+    assert!(tls.requires_client_certificates());
+}

@@ -1,9 +1,13 @@
 //! `[server.tls]`: TLS, and optionally mTLS, on a gRPC listener (the Token API's and the
-//! reference Crypto Service's).
+//! reference Crypto Service's). The files are read by [`crate::api::tls`], which re-reads
+//! them when they change.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
 
 /// `[server.tls]`
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,34 +21,42 @@ pub struct ServerTlsConfig {
     /// reaches the port may call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ca_file: Option<PathBuf>,
+    /// PEM certificate revocation lists of that CA: a client certificate listed in them is
+    /// refused at the handshake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_crl_file: Option<PathBuf>,
+    /// How often the files are checked for changes; changed files are read into a new
+    /// configuration for new connections (short-lived certificates rotate without a
+    /// restart). A change that does not load is logged and the previous files stay in use.
+    #[serde(default = "default_reload_interval", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl ServerTlsConfig {
-    /// Reads the files into tonic's server TLS settings. A client certificate is required
-    /// when `client_ca_file` is set. The key's bytes are zeroized once handed over.
-    pub fn load(&self) -> Result<tonic::transport::ServerTlsConfig, TlsFileError> {
-        let read = |path: &PathBuf, setting: &'static str| {
-            std::fs::read(path).map_err(|source| TlsFileError {
-                setting,
-                path: path.display().to_string(),
-                source,
-            })
-        };
-        let key = zeroize::Zeroizing::new(read(&self.key_file, "server.tls.key_file")?);
-        let identity = tonic::transport::Identity::from_pem(
-            read(&self.cert_file, "server.tls.cert_file")?,
-            &*key,
-        );
-        let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &self.client_ca_file {
-            config = config
-                .client_ca_root(tonic::transport::Certificate::from_pem(read(
-                    ca,
-                    "server.tls.client_ca_file",
-                )?))
-                .client_auth_optional(false);
+    /// Checks what can be checked without reading the files.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.client_crl_file.is_some() && self.client_ca_file.is_none() {
+            return Err(ConfigError::invalid(
+                "server.tls.client_crl_file",
+                "revocation lists need server.tls.client_ca_file (client certificates)",
+            ));
         }
-        Ok(config)
+        if self.reload_interval < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                "server.tls.reload_interval",
+                "expected at least 100ms",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether callers must present a client certificate.
+    pub fn requires_client_certificates(&self) -> bool {
+        self.client_ca_file.is_some()
     }
 }
 

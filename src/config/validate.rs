@@ -187,7 +187,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             .server
             .tls
             .as_ref()
-            .is_some_and(|tls| tls.client_ca_file.is_some());
+            .is_some_and(super::tls::ServerTlsConfig::requires_client_certificates);
         if !client.callers.is_empty() && !mtls {
             // Callers are named by their client certificates: without mTLS none could
             // ever be identified, and every call for this client would be refused.
@@ -196,6 +196,9 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                 "callers are identified by client certificates: set server.tls with client_ca_file",
             ));
         }
+    }
+    if let Some(tls) = &config.server.tls {
+        tls.validate()?;
     }
     if !config.admin.listen.ip().is_loopback() {
         return Err(ConfigError::invalid(

@@ -69,19 +69,14 @@ pub async fn serve(config: crate::config::CryptoServerConfig) -> Result<(), Cryp
     health
         .set_serving::<CryptoServiceServer<CryptoServer>>()
         .await;
-    let mut builder = tonic::transport::Server::builder();
-    let scheme = match &config.server.tls {
-        Some(tls) => {
-            builder = builder
-                .tls_config(
-                    tls.load()
-                        .map_err(|e| CryptoServerError::Tls(e.to_string()))?,
-                )
-                .map_err(|e| CryptoServerError::Tls(e.to_string()))?;
-            "https"
-        }
-        None => "http",
-    };
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(crate::api::tls::ReloadingTls::load)
+        .transpose()
+        .map_err(|e| CryptoServerError::Tls(e.to_string()))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let signal = move || {
         let mut stopped = stopped.clone();
@@ -89,13 +84,10 @@ pub async fn serve(config: crate::config::CryptoServerConfig) -> Result<(), Cryp
             let _ = stopped.wait_for(|s| *s).await;
         }
     };
-    let grpc = builder
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(CryptoServer::new(chain.clone(), config.server.max_payload).into_server())
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            signal(),
-        );
+        .add_service(CryptoServer::new(chain.clone(), config.server.max_payload).into_server());
+    let grpc = crate::api::tls::serve(router, listener, tls, signal());
     let admin = axum::serve(admin_listener, admin_router(chain))
         .with_graceful_shutdown(signal())
         .into_future();

@@ -1,7 +1,9 @@
 //! A throwaway PKI for TLS tests: a CA, a server certificate for `localhost`, and client
 //! certificates with chosen DNS names, as PEM files in a temporary directory.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
@@ -9,6 +11,8 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 pub struct Pki {
     dir: tempfile::TempDir,
     issuer: Issuer<'static, KeyPair>,
+    /// Serial number of each issued file, for revocation lists.
+    serials: Mutex<HashMap<String, u64>>,
 }
 
 impl Pki {
@@ -24,6 +28,7 @@ impl Pki {
         let pki = Self {
             dir,
             issuer: Issuer::new(ca_params, ca_key),
+            serials: Mutex::new(HashMap::new()),
         };
         pki.issue("server", "localhost");
         pki.issue("client", "token-service");
@@ -33,12 +38,42 @@ impl Pki {
     /// Issues `<file>.pem` and `<file>.key`: a certificate for the DNS name `san`.
     pub fn issue(&self, file: &str, san: &str) {
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec![san.to_owned()])
-            .unwrap()
-            .signed_by(&key, &self.issuer)
-            .unwrap();
+        let serial = {
+            let mut serials = self.serials.lock().unwrap();
+            let serial = 1000 + serials.len() as u64;
+            serials.insert(file.to_owned(), serial);
+            serial
+        };
+        let mut params = CertificateParams::new(vec![san.to_owned()]).unwrap();
+        params.serial_number = Some(serial.into());
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
         std::fs::write(self.path(&format!("{file}.pem")), cert.pem()).unwrap();
         std::fs::write(self.path(&format!("{file}.key")), key.serialize_pem()).unwrap();
+    }
+
+    /// Writes `crl.pem`: a revocation list of this CA naming the certificates issued as
+    /// `files`.
+    pub fn revoke(&self, files: &[&str]) {
+        let serials = self.serials.lock().unwrap();
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2025, 1, 1),
+            next_update: rcgen::date_time_ymd(2035, 1, 1),
+            crl_number: 1u64.into(),
+            issuing_distribution_point: None,
+            revoked_certs: files
+                .iter()
+                .map(|file| rcgen::RevokedCertParams {
+                    serial_number: serials[*file].into(),
+                    revocation_time: rcgen::date_time_ymd(2025, 6, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .unwrap();
+        std::fs::write(self.path("crl.pem"), crl.pem().unwrap()).unwrap();
     }
 
     /// A file of this PKI.
