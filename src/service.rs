@@ -380,7 +380,12 @@ impl Service {
         let tls = server
             .tls
             .as_ref()
-            .map(crate::api::tls::ReloadingTls::load)
+            .map(|tls| {
+                crate::api::tls::ReloadingTls::load(
+                    tls,
+                    crate::api::tls::TlsMetrics::register(self.chain.metrics().registry()),
+                )
+            })
             .transpose()
             .map_err(|e| ServiceError::Tls(e.to_string()))?;
         let scheme = if tls.is_some() { "https" } else { "http" };

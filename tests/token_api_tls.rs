@@ -366,7 +366,22 @@ async fn a_revoked_client_certificate_is_refused_at_the_handshake() {
     assert!(refused_by_transport(&refused), "{refused}");
     let log = service.wait_for_log("tls_client_refused");
     assert!(log.contains("Revoked"), "{log}");
+    assert_eq!(
+        tls_metric(
+            &service,
+            "token_service_tls_handshake_failures_total{reason=\"client_certificate\"}"
+        ),
+        1.0
+    );
     assert_eq!(log.matches("token issued").count(), 1, "{log}");
+}
+
+/// A sample of the service's /metrics, by its name and labels as exposed.
+fn tls_metric(service: &ServiceProcess, series: &str) -> f64 {
+    let (_, body) = support::process::http_get(service.admin, "/metrics");
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} not in /metrics:\n{body}"))
 }
 
 /// Replaces `to` with `from` atomically, as a secret mount or a certificate manager does.
@@ -401,6 +416,10 @@ async fn changed_tls_files_are_used_for_new_connections_without_a_restart() {
     for name in ["server.pem", "server.key", "ca.pem"] {
         replace_file(&new.path(name), &file(name));
     }
+    let expiry_before = tls_metric(
+        &service,
+        "token_service_tls_certificate_expiry_timestamp_seconds",
+    );
     service.wait_for_log("TLS files changed: reloaded");
     try_generate(port, Credentials::of(&new, Some("client")), "demo")
         .await
@@ -427,6 +446,23 @@ async fn changed_tls_files_are_used_for_new_connections_without_a_restart() {
     try_generate(port, Credentials::of(&new, Some("client")), "demo")
         .await
         .unwrap();
+    assert!(
+        expiry_before > 1_700_000_000.0,
+        "the expiry gauge is exported"
+    );
+    assert_eq!(
+        tls_metric(
+            &service,
+            "token_service_tls_reloads_total{result=\"reloaded\"}"
+        ),
+        1.0
+    );
+    assert!(
+        tls_metric(
+            &service,
+            "token_service_tls_reloads_total{result=\"failed\"}"
+        ) >= 2.0
+    );
     let log = service.settled_log();
     assert_eq!(
         log.matches("cannot be used").count(),

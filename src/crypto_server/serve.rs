@@ -73,7 +73,12 @@ pub async fn serve(config: crate::config::CryptoServerConfig) -> Result<(), Cryp
         .server
         .tls
         .as_ref()
-        .map(crate::api::tls::ReloadingTls::load)
+        .map(|tls| {
+            crate::api::tls::ReloadingTls::load(
+                tls,
+                crate::api::tls::TlsMetrics::register(chain.metrics().registry()),
+            )
+        })
         .transpose()
         .map_err(|e| CryptoServerError::Tls(e.to_string()))?;
     let scheme = if tls.is_some() { "https" } else { "http" };

@@ -16,16 +16,20 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
-use zeroize::Zeroizing;
 
 use crate::config::tls::{ServerTlsConfig, TlsFileError};
+
+mod expiry;
+mod files;
+mod metrics;
+
+use files::Files;
+pub use metrics::TlsMetrics;
 
 /// How long a client may take to complete the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,130 +53,11 @@ pub enum TlsSetupError {
     },
 }
 
-fn content(setting: &'static str) -> impl Fn(String) -> TlsSetupError {
-    move |detail| TlsSetupError::Content { setting, detail }
-}
-
-/// The files' bytes, read together; a reload compares their digest with the last loaded.
-struct Files {
-    cert: Vec<u8>,
-    key: Zeroizing<Vec<u8>>,
-    ca: Option<Vec<u8>>,
-    crl: Option<Vec<u8>>,
-}
-
-impl Files {
-    fn read(settings: &ServerTlsConfig) -> Result<Self, TlsFileError> {
-        let read = |path: &std::path::PathBuf, setting: &'static str| {
-            std::fs::read(path).map_err(|source| TlsFileError {
-                setting,
-                path: path.display().to_string(),
-                source,
-            })
-        };
-        Ok(Self {
-            cert: read(&settings.cert_file, "server.tls.cert_file")?,
-            key: Zeroizing::new(read(&settings.key_file, "server.tls.key_file")?),
-            ca: match &settings.client_ca_file {
-                Some(path) => Some(read(path, "server.tls.client_ca_file")?),
-                None => None,
-            },
-            crl: match &settings.client_crl_file {
-                Some(path) => Some(read(path, "server.tls.client_crl_file")?),
-                None => None,
-            },
-        })
-    }
-
-    fn digest(&self) -> aws_lc_rs::digest::Digest {
-        let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        for part in [
-            Some(self.cert.as_slice()),
-            Some(self.key.as_slice()),
-            self.ca.as_deref(),
-            self.crl.as_deref(),
-        ] {
-            // Length-prefixed, absent distinct from empty: no two file sets hash alike.
-            match part {
-                Some(bytes) => {
-                    context.update(&[1]);
-                    context.update(&(bytes.len() as u64).to_be_bytes());
-                    context.update(bytes);
-                }
-                None => context.update(&[0]),
-            }
-        }
-        context.finish()
-    }
-
-    fn server_config(&self) -> Result<rustls::ServerConfig, TlsSetupError> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let chain = CertificateDer::pem_slice_iter(&self.cert)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| content("server.tls.cert_file")(e.to_string()))?;
-        if chain.is_empty() {
-            return Err(content("server.tls.cert_file")(
-                "no PEM certificate in the file".into(),
-            ));
-        }
-        let key = PrivateKeyDer::from_pem_slice(&self.key)
-            .map_err(|e| content("server.tls.key_file")(e.to_string()))?;
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| content("server.tls")(e.to_string()))?;
-        let builder = match &self.ca {
-            None => builder.with_no_client_auth(),
-            Some(ca) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in CertificateDer::pem_slice_iter(ca) {
-                    let cert =
-                        cert.map_err(|e| content("server.tls.client_ca_file")(e.to_string()))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| content("server.tls.client_ca_file")(e.to_string()))?;
-                }
-                if roots.is_empty() {
-                    return Err(content("server.tls.client_ca_file")(
-                        "no PEM certificate in the file".into(),
-                    ));
-                }
-                let crls = match &self.crl {
-                    None => Vec::new(),
-                    Some(pem) => {
-                        let crls = CertificateRevocationListDer::pem_slice_iter(pem)
-                            .collect::<Result<Vec<_>, _>>()
-                            .map_err(|e| content("server.tls.client_crl_file")(e.to_string()))?;
-                        if crls.is_empty() {
-                            return Err(content("server.tls.client_crl_file")(
-                                "no PEM X509 CRL in the file".into(),
-                            ));
-                        }
-                        crls
-                    }
-                };
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    roots.into(),
-                    provider,
-                )
-                .with_crls(crls)
-                .build()
-                .map_err(|e| content("server.tls.client_crl_file")(e.to_string()))?;
-                builder.with_client_cert_verifier(verifier)
-            }
-        };
-        let mut config = builder
-            .with_single_cert(chain, key)
-            .map_err(|e| content("server.tls.key_file")(e.to_string()))?;
-        // gRPC is HTTP/2 only.
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(config)
-    }
-}
-
 /// The TLS configuration in use, replaced when its files change.
 pub struct ReloadingTls {
     settings: ServerTlsConfig,
     current: RwLock<(Arc<rustls::ServerConfig>, aws_lc_rs::digest::Digest)>,
+    metrics: TlsMetrics,
 }
 
 impl std::fmt::Debug for ReloadingTls {
@@ -194,12 +79,17 @@ pub enum Reload {
 
 impl ReloadingTls {
     /// Reads and checks the files named by `settings`.
-    pub fn load(settings: &ServerTlsConfig) -> Result<Arc<Self>, TlsSetupError> {
+    pub fn load(
+        settings: &ServerTlsConfig,
+        metrics: TlsMetrics,
+    ) -> Result<Arc<Self>, TlsSetupError> {
         let files = Files::read(settings)?;
         let config = Arc::new(files.server_config()?);
+        metrics.certificate_expires_at(files.certificate_expiry());
         Ok(Arc::new(Self {
             settings: settings.clone(),
             current: RwLock::new((config, files.digest())),
+            metrics,
         }))
     }
 
@@ -215,14 +105,23 @@ impl ReloadingTls {
     /// Reads the files; if they changed and load, new connections use them. On an error
     /// the configuration in use stays. Blocking file reads: call off the async workers.
     pub fn reload_if_changed(&self) -> Result<Reload, TlsSetupError> {
-        let files = Files::read(&self.settings)?;
+        let files = Files::read(&self.settings).inspect_err(|_| self.metrics.reload("failed"))?;
         let digest = files.digest();
         let unchanged = |current: &aws_lc_rs::digest::Digest| current.as_ref() == digest.as_ref();
         if unchanged(&self.current.read().unwrap_or_else(|p| p.into_inner()).1) {
             return Ok(Reload::Unchanged);
         }
-        let config = Arc::new(files.server_config()?);
+        let config = match files.server_config() {
+            Ok(config) => Arc::new(config),
+            Err(error) => {
+                self.metrics.reload("failed");
+                return Err(error);
+            }
+        };
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = (config, digest);
+        self.metrics
+            .certificate_expires_at(files.certificate_expiry());
+        self.metrics.reload("reloaded");
         Ok(Reload::Reloaded)
     }
 
@@ -316,6 +215,7 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
         let sender = sender.clone();
+        let metrics = tls.metrics.clone();
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
             drop(permit);
@@ -323,16 +223,20 @@ async fn accept_loop(
                 Ok(Ok(stream)) => {
                     let _ = sender.send(Ok(stream)).await;
                 }
-                Ok(Err(error)) => log_refused_handshake(peer, &error),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                Ok(Err(error)) => metrics.handshake_failed(log_refused_handshake(peer, &error)),
+                Err(_) => {
+                    metrics.handshake_failed("timeout");
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                }
             }
         });
     }
 }
 
 /// A refused client certificate is an audit event; other failed handshakes (a plaintext
-/// client, a scanner, a dropped connection) are noise, logged at debug.
-fn log_refused_handshake(peer: SocketAddr, error: &std::io::Error) {
+/// client, a scanner, a dropped connection) are noise, logged at debug. Returns the reason
+/// label for the failure metric.
+fn log_refused_handshake(peer: SocketAddr, error: &std::io::Error) -> &'static str {
     let tls_error = error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
@@ -340,14 +244,20 @@ fn log_refused_handshake(peer: SocketAddr, error: &std::io::Error) {
         Some(
             reason
             @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented),
-        ) => tracing::warn!(
-            target: "audit",
-            event = "tls_client_refused",
-            %peer,
-            %reason,
-            "client certificate refused at the TLS handshake"
-        ),
-        _ => tracing::debug!(%peer, %error, "TLS handshake failed"),
+        ) => {
+            tracing::warn!(
+                target: "audit",
+                event = "tls_client_refused",
+                %peer,
+                %reason,
+                "client certificate refused at the TLS handshake"
+            );
+            "client_certificate"
+        }
+        _ => {
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            "other"
+        }
     }
 }
 
@@ -397,6 +307,10 @@ mod tests {
         }
     }
 
+    fn test_metrics() -> TlsMetrics {
+        TlsMetrics::register(&prometheus::Registry::new())
+    }
+
     fn setting_of(error: TlsSetupError) -> &'static str {
         match error {
             TlsSetupError::File(e) => e.setting,
@@ -408,8 +322,13 @@ mod tests {
     fn a_reload_swaps_the_configuration_only_when_the_files_changed_and_load() {
         let dir = tempfile::tempdir().unwrap();
         let settings = files(dir.path(), "one.internal");
-        let tls = ReloadingTls::load(&settings).unwrap();
+        let metrics = test_metrics();
+        let tls = ReloadingTls::load(&settings, metrics.clone()).unwrap();
         let first = tls.current();
+        assert!(
+            metrics.certificate_expiry() > 1_700_000_000,
+            "notAfter exported"
+        );
         assert_eq!(first.alpn_protocols, vec![b"h2".to_vec()]);
         assert_eq!(tls.reload_if_changed().unwrap(), Reload::Unchanged);
         assert!(Arc::ptr_eq(&first, &tls.current()));
@@ -420,10 +339,12 @@ mod tests {
             "server.tls.cert_file"
         );
         assert!(Arc::ptr_eq(&first, &tls.current()), "the old one stays");
+        assert_eq!(metrics.reload_count("failed"), 1);
 
         files(dir.path(), "two.internal");
         assert_eq!(tls.reload_if_changed().unwrap(), Reload::Reloaded);
         assert!(!Arc::ptr_eq(&first, &tls.current()));
+        assert_eq!(metrics.reload_count("reloaded"), 1);
     }
 
     #[test]
@@ -465,7 +386,7 @@ mod tests {
         ];
         for (settings, setting) in cases {
             assert_eq!(
-                setting_of(ReloadingTls::load(&settings).unwrap_err()),
+                setting_of(ReloadingTls::load(&settings, test_metrics()).unwrap_err()),
                 setting
             );
         }
@@ -477,7 +398,7 @@ mod tests {
             ..good
         };
         assert_eq!(
-            setting_of(ReloadingTls::load(&mismatched).unwrap_err()),
+            setting_of(ReloadingTls::load(&mismatched, test_metrics()).unwrap_err()),
             "server.tls.key_file"
         );
     }
