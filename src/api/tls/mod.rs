@@ -177,11 +177,17 @@ impl Drop for ListenerTasks {
 /// `serve_with_incoming_shutdown`.
 pub type TlsIncoming = ReceiverStream<std::io::Result<TlsStream<TcpStream>>>;
 
-/// Accepts on `listener` and runs handshakes with the configuration in use at the time.
-/// Keep the tasks alive as long as the server runs.
-pub fn accept(listener: TcpListener, tls: Arc<ReloadingTls>) -> (TlsIncoming, ListenerTasks) {
+/// Accepts on `listener` and runs handshakes with the configuration in use at the time,
+/// until `stop` turns true: then the listener is closed, so new connections are refused at
+/// once (and go to another instance) while tonic finishes the calls in flight. Keep the
+/// tasks alive as long as the server runs.
+pub fn accept(
+    listener: TcpListener,
+    tls: Arc<ReloadingTls>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (TlsIncoming, ListenerTasks) {
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
-    let accepting = tokio::spawn(accept_loop(listener, tls.clone(), sender));
+    let accepting = tokio::spawn(accept_loop(listener, tls.clone(), sender, stop));
     let watching = tokio::spawn(tls.watch());
     (
         ReceiverStream::new(receiver),
@@ -193,13 +199,19 @@ async fn accept_loop(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
     sender: tokio::sync::mpsc::Sender<std::io::Result<TlsStream<TcpStream>>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
     loop {
         let Ok(permit) = handshakes.clone().acquire_owned().await else {
             return;
         };
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            // Returning drops the listener: the port closes.
+            _ = stop.wait_for(|stopped| *stopped) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors, say: back off instead of spinning.
@@ -271,7 +283,12 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     match tls {
         Some(tls) => {
-            let (incoming, _tasks) = accept(listener, tls);
+            let (stop_accepting, stopped) = tokio::sync::watch::channel(false);
+            let (incoming, _tasks) = accept(listener, tls, stopped);
+            let signal = async move {
+                signal.await;
+                let _ = stop_accepting.send(true);
+            };
             router.serve_with_incoming_shutdown(incoming, signal).await
         }
         None => {
@@ -345,6 +362,33 @@ mod tests {
         assert_eq!(tls.reload_if_changed().unwrap(), Reload::Reloaded);
         assert!(!Arc::ptr_eq(&first, &tls.current()));
         assert_eq!(metrics.reload_count("reloaded"), 1);
+    }
+
+    #[tokio::test]
+    async fn once_stopped_the_listener_closes_and_connections_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = ReloadingTls::load(&files(dir.path(), "one.internal"), test_metrics()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (_incoming, tasks) = accept(listener, tls, stopped);
+        TcpStream::connect(addr)
+            .await
+            .expect("accepting while running");
+        stop.send(true).unwrap();
+        // A connection caught in the backlog as the listener closes is reset; after that,
+        // the port is closed.
+        let refused = async {
+            while TcpStream::connect(addr).await.map_err(|e| e.kind()).err()
+                != Some(std::io::ErrorKind::ConnectionRefused)
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), refused)
+            .await
+            .expect("the port closes after the stop");
+        drop(tasks);
     }
 
     #[test]
