@@ -381,9 +381,9 @@ impl Service {
             .tls
             .as_ref()
             .map(|tls| {
-                crate::api::tls::ReloadingTls::load(
+                crate::api::listener::ReloadingTls::load(
                     tls,
-                    crate::api::tls::TlsMetrics::register(self.chain.metrics().registry()),
+                    crate::api::listener::TlsMetrics::register(self.chain.metrics().registry()),
                 )
             })
             .transpose()
@@ -393,7 +393,7 @@ impl Service {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(api.into_server());
-        let grpc = crate::api::tls::serve(router, grpc_listener, tls, signal());
+        let grpc = crate::api::listener::serve(router, grpc_listener, tls, signal());
         let public = crate::admin::run_public(public_listener, self.clone(), signal());
         let admin = crate::admin::run(admin_listener, self.clone(), signal());
         tracing::info!(%grpc_addr, "gRPC API listening on {scheme}://{grpc_addr}");

@@ -1,7 +1,7 @@
 //! Transports: the Token Service's gRPC API, and the generated Crypto Service API.
 
 pub mod grpc;
-pub mod tls;
+pub mod listener;
 
 use crate::context::CallContext;
 

@@ -1,5 +1,5 @@
 //! `[server.tls]`: TLS, and optionally mTLS, on a gRPC listener (the Token API's and the
-//! reference Crypto Service's). The files are read by [`crate::api::tls`], which re-reads
+//! reference Crypto Service's). The files are read by [`crate::api::listener`], which re-reads
 //! them when they change.
 
 use std::path::PathBuf;

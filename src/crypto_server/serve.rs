@@ -74,9 +74,9 @@ pub async fn serve(config: crate::config::CryptoServerConfig) -> Result<(), Cryp
         .tls
         .as_ref()
         .map(|tls| {
-            crate::api::tls::ReloadingTls::load(
+            crate::api::listener::ReloadingTls::load(
                 tls,
-                crate::api::tls::TlsMetrics::register(chain.metrics().registry()),
+                crate::api::listener::TlsMetrics::register(chain.metrics().registry()),
             )
         })
         .transpose()
@@ -92,7 +92,7 @@ pub async fn serve(config: crate::config::CryptoServerConfig) -> Result<(), Cryp
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(CryptoServer::new(chain.clone(), config.server.max_payload).into_server());
-    let grpc = crate::api::tls::serve(router, listener, tls, signal());
+    let grpc = crate::api::listener::serve(router, listener, tls, signal());
     let admin = axum::serve(admin_listener, admin_router(chain))
         .with_graceful_shutdown(signal())
         .into_future();

@@ -8,7 +8,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use tokio_rustls::rustls;
 use zeroize::Zeroizing;
 
-use super::TlsSetupError;
+use super::tls::TlsSetupError;
 use crate::config::tls::{ServerTlsConfig, TlsFileError};
 
 fn content(setting: &'static str) -> impl Fn(String) -> TlsSetupError {
