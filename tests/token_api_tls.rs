@@ -366,12 +366,12 @@ async fn a_revoked_client_certificate_is_refused_at_the_handshake() {
     assert!(refused_by_transport(&refused), "{refused}");
     let log = service.wait_for_log("tls_client_refused");
     assert!(log.contains("Revoked"), "{log}");
-    assert_eq!(
+    // At least one: tonic's channel may reconnect once more on its own after the refusal.
+    assert!(
         tls_metric(
             &service,
             "token_service_tls_handshake_failures_total{reason=\"client_certificate\"}"
-        ),
-        1.0
+        ) >= 1.0
     );
     assert_eq!(log.matches("token issued").count(), 1, "{log}");
 }
@@ -394,11 +394,18 @@ fn replace_file(from: &std::path::Path, to: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_tls_files_are_used_for_new_connections_without_a_restart() {
     let (old, new) = (Pki::new(), Pki::new());
+    // As a secret mount does it: the files are read through a link to a directory of one
+    // version, and a rotation swaps the link at once, so no mix of versions is ever seen.
     let live = tempfile::tempdir().unwrap();
-    let file = |name: &str| live.path().join(name);
-    for name in ["server.pem", "server.key", "ca.pem"] {
-        replace_file(&old.path(name), &file(name));
+    for (version, pki) in [("v1", &old), ("v2", &new)] {
+        std::fs::create_dir(live.path().join(version)).unwrap();
+        for name in ["server.pem", "server.key", "ca.pem"] {
+            std::fs::copy(pki.path(name), live.path().join(version).join(name)).unwrap();
+        }
     }
+    let current = live.path().join("current");
+    std::os::unix::fs::symlink("v1", &current).unwrap();
+    let file = |name: &str| current.join(name);
     let sandbox = Sandbox::new(&format!(
         "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\nreload_interval = \"200ms\"\n",
         file("server.pem").display(),
@@ -413,9 +420,9 @@ async fn changed_tls_files_are_used_for_new_connections_without_a_restart() {
     established.generate_tokens(generate("demo")).await.unwrap();
 
     // A new server certificate and a new client CA, as a rotation would bring.
-    for name in ["server.pem", "server.key", "ca.pem"] {
-        replace_file(&new.path(name), &file(name));
-    }
+    let staged = live.path().join("staged");
+    std::os::unix::fs::symlink("v2", &staged).unwrap();
+    std::fs::rename(&staged, &current).unwrap();
     let expiry_before = tls_metric(
         &service,
         "token_service_tls_certificate_expiry_timestamp_seconds",

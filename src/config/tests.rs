@@ -591,7 +591,7 @@ fn named_callers_need_mtls_and_well_formed_names() {
             &no_env(),
         ),
         "tokens.clients.demo.callers",
-        "`*.internal` is not a DNS name",
+        "`*.internal` is not a SPIFFE ID, a DNS name",
     );
     let config = load_str(
         &format!(

@@ -180,7 +180,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         {
             return Err(ConfigError::invalid(
                 format!("tokens.clients.{id}.callers"),
-                format!("`{bad}` is not a DNS name or an IP address (no wildcards)"),
+                format!("`{bad}` is not a SPIFFE ID, a DNS name or an IP address (no wildcards)"),
             ));
         }
         let mtls = config

@@ -36,10 +36,10 @@ impl Caller {
         self.chain.as_ref().and_then(|certs| certs.first())
     }
 
-    /// Whether the caller's certificate is valid for one of `names` (DNS names, wildcards
-    /// included, or IP addresses, matched against its subjectAltName as a TLS client
-    /// matches a server). An unidentified caller, an unparsable certificate or a name that
-    /// is not a DNS name or an IP address matches nothing.
+    /// Whether the caller's certificate names one of `names` in its subjectAltName: a
+    /// SPIFFE ID (`spiffe://...`) as a URI, exactly; a DNS name (wildcard certificates
+    /// included) or an IP address as a TLS client matches a server. An unidentified caller,
+    /// an unparsable certificate or a name of neither kind matches nothing.
     pub fn is_one_of(&self, names: &[String]) -> bool {
         let Some(der) = self.certificate() else {
             return false;
@@ -48,19 +48,29 @@ impl Caller {
             return false;
         };
         names.iter().any(|name| {
+            if name.starts_with(SPIFFE_SCHEME) {
+                // SPIFFE IDs compare as strings (SPIFFE ID spec §2); the URI SAN is the SVID's
+                // identity.
+                return is_spiffe_id(name) && cert.valid_uri_names().any(|uri| uri == name);
+            }
             ServerName::try_from(name.as_str())
                 .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
         })
     }
 
-    /// The DNS names the certificate presents, for audit lines and error messages (public
-    /// data, never used to decide).
+    /// The DNS names and URIs the certificate presents, for audit lines and error messages
+    /// (public data, never used to decide).
     fn presented_names(&self) -> Vec<String> {
         let Some(der) = self.certificate() else {
             return Vec::new();
         };
         match webpki::EndEntityCert::try_from(der) {
-            Ok(cert) => cert.valid_dns_names().take(4).map(str::to_owned).collect(),
+            Ok(cert) => cert
+                .valid_uri_names()
+                .chain(cert.valid_dns_names())
+                .take(4)
+                .map(crate::backends::types::truncate_for_message)
+                .collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -72,7 +82,7 @@ impl std::fmt::Display for Caller {
             return f.write_str("unidentified caller");
         }
         match self.presented_names().as_slice() {
-            [] => f.write_str("certificate without DNS names"),
+            [] => f.write_str("certificate without DNS names or URIs"),
             names => write!(f, "certificate for {}", names.join(", ")),
         }
     }
@@ -84,9 +94,38 @@ impl std::fmt::Debug for Caller {
     }
 }
 
-/// Whether `name` can name a caller: a DNS name (wildcards are for certificates, not here)
-/// or an IP address.
+const SPIFFE_SCHEME: &str = "spiffe://";
+
+/// A SPIFFE ID as the SPIFFE ID spec (§2) allows it: `spiffe://`, a lowercase trust domain
+/// of letters, digits, `.`, `-` and `_`, then a path of non-empty segments of letters,
+/// digits, `.`, `-` and `_`, with no query, fragment, port or trailing slash.
+fn is_spiffe_id(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(SPIFFE_SCHEME) else {
+        return false;
+    };
+    let (domain, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let allowed = |c: char, lowercase_only: bool| {
+        c.is_ascii_digit()
+            || matches!(c, '.' | '-' | '_')
+            || (c.is_ascii_alphabetic() && (!lowercase_only || c.is_ascii_lowercase()))
+    };
+    !domain.is_empty()
+        && domain.chars().all(|c| allowed(c, true))
+        && path.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && segment.chars().all(|c| allowed(c, false))
+        })
+        && !path.is_empty()
+}
+
+/// Whether `name` can name a caller: a SPIFFE ID, a DNS name (wildcards are for
+/// certificates, not here) or an IP address.
 pub fn is_valid_caller_name(name: &str) -> bool {
+    if name.starts_with(SPIFFE_SCHEME) {
+        return is_spiffe_id(name);
+    }
     !name.contains('*') && ServerName::try_from(name).is_ok()
 }
 
@@ -146,12 +185,63 @@ mod tests {
     }
 
     #[test]
-    fn caller_names_are_dns_names_or_ip_addresses() {
-        for good in ["gateway.internal", "gateway", "10.0.0.7", "::1"] {
+    fn caller_names_are_spiffe_ids_dns_names_or_ip_addresses() {
+        for good in [
+            "gateway.internal",
+            "gateway",
+            "10.0.0.7",
+            "::1",
+            "spiffe://prod.example/ns/auth/sa/gateway",
+        ] {
             assert!(is_valid_caller_name(good), "{good}");
         }
-        for bad in ["", "*.internal", "has space", "https://gateway", "a..b"] {
+        for bad in [
+            "",
+            "*.internal",
+            "has space",
+            "https://gateway",
+            "a..b",
+            "spiffe://",
+            "spiffe://prod.example",
+            "spiffe://prod.example/",
+            "spiffe://Prod.example/gateway",
+            "spiffe://prod.example//gateway",
+            "spiffe://prod.example/ns/../gateway",
+            "spiffe://prod.example/gateway?x=1",
+            "spiffe://prod.example:8443/gateway",
+        ] {
             assert!(!is_valid_caller_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_spiffe_id_matches_the_uri_san_exactly() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://prod.example/ns/auth/sa/gateway"
+                .try_into()
+                .unwrap(),
+        )];
+        let cert = params.self_signed(&key).unwrap().der().clone();
+        let svid = Caller::from_verified_chain(Some(Arc::new(vec![cert])));
+        assert!(svid.is_one_of(&["spiffe://prod.example/ns/auth/sa/gateway".into()]));
+        for other in [
+            "spiffe://prod.example/ns/auth/sa/gateway2",
+            "spiffe://prod.example/ns/auth/sa",
+            "spiffe://other.example/ns/auth/sa/gateway",
+            "prod.example",
+        ] {
+            assert!(!svid.is_one_of(&[other.into()]), "{other}");
+        }
+        assert_eq!(
+            svid.to_string(),
+            "certificate for spiffe://prod.example/ns/auth/sa/gateway"
+        );
+        // A DNS certificate is not a SPIFFE caller, however its name reads.
+        assert!(
+            !caller(&["prod.example"])
+                .is_one_of(&["spiffe://prod.example/ns/auth/sa/gateway".into()])
+        );
     }
 }

@@ -67,8 +67,8 @@ pub struct ClientPolicy {
     /// Audiences the client may request; at least one.
     pub audiences: Vec<String>,
     /// The callers allowed to act for this client (GenerateTokens, RefreshTokens), by the
-    /// DNS names or IP addresses of their mTLS client certificates. Empty: any caller the
-    /// gRPC port admits. Needs `server.tls.client_ca_file`.
+    /// SPIFFE IDs, DNS names or IP addresses of their mTLS client certificates. Empty: any
+    /// caller the gRPC port admits. Needs `server.tls.client_ca_file`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub callers: Vec<String>,
 }
