@@ -478,3 +478,37 @@ async fn changed_tls_files_are_used_for_new_connections_without_a_restart() {
     );
     assert!(service.terminate().success());
 }
+
+#[test]
+fn doctor_checks_the_tls_files_and_the_certificate_expiry() {
+    let pki = Pki::new();
+    let sandbox = Sandbox::new(&pki.server_tls_table(true));
+    // Create the keys first, as `serve` would.
+    assert!(sandbox.run(&["sign"], Some(b"x")).status.success());
+    let output = sandbox.run(&["doctor"], None);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("gRPC TLS       ok; certificate valid until")
+            && stdout.contains("client certificates required"),
+        "{stdout}"
+    );
+
+    pki.issue_until("server", "localhost", 2021);
+    let output = sandbox.run(&["doctor"], None);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAILED: the certificate expired at 2021-01-01T00:00:00Z"),
+        "{stdout}"
+    );
+
+    std::fs::write(pki.path("server.key"), "not a key").unwrap();
+    let output = sandbox.run(&["doctor"], None);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("gRPC TLS       FAILED: server.tls.key_file"),
+        "{stdout}"
+    );
+}

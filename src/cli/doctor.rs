@@ -88,9 +88,50 @@ pub async fn run(config: &Option<PathBuf>) -> Result<(), Failure> {
             say!("{:<14} health: {}", "", health.detail);
         }
     }
+    if let Some(tls) = &service.config.server.tls {
+        failures += check_tls(tls);
+    }
     if failures > 0 {
         return Err(Failure::new(format!("{failures} problem(s) found")));
     }
     say!("all backends answered");
     Ok(())
+}
+
+/// Certificates expiring sooner than this get a warning.
+const EXPIRY_WARNING_DAYS: u64 = 14;
+
+/// Loads the gRPC API's TLS files as `serve` would and prints what they hold; the number of
+/// problems found (unusable files, an expired certificate).
+fn check_tls(settings: &token_service::config::tls::ServerTlsConfig) -> usize {
+    use token_service::api::listener::{ReloadingTls, TlsMetrics};
+    let metrics = TlsMetrics::register(&prometheus::Registry::new());
+    if let Err(error) = ReloadingTls::load(settings, metrics.clone()) {
+        say!("gRPC TLS       FAILED: {error}");
+        return 1;
+    }
+    let clients = match (&settings.client_ca_file, &settings.client_crl_file) {
+        (None, _) => "no client certificates asked (anyone reaching the port may call)",
+        (Some(_), None) => "client certificates required",
+        (Some(_), Some(_)) => "client certificates required, revocation list loaded",
+    };
+    let expires_at = u64::try_from(metrics.certificate_expiry()).unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let until = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires_at),
+    );
+    if expires_at <= now {
+        say!("gRPC TLS       FAILED: the certificate expired at {until}");
+        return 1;
+    }
+    let days = (expires_at - now) / 86_400;
+    say!("gRPC TLS       ok; certificate valid until {until} ({days} days); {clients}");
+    if days < EXPIRY_WARNING_DAYS {
+        say!(
+            "               warning: the certificate expires in less than {EXPIRY_WARNING_DAYS} days"
+        );
+    }
+    0
 }

@@ -37,6 +37,18 @@ impl Pki {
 
     /// Issues `<file>.pem` and `<file>.key`: a certificate for the DNS name `san`.
     pub fn issue(&self, file: &str, san: &str) {
+        self.issue_with(file, san, |_| {});
+    }
+
+    /// As [`Pki::issue`], valid from 2020 until `year`-01-01 (in the past for an expired one).
+    pub fn issue_until(&self, file: &str, san: &str, year: i32) {
+        self.issue_with(file, san, |params| {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        });
+    }
+
+    fn issue_with(&self, file: &str, san: &str, adjust: impl FnOnce(&mut CertificateParams)) {
         let key = KeyPair::generate().unwrap();
         let serial = {
             let mut serials = self.serials.lock().unwrap();
@@ -46,6 +58,7 @@ impl Pki {
         };
         let mut params = CertificateParams::new(vec![san.to_owned()]).unwrap();
         params.serial_number = Some(serial.into());
+        adjust(&mut params);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         std::fs::write(self.path(&format!("{file}.pem")), cert.pem()).unwrap();
         std::fs::write(self.path(&format!("{file}.key")), key.serialize_pem()).unwrap();
