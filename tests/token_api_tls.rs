@@ -252,6 +252,32 @@ async fn the_cli_speaks_tls_and_refuses_half_configured_connections() {
     );
     assert!(stdout.contains("\"access_token\""), "{stdout}");
 
+    // By IP address, naming the certificate's name separately.
+    let by_ip = tokio::task::block_in_place(|| {
+        sandbox.run(
+            &[
+                "client",
+                "--address",
+                &format!("https://127.0.0.1:{}", service.grpc.port()),
+                "--tls-server-name",
+                "localhost",
+                "--ca-file",
+                &ca,
+                "--cert-file",
+                &cert,
+                "--key-file",
+                &key,
+                "jwks",
+            ],
+            None,
+        )
+    });
+    assert!(
+        by_ip.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_ip.stderr)
+    );
+
     let no_ca = run(&["generate", "--subject", "alice"]);
     assert_eq!(no_ca.status.code(), Some(1));
     assert!(

@@ -38,6 +38,10 @@ pub struct TokenApiArgs {
         requires = "cert_file"
     )]
     key_file: Option<PathBuf>,
+    /// The name to check in the server's certificate, when the address does not carry it
+    /// (an IP address, a load balancer's name).
+    #[arg(long, env = "TOKEN_SERVICE_TLS_SERVER_NAME", value_name = "NAME")]
+    tls_server_name: Option<String>,
 }
 
 impl TokenApiArgs {
@@ -55,7 +59,9 @@ impl TokenApiArgs {
             .map_err(|e| Failure::new(format!("bad address `{}`: {e}", self.address)))?
             .tcp_nodelay(true);
         match (https, &self.ca_file) {
-            (false, None) if self.cert_file.is_none() => Ok(endpoint),
+            (false, None) if self.cert_file.is_none() && self.tls_server_name.is_none() => {
+                Ok(endpoint)
+            }
             (false, _) => Err(Failure::new(
                 "TLS files given for an http:// address; use https://",
             )),
@@ -67,7 +73,7 @@ impl TokenApiArgs {
                     ca_file: ca_file.clone(),
                     cert_file: self.cert_file.clone(),
                     key_file: self.key_file.clone(),
-                    domain_name: None,
+                    domain_name: self.tls_server_name.clone(),
                 }
                 .load()
                 .map_err(|e| Failure::new(format!("TLS {e}")))?;
