@@ -7,28 +7,9 @@ mod support;
 
 use support::kms::MotoKms;
 use support::process::{Sandbox, ServiceProcess, http_get};
+use support::{token_kid, verifies_with};
 use token_service::api::proto::GenerateTokensRequest;
 use token_service::api::proto::token_service_client::TokenServiceClient;
-
-fn token_kid(token: &str) -> String {
-    jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
-}
-
-fn verifies_with(token: &str, jwks: &str) -> bool {
-    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(jwks).unwrap();
-    let header = jsonwebtoken::decode_header(token).unwrap();
-    let Some(jwk) = jwks.find(header.kid.as_deref().unwrap()) else {
-        return false;
-    };
-    let mut validation = jsonwebtoken::Validation::new(header.alg);
-    validation.set_audience(&["api"]);
-    jsonwebtoken::decode::<serde_json::Value>(
-        token,
-        &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
-        &validation,
-    )
-    .is_ok()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_signed_by_the_kms_key_named_by_kms_key_id_and_fall_back_when_kms_dies() {

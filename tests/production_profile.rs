@@ -15,32 +15,13 @@ use std::time::Duration;
 use support::crypto_server::{CryptoServerProcess, config as crypto_config};
 use support::pki::Pki;
 use support::process::{Sandbox, ServiceProcess, http_get};
+use support::{token_kid, verifies_with};
 use token_service::api::proto::token_service_client::TokenServiceClient;
 use token_service::api::proto::{
     GenerateTokensRequest, IntrospectTokenRequest, RefreshTokensRequest, TokenResponse,
 };
 use tonic::Code;
 use tonic::transport::Channel;
-
-fn token_kid(token: &str) -> String {
-    jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
-}
-
-fn verifies_with(token: &str, jwks: &str) -> bool {
-    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(jwks).unwrap();
-    let header = jsonwebtoken::decode_header(token).unwrap();
-    let Some(jwk) = jwks.find(header.kid.as_deref().unwrap()) else {
-        return false;
-    };
-    let mut validation = jsonwebtoken::Validation::new(header.alg);
-    validation.set_audience(&["api"]);
-    jsonwebtoken::decode::<serde_json::Value>(
-        token,
-        &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
-        &validation,
-    )
-    .is_ok()
-}
 
 async fn generate(grpc: &mut TokenServiceClient<Channel>) -> TokenResponse {
     grpc.generate_tokens(GenerateTokensRequest {

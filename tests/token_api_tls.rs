@@ -81,6 +81,13 @@ fn refused_by_transport(status: &tonic::Status) -> bool {
     ) && status.metadata().is_empty()
 }
 
+/// Asserts that `admitted` gets tokens and `refused` is turned away by the TLS layer.
+async fn admits_only(port: u16, admitted: Credentials<'_>, refused: Credentials<'_>) {
+    try_generate(port, admitted, "demo").await.unwrap();
+    let status = try_generate(port, refused, "demo").await.unwrap_err();
+    assert!(refused_by_transport(&status), "{status}");
+}
+
 async fn try_generate(
     port: u16,
     credentials: Credentials<'_>,
@@ -227,11 +234,12 @@ async fn the_cli_speaks_tls_and_refuses_half_configured_connections() {
     let address = format!("https://localhost:{}", service.grpc.port());
     let path = |name: &str| pki.path(name).display().to_string();
     let (ca, cert, key) = (path("ca.pem"), path("client.pem"), path("client.key"));
-    let run = |args: &[&str]| {
-        let mut all = vec!["client", "--address", address.as_str()];
+    let run_at = |address: &str, args: &[&str]| {
+        let mut all = vec!["client", "--address", address];
         all.extend_from_slice(args);
         tokio::task::block_in_place(|| sandbox.run(&all, None))
     };
+    let run = |args: &[&str]| run_at(&address, args);
 
     let ok = run(&[
         "--ca-file",
@@ -253,25 +261,20 @@ async fn the_cli_speaks_tls_and_refuses_half_configured_connections() {
     assert!(stdout.contains("\"access_token\""), "{stdout}");
 
     // By IP address, naming the certificate's name separately.
-    let by_ip = tokio::task::block_in_place(|| {
-        sandbox.run(
-            &[
-                "client",
-                "--address",
-                &format!("https://127.0.0.1:{}", service.grpc.port()),
-                "--tls-server-name",
-                "localhost",
-                "--ca-file",
-                &ca,
-                "--cert-file",
-                &cert,
-                "--key-file",
-                &key,
-                "jwks",
-            ],
-            None,
-        )
-    });
+    let by_ip = run_at(
+        &format!("https://127.0.0.1:{}", service.grpc.port()),
+        &[
+            "--tls-server-name",
+            "localhost",
+            "--ca-file",
+            &ca,
+            "--cert-file",
+            &cert,
+            "--key-file",
+            &key,
+            "jwks",
+        ],
+    );
     assert!(
         by_ip.status.success(),
         "{}",
@@ -296,19 +299,10 @@ async fn the_cli_speaks_tls_and_refuses_half_configured_connections() {
     );
     eprintln!("CLI without a client certificate: {stderr}");
 
-    let plaintext_with_files = tokio::task::block_in_place(|| {
-        sandbox.run(
-            &[
-                "client",
-                "--address",
-                &format!("http://127.0.0.1:{}", service.grpc.port()),
-                "--ca-file",
-                &ca,
-                "jwks",
-            ],
-            None,
-        )
-    });
+    let plaintext_with_files = run_at(
+        &format!("http://127.0.0.1:{}", service.grpc.port()),
+        &["--ca-file", &ca, "jwks"],
+    );
     assert_eq!(plaintext_with_files.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&plaintext_with_files.stderr).contains("use https://"),
@@ -383,13 +377,12 @@ async fn a_revoked_client_certificate_is_refused_at_the_handshake() {
     let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
     let port = service.grpc.port();
 
-    try_generate(port, Credentials::of(&pki, Some("gateway-a")), "demo")
-        .await
-        .unwrap();
-    let refused = try_generate(port, Credentials::of(&pki, Some("gateway-b")), "demo")
-        .await
-        .unwrap_err();
-    assert!(refused_by_transport(&refused), "{refused}");
+    admits_only(
+        port,
+        Credentials::of(&pki, Some("gateway-a")),
+        Credentials::of(&pki, Some("gateway-b")),
+    )
+    .await;
     let log = service.wait_for_log("tls_client_refused");
     assert!(log.contains("Revoked"), "{log}");
     // At least one: tonic's channel may reconnect once more on its own after the refusal.
@@ -454,13 +447,12 @@ async fn changed_tls_files_are_used_for_new_connections_without_a_restart() {
         "token_service_tls_certificate_expiry_timestamp_seconds",
     );
     service.wait_for_log("TLS files changed: reloaded");
-    try_generate(port, Credentials::of(&new, Some("client")), "demo")
-        .await
-        .unwrap();
-    let refused = try_generate(port, Credentials::of(&old, Some("client")), "demo")
-        .await
-        .unwrap_err();
-    assert!(refused_by_transport(&refused), "{refused}");
+    admits_only(
+        port,
+        Credentials::of(&new, Some("client")),
+        Credentials::of(&old, Some("client")),
+    )
+    .await;
     // A connection made before the change keeps working.
     established.generate_tokens(generate("demo")).await.unwrap();
 

@@ -29,3 +29,26 @@ pub fn jsonwebtoken_algorithm(
         Algorithm::A256Gcm => unreachable!("not a signing algorithm"),
     }
 }
+
+/// The `kid` in a JWT's header.
+pub fn token_kid(token: &str) -> String {
+    jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+}
+
+/// Whether `token` verifies with jsonwebtoken against the JWK Set `jwks` (audience `api`):
+/// false when its kid is not published.
+pub fn verifies_with(token: &str, jwks: &str) -> bool {
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(jwks).unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    let Some(jwk) = jwks.find(header.kid.as_deref().unwrap()) else {
+        return false;
+    };
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_audience(&["api"]);
+    jsonwebtoken::decode::<serde_json::Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
+        &validation,
+    )
+    .is_ok()
+}
