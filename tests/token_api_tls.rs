@@ -220,8 +220,21 @@ async fn a_client_naming_its_callers_is_acted_for_only_by_their_certificates() {
         .into_inner();
     assert_ne!(refreshed.refresh_token, issued.refresh_token);
 
-    let log = service.wait_for_log("caller_refused");
+    service.wait_for_log("caller_refused");
+    let log = service.settled_log();
     assert!(log.contains("gateway-b.internal"), "{log}");
+    // Every issuance names its caller.
+    let issued_by_a = log
+        .lines()
+        .filter(|l| l.contains("token issued") && l.contains("client_id=demo"))
+        .collect::<Vec<_>>();
+    assert_eq!(issued_by_a.len(), 2, "{log}");
+    assert!(
+        issued_by_a
+            .iter()
+            .all(|l| l.contains("caller=gateway-a.internal")),
+        "{log}"
+    );
     assert!(!log.contains(&issued.refresh_token), "no token in the log");
     assert!(service.terminate().success());
 }

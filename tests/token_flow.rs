@@ -464,7 +464,7 @@ async fn a_client_naming_its_callers_acts_only_for_their_certificates() {
 
     expect_permission_denied(
         f.service.generate(&ctx(), &partner).await,
-        &["unidentified caller", "`partner`"],
+        &["caller unidentified", "`partner`"],
     );
     expect_permission_denied(
         f.service.generate_as(&ctx(), &stranger, &partner).await,
@@ -488,7 +488,7 @@ async fn a_client_naming_its_callers_acts_only_for_their_certificates() {
     );
     expect_permission_denied(
         f.service.refresh(&ctx(), &issued.refresh_token).await,
-        &["unidentified caller"],
+        &["caller unidentified"],
     );
     let refreshed = f
         .service

@@ -79,11 +79,11 @@ impl Caller {
 impl std::fmt::Display for Caller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.certificate().is_none() {
-            return f.write_str("unidentified caller");
+            return f.write_str("unidentified");
         }
         match self.presented_names().as_slice() {
-            [] => f.write_str("certificate without DNS names or URIs"),
-            names => write!(f, "certificate for {}", names.join(", ")),
+            [] => f.write_str("certificate-without-names"),
+            names => f.write_str(&names.join(",")),
         }
     }
 }
@@ -157,7 +157,11 @@ mod tests {
         assert!(!gateway.is_one_of(&["internal".into()]));
         assert!(!gateway.is_one_of(&["10.0.0.8".into()]));
         assert!(!gateway.is_one_of(&[]));
-        assert_eq!(gateway.to_string(), "certificate for gateway.internal");
+        assert_eq!(
+            gateway.to_string(),
+            "gateway.internal",
+            "DNS names and URIs are shown"
+        );
     }
 
     #[test]
@@ -179,7 +183,7 @@ mod tests {
         assert!(!broken.is_one_of(&names));
         assert_eq!(
             Caller::unidentified().to_string(),
-            "unidentified caller",
+            "unidentified",
             "shown as such in audit lines"
         );
     }
@@ -234,10 +238,7 @@ mod tests {
         ] {
             assert!(!svid.is_one_of(&[other.into()]), "{other}");
         }
-        assert_eq!(
-            svid.to_string(),
-            "certificate for spiffe://prod.example/ns/auth/sa/gateway"
-        );
+        assert_eq!(svid.to_string(), "spiffe://prod.example/ns/auth/sa/gateway");
         // A DNS certificate is not a SPIFFE caller, however its name reads.
         assert!(
             !caller(&["prod.example"])

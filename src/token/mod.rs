@@ -260,7 +260,7 @@ impl TokenService {
         }
         tracing::warn!(target: "audit", event = "caller_refused", client_id, caller = %caller, "caller may not act for this client");
         Err(TokenError::PermissionDenied(format!(
-            "{caller} may not act for client `{client_id}`"
+            "caller {caller} may not act for client `{client_id}`"
         )))
     }
 
@@ -335,7 +335,9 @@ impl TokenService {
         Ok((signed.compact, claims, signed.kid))
     }
 
-    fn audit(&self, event: &str, claims: &AccessClaims, kid: &str) {
+    /// The audit line of an issued access token, naming who asked for it (the caller's
+    /// certificate names, or "unidentified").
+    fn audit(&self, event: &str, caller: &Caller, claims: &AccessClaims, kid: &str) {
         tracing::info!(
             target: "audit",
             event,
@@ -345,6 +347,7 @@ impl TokenService {
             fid = %claims.fid,
             kid,
             exp = claims.exp,
+            caller = %caller,
             "token issued"
         );
     }
@@ -412,7 +415,7 @@ impl TokenService {
             data,
         };
         self.store.create_family(&family, record).await?;
-        self.audit("issue", &claims, &kid);
+        self.audit("issue", caller, &claims, &kid);
         Ok(IssuedTokens {
             access_token,
             refresh_token: refresh.expose(),
@@ -489,7 +492,7 @@ impl TokenService {
             .await?
         {
             Rotation::Rotated => {
-                self.audit("refresh", &claims, &kid);
+                self.audit("refresh", caller, &claims, &kid);
                 Ok(IssuedTokens {
                     access_token,
                     refresh_token: next.expose(),
