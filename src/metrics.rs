@@ -68,6 +68,7 @@ pub struct Metrics {
     security_events: IntCounterVec,
     dpop: IntCounterVec,
     cpu_seconds: prometheus::Gauge,
+    tls: crate::api::listener::TlsMetricFamilies,
 }
 
 /// CPU time (user + system) of this process in seconds, from `/proc/self/stat`, with the
@@ -175,6 +176,7 @@ impl Metrics {
                 .register(collector)
                 .expect("metric names are unique within a fresh registry");
         }
+        let tls = crate::api::listener::TlsMetricFamilies::register(&registry);
         Self {
             registry,
             requests,
@@ -185,7 +187,13 @@ impl Metrics {
             security_events,
             dpop,
             cpu_seconds,
+            tls,
         }
+    }
+
+    /// The TLS metrics of one listener (`grpc`, `public`).
+    pub fn tls(&self, listener: &'static str) -> crate::api::listener::TlsMetrics {
+        self.tls.listener(listener)
     }
 
     /// Counts one DPoP validation by result and reason.

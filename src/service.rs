@@ -381,10 +381,7 @@ impl Service {
             .tls
             .as_ref()
             .map(|tls| {
-                crate::api::listener::ReloadingTls::load(
-                    tls,
-                    crate::api::listener::TlsMetrics::register(self.chain.metrics().registry()),
-                )
+                crate::api::listener::ReloadingTls::load(tls, self.chain.metrics().tls("grpc"))
             })
             .transpose()
             .map_err(|e| ServiceError::Tls(e.to_string()))?;

@@ -402,7 +402,7 @@ async fn a_revoked_client_certificate_is_refused_at_the_handshake() {
     assert!(
         tls_metric(
             &service,
-            "token_service_tls_handshake_failures_total{reason=\"client_certificate\"}"
+            "token_service_tls_handshake_failures_total{listener=\"grpc\",reason=\"client_certificate\"}"
         ) >= 1.0
     );
     assert_eq!(log.matches("token issued").count(), 1, "{log}");
@@ -457,7 +457,7 @@ async fn changed_tls_files_are_used_for_new_connections_without_a_restart() {
     std::fs::rename(&staged, &current).unwrap();
     let expiry_before = tls_metric(
         &service,
-        "token_service_tls_certificate_expiry_timestamp_seconds",
+        "token_service_tls_certificate_expiry_timestamp_seconds{listener=\"grpc\"}",
     );
     service.wait_for_log("TLS files changed: reloaded");
     admits_only(
@@ -491,14 +491,14 @@ async fn changed_tls_files_are_used_for_new_connections_without_a_restart() {
     assert_eq!(
         tls_metric(
             &service,
-            "token_service_tls_reloads_total{result=\"reloaded\"}"
+            "token_service_tls_reloads_total{listener=\"grpc\",result=\"reloaded\"}"
         ),
         1.0
     );
     assert!(
         tls_metric(
             &service,
-            "token_service_tls_reloads_total{result=\"failed\"}"
+            "token_service_tls_reloads_total{listener=\"grpc\",result=\"failed\"}"
         ) >= 2.0
     );
     let log = service.settled_log();

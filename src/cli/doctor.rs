@@ -104,8 +104,8 @@ const EXPIRY_WARNING_DAYS: u64 = 14;
 /// Loads the gRPC API's TLS files as `serve` would and prints what they hold; the number of
 /// problems found (unusable files, an expired certificate).
 fn check_tls(settings: &token_service::config::tls::ServerTlsConfig) -> usize {
-    use token_service::api::listener::{ReloadingTls, TlsMetrics};
-    let metrics = TlsMetrics::register(&prometheus::Registry::new());
+    use token_service::api::listener::ReloadingTls;
+    let metrics = token_service::metrics::Metrics::new().tls("grpc");
     if let Err(error) = ReloadingTls::load(settings, metrics.clone()) {
         say!("gRPC TLS       FAILED: {error}");
         return 1;

@@ -73,12 +73,7 @@ pub async fn serve(config: crate::config::CryptoServerConfig) -> Result<(), Cryp
         .server
         .tls
         .as_ref()
-        .map(|tls| {
-            crate::api::listener::ReloadingTls::load(
-                tls,
-                crate::api::listener::TlsMetrics::register(chain.metrics().registry()),
-            )
-        })
+        .map(|tls| crate::api::listener::ReloadingTls::load(tls, chain.metrics().tls("grpc")))
         .transpose()
         .map_err(|e| CryptoServerError::Tls(e.to_string()))?;
     let scheme = if tls.is_some() { "https" } else { "http" };

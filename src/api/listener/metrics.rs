@@ -1,23 +1,26 @@
-//! Metrics of a TLS listener, for alerting before a certificate expires and on a wave of
-//! refused clients (a CA rotated without its callers, say).
+//! Metrics of the TLS listeners, for alerting before a certificate expires and on a wave of
+//! refused clients (a CA rotated without its callers, say). Every series carries the
+//! listener (`grpc`, `public`).
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
-/// The TLS listener's metric families.
+/// The metric families, registered once per registry (see [`crate::metrics::Metrics::tls`]).
 #[derive(Clone, Debug)]
-pub struct TlsMetrics {
-    expiry: IntGauge,
+pub struct TlsMetricFamilies {
+    expiry: IntGaugeVec,
     reloads: IntCounterVec,
     handshake_failures: IntCounterVec,
 }
 
-impl TlsMetrics {
-    /// Creates the families and registers them in `registry`. A process has one TLS
-    /// listener; a second registration is kept working but unexported.
+impl TlsMetricFamilies {
+    /// Creates the families and registers them in `registry`.
     pub fn register(registry: &Registry) -> Self {
-        let expiry = IntGauge::new(
-            "token_service_tls_certificate_expiry_timestamp_seconds",
-            "notAfter of the server certificate in use on the gRPC listener, Unix seconds",
+        let expiry = IntGaugeVec::new(
+            Opts::new(
+                "token_service_tls_certificate_expiry_timestamp_seconds",
+                "notAfter of the server certificate in use, Unix seconds",
+            ),
+            &["listener"],
         )
         .expect("static metric definition");
         let reloads = IntCounterVec::new(
@@ -25,7 +28,7 @@ impl TlsMetrics {
                 "token_service_tls_reloads_total",
                 "Attempts to load changed TLS files, by result: reloaded, or failed (the previous files stay in use)",
             ),
-            &["result"],
+            &["listener", "result"],
         )
         .expect("static metric definition");
         let handshake_failures = IntCounterVec::new(
@@ -33,7 +36,7 @@ impl TlsMetrics {
                 "token_service_tls_handshake_failures_total",
                 "Failed TLS handshakes, by reason: client_certificate (refused or missing), timeout, other",
             ),
-            &["reason"],
+            &["listener", "reason"],
         )
         .expect("static metric definition");
         for collector in [
@@ -41,7 +44,9 @@ impl TlsMetrics {
             Box::new(reloads.clone()),
             Box::new(handshake_failures.clone()),
         ] {
-            let _ = registry.register(collector);
+            registry
+                .register(collector)
+                .expect("metric names are unique within a fresh registry");
         }
         Self {
             expiry,
@@ -50,29 +55,61 @@ impl TlsMetrics {
         }
     }
 
+    /// The handles of one listener.
+    pub fn listener(&self, listener: &'static str) -> TlsMetrics {
+        TlsMetrics {
+            families: self.clone(),
+            listener,
+        }
+    }
+}
+
+/// The TLS metrics of one listener.
+#[derive(Clone, Debug)]
+pub struct TlsMetrics {
+    families: TlsMetricFamilies,
+    listener: &'static str,
+}
+
+impl TlsMetrics {
     pub(super) fn certificate_expires_at(&self, unix_seconds: Option<u64>) {
-        self.expiry.set(
-            unix_seconds
-                .and_then(|s| i64::try_from(s).ok())
-                .unwrap_or(0),
-        );
+        self.families
+            .expiry
+            .with_label_values(&[self.listener])
+            .set(
+                unix_seconds
+                    .and_then(|s| i64::try_from(s).ok())
+                    .unwrap_or(0),
+            );
     }
 
     pub(super) fn reload(&self, result: &str) {
-        self.reloads.with_label_values(&[result]).inc();
+        self.families
+            .reloads
+            .with_label_values(&[self.listener, result])
+            .inc();
     }
 
     pub(super) fn handshake_failed(&self, reason: &str) {
-        self.handshake_failures.with_label_values(&[reason]).inc();
+        self.families
+            .handshake_failures
+            .with_label_values(&[self.listener, reason])
+            .inc();
     }
 
-    /// The certificate expiry gauge's value (for tests).
+    /// The certificate expiry gauge's value (for tests and `doctor`).
     pub fn certificate_expiry(&self) -> i64 {
-        self.expiry.get()
+        self.families
+            .expiry
+            .with_label_values(&[self.listener])
+            .get()
     }
 
     /// A reload counter's value (for tests).
     pub fn reload_count(&self, result: &str) -> u64 {
-        self.reloads.with_label_values(&[result]).get()
+        self.families
+            .reloads
+            .with_label_values(&[self.listener, result])
+            .get()
     }
 }

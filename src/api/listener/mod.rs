@@ -31,7 +31,7 @@ mod files;
 mod metrics;
 mod tls;
 
-pub use metrics::TlsMetrics;
+pub use metrics::{TlsMetricFamilies, TlsMetrics};
 pub use tls::{Reload, ReloadingTls, TlsSetupError};
 
 /// How long a client may take to complete the handshake.

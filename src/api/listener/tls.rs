@@ -163,7 +163,7 @@ pub(super) mod tests {
     }
 
     pub(in crate::api::listener) fn test_metrics() -> TlsMetrics {
-        TlsMetrics::register(&prometheus::Registry::new())
+        crate::metrics::Metrics::new().tls("grpc")
     }
 
     fn setting_of(error: TlsSetupError) -> &'static str {
