@@ -30,11 +30,15 @@ pub async fn run(
 }
 
 /// Serves the public routes (`GET /.well-known/jwks.json`) until `shutdown` resolves.
-pub async fn run_public(
-    listener: tokio::net::TcpListener,
+pub async fn run_public<L>(
+    listener: L,
     service: Service,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let router = Router::new()
         .route("/.well-known/jwks.json", get(jwks))
         .with_state(service);

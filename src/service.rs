@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::api::grpc::GrpcTokenService;
+use crate::api::listener::{HttpsListener, ListenerKind, ReloadingTls};
 use crate::api::proto;
 use crate::backends::aws_kms::{self, AwsKmsBackend};
 use crate::backends::chain::{Chain, ChainBuildError, ConfiguredBackend, Routes};
@@ -49,8 +50,8 @@ pub enum ServiceError {
     /// A setting could only be checked at start-up (a secret file, for instance).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    /// The gRPC API's TLS files could not be read or used.
-    #[error("gRPC API TLS: {0}")]
+    /// A listener's TLS files could not be read or used.
+    #[error("TLS: {0}")]
     Tls(String),
     /// A listener (gRPC, public HTTP or admin) could not be bound.
     #[error("could not listen on {addr}: {source}")]
@@ -337,6 +338,18 @@ impl Service {
         }
     }
 
+    /// The TLS configuration of a listener, read from its files, if it has one.
+    fn load_tls(
+        &self,
+        settings: Option<&crate::config::tls::ServerTlsConfig>,
+        kind: ListenerKind,
+    ) -> Result<Option<Arc<ReloadingTls>>, ServiceError> {
+        settings
+            .map(|tls| ReloadingTls::load(tls, kind, self.chain.metrics().tls(kind.label())))
+            .transpose()
+            .map_err(|e| ServiceError::Tls(e.to_string()))
+    }
+
     /// Serves the gRPC API, the public HTTP endpoint and the admin endpoint until SIGTERM
     /// or SIGINT; then stops accepting, lets in-flight calls finish, and returns.
     pub async fn serve(&self) -> Result<(), ServiceError> {
@@ -355,6 +368,7 @@ impl Service {
         let (admin_listener, admin_addr) = bind(self.config.admin.listen).await?;
 
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let stopped_for_public = stopped.clone();
         let signal = move || {
             let mut stopped = stopped.clone();
             async move {
@@ -377,21 +391,37 @@ impl Service {
             self.tokens.clone(),
             self.config.tokens.max_access_ttl.as_secs(),
         );
-        let tls = server
-            .tls
-            .as_ref()
-            .map(|tls| {
-                crate::api::listener::ReloadingTls::load(tls, self.chain.metrics().tls("grpc"))
-            })
-            .transpose()
-            .map_err(|e| ServiceError::Tls(e.to_string()))?;
+        let tls = self.load_tls(server.tls.as_ref(), ListenerKind::Grpc)?;
         let scheme = if tls.is_some() { "https" } else { "http" };
+        let public_tls = self.load_tls(server.public_tls.as_ref(), ListenerKind::Public)?;
+        let public_scheme = if public_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let router = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
             .add_service(api.into_server());
         let grpc = crate::api::listener::serve(router, grpc_listener, tls, signal());
-        let public = crate::admin::run_public(public_listener, self.clone(), signal());
+        let public: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+            match public_tls {
+                Some(tls) => Box::pin(crate::admin::run_public(
+                    HttpsListener::new(public_listener, tls, stopped_for_public).map_err(
+                        |source| ServiceError::Listen {
+                            addr: public_addr,
+                            source,
+                        },
+                    )?,
+                    self.clone(),
+                    signal(),
+                )),
+                None => Box::pin(crate::admin::run_public(
+                    public_listener,
+                    self.clone(),
+                    signal(),
+                )),
+            };
         let admin = crate::admin::run(admin_listener, self.clone(), signal());
         tracing::info!(%grpc_addr, "gRPC API listening on {scheme}://{grpc_addr}");
         match &server.tls {
@@ -405,7 +435,7 @@ impl Service {
             ),
             _ => {}
         }
-        tracing::info!(%public_addr, "public HTTP listening on http://{public_addr}");
+        tracing::info!(%public_addr, "public HTTP listening on {public_scheme}://{public_addr}");
         tracing::info!(%admin_addr, "admin endpoint listening on http://{admin_addr}");
 
         let (deadline_tx, deadline) = tokio::sync::oneshot::channel::<()>();

@@ -543,3 +543,56 @@ fn doctor_checks_the_tls_files_and_the_certificate_expiry() {
         "{stdout}"
     );
 }
+
+#[test]
+fn the_jwks_is_served_over_tls_when_public_tls_is_set() {
+    let pki = Pki::new();
+    let sandbox = Sandbox::new(&format!(
+        "[server.public_tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        pki.path("server.pem").display(),
+        pki.path("server.key").display()
+    ));
+    let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
+    service.wait_for_log("public HTTP listening on https://");
+    let (status, body) = support::pki::https_get(
+        service.public,
+        "localhost",
+        &pki.path("ca.pem"),
+        "/.well-known/jwks.json",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let jwks: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1, "{body}");
+
+    // A client that does not trust the CA, or asks for another name, is refused.
+    let stranger = Pki::new();
+    let refused = support::pki::https_get(
+        service.public,
+        "localhost",
+        &stranger.path("ca.pem"),
+        "/.well-known/jwks.json",
+    );
+    assert!(refused.is_err(), "{refused:?}");
+    let wrong_name = support::pki::https_get(
+        service.public,
+        "elsewhere.example",
+        &pki.path("ca.pem"),
+        "/.well-known/jwks.json",
+    );
+    assert!(wrong_name.is_err(), "{wrong_name:?}");
+
+    // Client certificate settings make no sense on a public endpoint.
+    let bad = Sandbox::new(&format!(
+        "[server.public_tls]\ncert_file = \"/s.pem\"\nkey_file = \"/s.key\"\nclient_ca_file = \"{}\"\n",
+        pki.path("ca.pem").display()
+    ));
+    let output = bad.run(&["config", "check"], None);
+    assert_eq!(output.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("server.public_tls"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(service.terminate().success());
+}

@@ -104,9 +104,9 @@ const EXPIRY_WARNING_DAYS: u64 = 14;
 /// Loads the gRPC API's TLS files as `serve` would and prints what they hold; the number of
 /// problems found (unusable files, an expired certificate).
 fn check_tls(settings: &token_service::config::tls::ServerTlsConfig) -> usize {
-    use token_service::api::listener::ReloadingTls;
+    use token_service::api::listener::{ListenerKind, ReloadingTls};
     let metrics = token_service::metrics::Metrics::new().tls("grpc");
-    if let Err(error) = ReloadingTls::load(settings, metrics.clone()) {
+    if let Err(error) = ReloadingTls::load(settings, ListenerKind::Grpc, metrics.clone()) {
         say!("gRPC TLS       FAILED: {error}");
         return 1;
     }

@@ -138,6 +138,10 @@ pub struct ServerConfig {
     /// reaches the port.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<tls::ServerTlsConfig>,
+    /// TLS on the public JWKS endpoint, so resource servers can fetch the keys with their
+    /// integrity checked without an ingress in front. No client certificates: it is public.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_tls: Option<tls::ServerTlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -149,6 +153,7 @@ impl Default for ServerConfig {
             jwks_max_age: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(10),
             tls: None,
+            public_tls: None,
         }
     }
 }

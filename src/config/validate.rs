@@ -200,6 +200,15 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if let Some(tls) = &config.server.tls {
         tls.validate()?;
     }
+    if let Some(tls) = &config.server.public_tls {
+        tls.validate()?;
+        if tls.client_ca_file.is_some() || tls.client_crl_file.is_some() {
+            return Err(ConfigError::invalid(
+                "server.public_tls",
+                "the JWKS endpoint is public: no client_ca_file or client_crl_file",
+            ));
+        }
+    }
     if !config.admin.listen.ip().is_loopback() {
         return Err(ConfigError::invalid(
             "admin.listen",

@@ -73,7 +73,13 @@ pub async fn serve(config: crate::config::CryptoServerConfig) -> Result<(), Cryp
         .server
         .tls
         .as_ref()
-        .map(|tls| crate::api::listener::ReloadingTls::load(tls, chain.metrics().tls("grpc")))
+        .map(|tls| {
+            crate::api::listener::ReloadingTls::load(
+                tls,
+                crate::api::listener::ListenerKind::Grpc,
+                chain.metrics().tls("grpc"),
+            )
+        })
         .transpose()
         .map_err(|e| CryptoServerError::Tls(e.to_string()))?;
     let scheme = if tls.is_some() { "https" } else { "http" };

@@ -111,3 +111,60 @@ impl Pki {
         table
     }
 }
+
+/// An HTTP/1.1 GET over TLS to `addr`, trusting only the CA in `ca_file` and checking the
+/// certificate is for `server_name`: (status, body), or why the connection failed.
+pub fn https_get(
+    addr: std::net::SocketAddr,
+    server_name: &str,
+    ca_file: &std::path::Path,
+    path: &str,
+) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca_file).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_owned()).unwrap();
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(|e| e.to_string())?;
+    let tcp = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .ok();
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    // A server may close without close_notify once the response is complete.
+    if let Err(error) = tls.read_to_end(&mut response)
+        && (error.kind() != std::io::ErrorKind::UnexpectedEof || response.is_empty())
+    {
+        return Err(error.to_string());
+    }
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status line in {response:?}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}

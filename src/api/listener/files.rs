@@ -8,7 +8,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use tokio_rustls::rustls;
 use zeroize::Zeroizing;
 
-use super::tls::TlsSetupError;
+use super::tls::{ListenerKind, SettingNames, TlsSetupError};
 use crate::config::tls::{ServerTlsConfig, TlsFileError};
 
 fn content(setting: &'static str) -> impl Fn(String) -> TlsSetupError {
@@ -24,7 +24,10 @@ pub(super) struct Files {
 }
 
 impl Files {
-    pub(super) fn read(settings: &ServerTlsConfig) -> Result<Self, TlsFileError> {
+    pub(super) fn read(
+        settings: &ServerTlsConfig,
+        names: &SettingNames,
+    ) -> Result<Self, TlsFileError> {
         let read = |path: &std::path::PathBuf, setting: &'static str| {
             std::fs::read(path).map_err(|source| TlsFileError {
                 setting,
@@ -33,14 +36,14 @@ impl Files {
             })
         };
         Ok(Self {
-            cert: read(&settings.cert_file, "server.tls.cert_file")?,
-            key: Zeroizing::new(read(&settings.key_file, "server.tls.key_file")?),
+            cert: read(&settings.cert_file, names.cert_file)?,
+            key: Zeroizing::new(read(&settings.key_file, names.key_file)?),
             ca: match &settings.client_ca_file {
-                Some(path) => Some(read(path, "server.tls.client_ca_file")?),
+                Some(path) => Some(read(path, names.client_ca_file)?),
                 None => None,
             },
             crl: match &settings.client_crl_file {
-                Some(path) => Some(read(path, "server.tls.client_crl_file")?),
+                Some(path) => Some(read(path, names.client_crl_file)?),
                 None => None,
             },
         })
@@ -73,34 +76,37 @@ impl Files {
         super::expiry::not_after(&first)
     }
 
-    pub(super) fn server_config(&self) -> Result<rustls::ServerConfig, TlsSetupError> {
+    pub(super) fn server_config(
+        &self,
+        kind: ListenerKind,
+    ) -> Result<rustls::ServerConfig, TlsSetupError> {
+        let names = kind.setting_names();
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let chain = CertificateDer::pem_slice_iter(&self.cert)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| content("server.tls.cert_file")(e.to_string()))?;
+            .map_err(|e| content(names.cert_file)(e.to_string()))?;
         if chain.is_empty() {
-            return Err(content("server.tls.cert_file")(
+            return Err(content(names.cert_file)(
                 "no PEM certificate in the file".into(),
             ));
         }
         let key = PrivateKeyDer::from_pem_slice(&self.key)
-            .map_err(|e| content("server.tls.key_file")(e.to_string()))?;
+            .map_err(|e| content(names.key_file)(e.to_string()))?;
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| content("server.tls")(e.to_string()))?;
+            .map_err(|e| content(names.section)(e.to_string()))?;
         let builder = match &self.ca {
             None => builder.with_no_client_auth(),
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
                 for cert in CertificateDer::pem_slice_iter(ca) {
-                    let cert =
-                        cert.map_err(|e| content("server.tls.client_ca_file")(e.to_string()))?;
+                    let cert = cert.map_err(|e| content(names.client_ca_file)(e.to_string()))?;
                     roots
                         .add(cert)
-                        .map_err(|e| content("server.tls.client_ca_file")(e.to_string()))?;
+                        .map_err(|e| content(names.client_ca_file)(e.to_string()))?;
                 }
                 if roots.is_empty() {
-                    return Err(content("server.tls.client_ca_file")(
+                    return Err(content(names.client_ca_file)(
                         "no PEM certificate in the file".into(),
                     ));
                 }
@@ -109,9 +115,9 @@ impl Files {
                     Some(pem) => {
                         let crls = CertificateRevocationListDer::pem_slice_iter(pem)
                             .collect::<Result<Vec<_>, _>>()
-                            .map_err(|e| content("server.tls.client_crl_file")(e.to_string()))?;
+                            .map_err(|e| content(names.client_crl_file)(e.to_string()))?;
                         if crls.is_empty() {
-                            return Err(content("server.tls.client_crl_file")(
+                            return Err(content(names.client_crl_file)(
                                 "no PEM X509 CRL in the file".into(),
                             ));
                         }
@@ -124,15 +130,14 @@ impl Files {
                 )
                 .with_crls(crls)
                 .build()
-                .map_err(|e| content("server.tls.client_crl_file")(e.to_string()))?;
+                .map_err(|e| content(names.client_crl_file)(e.to_string()))?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
         let mut config = builder
             .with_single_cert(chain, key)
-            .map_err(|e| content("server.tls.key_file")(e.to_string()))?;
-        // gRPC is HTTP/2 only.
-        config.alpn_protocols = vec![b"h2".to_vec()];
+            .map_err(|e| content(names.key_file)(e.to_string()))?;
+        config.alpn_protocols = vec![kind.alpn().to_vec()];
         Ok(config)
     }
 }

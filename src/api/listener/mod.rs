@@ -28,11 +28,13 @@ use tokio_stream::wrappers::ReceiverStream;
 
 mod expiry;
 mod files;
+mod https;
 mod metrics;
 mod tls;
 
+pub use https::HttpsListener;
 pub use metrics::{TlsMetricFamilies, TlsMetrics};
-pub use tls::{Reload, ReloadingTls, TlsSetupError};
+pub use tls::{ListenerKind, Reload, ReloadingTls, SettingNames, TlsSetupError};
 
 /// How long a client may take to complete the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -238,7 +240,12 @@ mod tests {
     #[tokio::test]
     async fn once_stopped_the_listener_closes_and_connections_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let tls = ReloadingTls::load(&files(dir.path(), "one.internal"), test_metrics()).unwrap();
+        let tls = ReloadingTls::load(
+            &files(dir.path(), "one.internal"),
+            ListenerKind::Grpc,
+            test_metrics(),
+        )
+        .unwrap();
         for tls in [Some(tls), None] {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();

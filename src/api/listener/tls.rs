@@ -28,6 +28,7 @@ pub enum TlsSetupError {
 /// The TLS configuration in use, replaced when its files change.
 pub struct ReloadingTls {
     settings: ServerTlsConfig,
+    kind: ListenerKind,
     current: RwLock<(Arc<rustls::ServerConfig>, aws_lc_rs::digest::Digest)>,
     metrics: TlsMetrics,
 }
@@ -37,6 +38,68 @@ impl std::fmt::Debug for ReloadingTls {
         f.debug_struct("ReloadingTls")
             .field("cert_file", &self.settings.cert_file)
             .finish_non_exhaustive()
+    }
+}
+
+/// The listeners that may speak TLS: where their settings live, the one application
+/// protocol each offers in ALPN, and their metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// A gRPC API (`[server.tls]`): HTTP/2 only.
+    Grpc,
+    /// The public JWKS endpoint (`[server.public_tls]`): HTTP/1.1.
+    Public,
+}
+
+/// The names of a listener's TLS settings, for error messages.
+#[derive(Debug)]
+pub struct SettingNames {
+    /// The table.
+    pub section: &'static str,
+    /// Its `cert_file`.
+    pub cert_file: &'static str,
+    /// Its `key_file`.
+    pub key_file: &'static str,
+    /// Its `client_ca_file`.
+    pub client_ca_file: &'static str,
+    /// Its `client_crl_file`.
+    pub client_crl_file: &'static str,
+}
+
+impl ListenerKind {
+    pub(super) fn alpn(self) -> &'static [u8] {
+        match self {
+            ListenerKind::Grpc => b"h2",
+            ListenerKind::Public => b"http/1.1",
+        }
+    }
+
+    /// The `listener` label of its metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            ListenerKind::Grpc => "grpc",
+            ListenerKind::Public => "public",
+        }
+    }
+
+    /// The names of its settings.
+    pub fn setting_names(self) -> &'static SettingNames {
+        match self {
+            ListenerKind::Grpc => &SettingNames {
+                section: "server.tls",
+                cert_file: "server.tls.cert_file",
+                key_file: "server.tls.key_file",
+                client_ca_file: "server.tls.client_ca_file",
+                client_crl_file: "server.tls.client_crl_file",
+            },
+            ListenerKind::Public => &SettingNames {
+                section: "server.public_tls",
+                cert_file: "server.public_tls.cert_file",
+                key_file: "server.public_tls.key_file",
+                client_ca_file: "server.public_tls.client_ca_file",
+                client_crl_file: "server.public_tls.client_crl_file",
+            },
+        }
     }
 }
 
@@ -53,13 +116,15 @@ impl ReloadingTls {
     /// Reads and checks the files named by `settings`.
     pub fn load(
         settings: &ServerTlsConfig,
+        kind: ListenerKind,
         metrics: TlsMetrics,
     ) -> Result<Arc<Self>, TlsSetupError> {
-        let files = Files::read(settings)?;
-        let config = Arc::new(files.server_config()?);
+        let files = Files::read(settings, kind.setting_names())?;
+        let config = Arc::new(files.server_config(kind)?);
         metrics.certificate_expires_at(files.certificate_expiry());
         Ok(Arc::new(Self {
             settings: settings.clone(),
+            kind,
             current: RwLock::new((config, files.digest())),
             metrics,
         }))
@@ -82,13 +147,14 @@ impl ReloadingTls {
     /// Reads the files; if they changed and load, new connections use them. On an error
     /// the configuration in use stays. Blocking file reads: call off the async workers.
     pub fn reload_if_changed(&self) -> Result<Reload, TlsSetupError> {
-        let files = Files::read(&self.settings).inspect_err(|_| self.metrics.reload("failed"))?;
+        let files = Files::read(&self.settings, self.kind.setting_names())
+            .inspect_err(|_| self.metrics.reload("failed"))?;
         let digest = files.digest();
         let unchanged = |current: &aws_lc_rs::digest::Digest| current.as_ref() == digest.as_ref();
         if unchanged(&self.current.read().unwrap_or_else(|p| p.into_inner()).1) {
             return Ok(Reload::Unchanged);
         }
-        let config = match files.server_config() {
+        let config = match files.server_config(self.kind) {
             Ok(config) => Arc::new(config),
             Err(error) => {
                 self.metrics.reload("failed");
@@ -178,7 +244,7 @@ pub(super) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let settings = files(dir.path(), "one.internal");
         let metrics = test_metrics();
-        let tls = ReloadingTls::load(&settings, metrics.clone()).unwrap();
+        let tls = ReloadingTls::load(&settings, ListenerKind::Grpc, metrics.clone()).unwrap();
         let first = tls.current();
         assert!(
             metrics.certificate_expiry() > 1_700_000_000,
@@ -241,7 +307,9 @@ pub(super) mod tests {
         ];
         for (settings, setting) in cases {
             assert_eq!(
-                setting_of(ReloadingTls::load(&settings, test_metrics()).unwrap_err()),
+                setting_of(
+                    ReloadingTls::load(&settings, ListenerKind::Grpc, test_metrics()).unwrap_err()
+                ),
                 setting
             );
         }
@@ -253,7 +321,9 @@ pub(super) mod tests {
             ..good
         };
         assert_eq!(
-            setting_of(ReloadingTls::load(&mismatched, test_metrics()).unwrap_err()),
+            setting_of(
+                ReloadingTls::load(&mismatched, ListenerKind::Grpc, test_metrics()).unwrap_err()
+            ),
             "server.tls.key_file"
         );
     }
