@@ -367,9 +367,12 @@ async fn the_newest_retired_hashes_are_kept(store: &dyn Store) {
         generation: 0,
         revoked: false,
         expires_at: now + 3_600,
+        client_id: "web".into(),
         data: "sealed".into(),
     };
     store.create_family(&family, record).await.unwrap();
+    let stored = store.get_family(&family, now).await.unwrap().unwrap();
+    assert_eq!(stored.client_id, "web", "the client is kept in clear");
     let mut retired = Vec::new();
     for _ in 0..MAX_RETIRED + 20 {
         let next = hash();

@@ -11,7 +11,8 @@ use support::pki::Pki;
 use support::process::{Sandbox, ServiceProcess, run_cli_within};
 use token_service::api::proto::token_service_client::TokenServiceClient;
 use token_service::api::proto::{
-    GenerateTokensRequest, GetJwksRequest, RefreshTokensRequest, TokenResponse,
+    GenerateTokensRequest, GetJwksRequest, RefreshTokensRequest, RevokeTokenRequest, TokenResponse,
+    revoke_token_request,
 };
 use token_service::backends::crypto_service::ClientTls;
 use tonic::Code;
@@ -219,6 +220,33 @@ async fn a_client_naming_its_callers_is_acted_for_only_by_their_certificates() {
         .unwrap()
         .into_inner();
     assert_ne!(refreshed.refresh_token, issued.refresh_token);
+
+    // The family id is public (`fid` in the access token): only demo's callers revoke by it.
+    let claims = refreshed.access_token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims).unwrap(),
+    )
+    .unwrap();
+    let revoke = || RevokeTokenRequest {
+        target: Some(revoke_token_request::Target::FamilyId(
+            claims["fid"].as_str().unwrap().to_owned(),
+        )),
+    };
+    let refused = client(port, as_b())
+        .await
+        .unwrap()
+        .revoke_token(revoke())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
+    let revoked = client(port, as_a())
+        .await
+        .unwrap()
+        .revoke_token(revoke())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(revoked.revoked);
 
     service.wait_for_log("caller_refused");
     let log = service.settled_log();

@@ -497,11 +497,38 @@ async fn a_client_naming_its_callers_acts_only_for_their_certificates() {
         .unwrap();
     assert!(f.is_active(&refreshed.access_token).await);
 
+    // The family id is public (`fid` in every access token): revoking by it, or by a
+    // refresh token, is acting for the client too.
+    let family = token_service::token::refresh::FamilyId::parse(&refreshed.claims.fid).unwrap();
+    expect_permission_denied(
+        f.service.revoke_family_as(&stranger, &family).await,
+        &["billing.internal", "`partner`"],
+    );
+    expect_permission_denied(
+        f.service.revoke_family(&family).await,
+        &["caller unidentified"],
+    );
+    expect_permission_denied(
+        f.service
+            .revoke_refresh_token_as(&stranger, &refreshed.refresh_token)
+            .await,
+        &["billing.internal"],
+    );
+    assert!(
+        f.is_active(&refreshed.access_token).await,
+        "nothing revoked"
+    );
+    assert!(f.service.revoke_family_as(&gateway, &family).await.unwrap());
+    assert!(!f.is_active(&refreshed.access_token).await);
+
     // A client that names no callers is served to any caller.
     for caller in [&stranger, &gateway, &Caller::unidentified()] {
-        f.service
+        let web = f
+            .service
             .generate_as(&ctx(), caller, &request())
             .await
             .unwrap();
+        let family = token_service::token::refresh::FamilyId::parse(&web.claims.fid).unwrap();
+        assert!(f.service.revoke_family_as(caller, &family).await.unwrap());
     }
 }

@@ -180,10 +180,13 @@ impl TokenApi for GrpcTokenService {
     ) -> Result<Response<proto::RevokeTokenResponse>, Status> {
         use proto::revoke_token_request::Target;
         let ctx = context(&request);
+        let caller = caller(&request);
         let revoked = match request.into_inner().target {
-            Some(Target::RefreshToken(token)) => self.tokens.revoke_refresh_token(&token).await,
+            Some(Target::RefreshToken(token)) => {
+                self.tokens.revoke_refresh_token_as(&caller, &token).await
+            }
             Some(Target::FamilyId(id)) => match FamilyId::parse(&id) {
-                Ok(family) => self.tokens.revoke_family(&family).await,
+                Ok(family) => self.tokens.revoke_family_as(&caller, &family).await,
                 Err(e) => Err(e),
             },
             Some(Target::AccessTokenJti(jti)) => self.tokens.revoke_jti(&jti).await.map(|()| true),

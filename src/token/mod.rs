@@ -412,6 +412,7 @@ impl TokenService {
             generation: 0,
             revoked: false,
             expires_at: self.clock.now() + self.settings.refresh_ttl.as_secs(),
+            client_id: claims.client_id.clone(),
             data,
         };
         self.store.create_family(&family, record).await?;
@@ -518,29 +519,72 @@ impl TokenService {
 
     /// Revokes the family of a refresh token, if it is the family's current one; false when
     /// nothing was revoked (a forged, rotated-out or expired token, or an already revoked
-    /// family).
+    /// family). For an unidentified caller (see [`TokenService::revoke_refresh_token_as`]).
     pub async fn revoke_refresh_token(&self, refresh_token: &str) -> Result<bool, TokenError> {
+        self.revoke_refresh_token_as(&Caller::unidentified(), refresh_token)
+            .await
+    }
+
+    /// As [`TokenService::revoke_refresh_token`], for `caller`, who must be allowed to act
+    /// for the family's client.
+    pub async fn revoke_refresh_token_as(
+        &self,
+        caller: &Caller,
+        refresh_token: &str,
+    ) -> Result<bool, TokenError> {
         let presented = RefreshToken::parse(refresh_token)?;
         let family = presented.family();
         // The family id is public (every access token carries it as `fid`): only the
         // family's current secret may revoke it through this path. Anything else revokes
         // nothing, without an error (RFC 7009 §2.2).
-        let current = self
+        let record = self
             .store
             .get_family(family, self.clock.now())
             .await?
-            .is_some_and(|record| record.current.matches(&presented.hash()));
-        if !current {
-            tracing::info!(target: "audit", event = "revoke_family", fid = %family, revoked = false, "not the family's current refresh token");
+            .filter(|record| record.current.matches(&presented.hash()));
+        let Some(record) = record else {
+            tracing::info!(target: "audit", event = "revoke_family", fid = %family, revoked = false, caller = %caller, "not the family's current refresh token");
             return Ok(false);
-        }
-        self.revoke_family(family).await
+        };
+        self.authorize(caller, &record.client_id)?;
+        self.revoke_family_unchecked(caller, family).await
     }
 
-    /// Revokes a family: its refresh token stops working and its access tokens turn inactive.
+    /// Revokes a family by id, for an unidentified caller (see
+    /// [`TokenService::revoke_family_as`]).
     pub async fn revoke_family(&self, family: &FamilyId) -> Result<bool, TokenError> {
+        self.revoke_family_as(&Caller::unidentified(), family).await
+    }
+
+    /// Revokes a family by id: its refresh token stops working and its access tokens turn
+    /// inactive. The id is public (`fid` in every access token), so when the family's client
+    /// names its callers, only they may revoke it this way.
+    pub async fn revoke_family_as(
+        &self,
+        caller: &Caller,
+        family: &FamilyId,
+    ) -> Result<bool, TokenError> {
+        // Read the family's client only where a client names callers: elsewhere any caller
+        // may revoke, as before, without the extra read.
+        if self
+            .settings
+            .clients
+            .values()
+            .any(|c| !c.callers.is_empty())
+            && let Some(record) = self.store.get_family(family, self.clock.now()).await?
+        {
+            self.authorize(caller, &record.client_id)?;
+        }
+        self.revoke_family_unchecked(caller, family).await
+    }
+
+    async fn revoke_family_unchecked(
+        &self,
+        caller: &Caller,
+        family: &FamilyId,
+    ) -> Result<bool, TokenError> {
         let revoked = self.store.revoke_family(family, self.clock.now()).await?;
-        tracing::info!(target: "audit", event = "revoke_family", fid = %family, revoked);
+        tracing::info!(target: "audit", event = "revoke_family", fid = %family, revoked, caller = %caller);
         Ok(revoked)
     }
 

@@ -31,6 +31,9 @@ pub struct FamilyRecord {
     pub revoked: bool,
     /// When the family ends (seconds since the epoch).
     pub expires_at: u64,
+    /// The client it was granted to, in clear: public (every access token names it), and
+    /// needed to authorize a revocation without opening `data`.
+    pub client_id: String,
     /// The encrypted grant.
     pub data: String,
 }

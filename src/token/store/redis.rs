@@ -2,7 +2,7 @@
 //! (every key of a family shares the hash tag `{<family id>}`, so each script touches one
 //! slot).
 //!
-//! Keys: `ts:fam:{F}` (hash: current, generation, revoked, expires_at, data) and
+//! Keys: `ts:fam:{F}` (hash: current, generation, revoked, expires_at, data, client) and
 //! `ts:fam:{F}:retired` (list of used token hashes, newest first, the newest
 //! [`MAX_RETIRED`] kept), both expiring with the family;
 //! `ts:deny:<jti>` expiring with the access token. Every decision is one Lua script, so it
@@ -36,7 +36,7 @@ return 'unknown'
 
 const CREATE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'current', ARGV[1], 'generation', ARGV[2], 'revoked', ARGV[3], 'expires_at', ARGV[4], 'data', ARGV[5])
+redis.call('HSET', KEYS[1], 'current', ARGV[1], 'generation', ARGV[2], 'revoked', ARGV[3], 'expires_at', ARGV[4], 'data', ARGV[5], 'client', ARGV[6])
 redis.call('EXPIREAT', KEYS[1], ARGV[4])
 return 1
 "#;
@@ -175,6 +175,7 @@ impl Store for RedisStore {
             .arg(if record.revoked { "1" } else { "0" })
             .arg(record.expires_at)
             .arg(&record.data)
+            .arg(&record.client_id)
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(unavailable)?;
@@ -192,7 +193,14 @@ impl Store for RedisStore {
     ) -> Result<Option<FamilyRecord>, StoreError> {
         let fields: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(family_key(family))
-            .arg(&["current", "generation", "revoked", "expires_at", "data"])
+            .arg(&[
+                "current",
+                "generation",
+                "revoked",
+                "expires_at",
+                "data",
+                "client",
+            ])
             .query_async(&mut self.connection.clone())
             .await
             .map_err(unavailable)?;
@@ -202,7 +210,8 @@ impl Store for RedisStore {
             Some(revoked),
             Some(expires_at),
             Some(data),
-        ] = <[Option<String>; 5]>::try_from(fields).unwrap_or_default()
+            Some(client_id),
+        ] = <[Option<String>; 6]>::try_from(fields).unwrap_or_default()
         else {
             return Ok(None);
         };
@@ -218,6 +227,7 @@ impl Store for RedisStore {
             generation: generation.parse().unwrap_or(0),
             revoked: revoked == "1",
             expires_at,
+            client_id,
             data,
         }))
     }
