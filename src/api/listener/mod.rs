@@ -1,6 +1,7 @@
-//! The gRPC listeners (the Token API and the reference Crypto Service): plaintext, or TLS.
+//! The listeners of the gRPC APIs (the Token API and the reference Crypto Service) and of
+//! the public JWKS endpoint ([`HttpsListener`]): plaintext, or TLS.
 //!
-//! Both accept in a loop of their own rather than tonic's, so that at shutdown the port
+//! They accept in a loop of their own rather than tonic's, so that at shutdown the port
 //! closes at once: new connections are refused (and go to another instance) while tonic
 //! finishes the calls in flight.
 //!
@@ -42,8 +43,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; further connections wait in the listen backlog.
 pub const MAX_CONCURRENT_HANDSHAKES: usize = 1024;
 
-/// The background tasks of a TLS listener (accepting, and watching the files); stopped when
-/// dropped.
+/// The background tasks of a listener (accepting, and for TLS watching the files); stopped
+/// when dropped.
 #[derive(Debug)]
 pub struct ListenerTasks(Vec<JoinHandle<()>>);
 
