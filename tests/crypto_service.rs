@@ -464,3 +464,93 @@ fn the_server_needs_a_config_file() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--config"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_naming_its_callers_lends_its_keys_to_them_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(); // `client` is named token-service
+    pki.issue("other", "other-team.internal");
+    let text = config(dir.path(), "127.0.0.1:0", &pki.server_tls_table(true))
+        + "\n[namespaces.token]\ncallers = [\"token-service\"]\n";
+    let server = CryptoServerProcess::start(dir.path(), &text);
+    let address = format!("https://localhost:{}", server.addr.port());
+    let as_named = |name: &str| {
+        CryptoServiceBackend::connect(options(
+            &address,
+            Some(ClientTls {
+                ca_file: pki.path("ca.pem"),
+                cert_file: Some(pki.path(&format!("{name}.pem"))),
+                key_file: Some(pki.path(&format!("{name}.key"))),
+                domain_name: None,
+            }),
+            Duration::from_secs(30),
+        ))
+        .unwrap()
+    };
+    let (token_service, other) = (as_named("client"), as_named("other"));
+    let signing = key("signing");
+    token_service
+        .generate_key(&signing, Algorithm::Es256)
+        .await
+        .unwrap();
+    let signature = token_service.sign(&signing, b"m").await.unwrap();
+
+    let refused = other.sign(&signing, b"m").await.unwrap_err();
+    assert_eq!(
+        refused.class(),
+        ErrorClass::Rejected,
+        "final, not an outage: {refused}"
+    );
+    let shown = refused.to_string();
+    assert!(
+        shown.contains("PermissionDenied") && shown.contains("caller other-team.internal"),
+        "{shown}"
+    );
+    let other_key = KeyRef::new("token", "theirs").unwrap();
+    assert_eq!(
+        other
+            .generate_key(&other_key, Algorithm::Es256)
+            .await
+            .unwrap_err()
+            .class(),
+        ErrorClass::Rejected
+    );
+    // What the named caller sealed, another cannot open, nor seal with the same key.
+    let aes = key("aes");
+    token_service
+        .generate_key(&aes, Algorithm::A256Gcm)
+        .await
+        .unwrap();
+    let sealed = token_service
+        .encrypt(&aes, b"secret", b"aad")
+        .await
+        .unwrap();
+    let envelope = token_service::backends::envelope::Envelope::parse(&sealed).unwrap();
+    assert_eq!(
+        other.decrypt(&envelope, b"aad").await.unwrap_err().class(),
+        ErrorClass::Rejected
+    );
+    assert_eq!(
+        other
+            .encrypt(&aes, b"secret", b"aad")
+            .await
+            .unwrap_err()
+            .class(),
+        ErrorClass::Rejected
+    );
+    assert_eq!(
+        &*token_service.decrypt(&envelope, b"aad").await.unwrap(),
+        b"secret"
+    );
+    // Public operations stay open; other namespaces are open to every admitted caller.
+    assert!(!other.public_keys(&signing).await.unwrap().is_empty());
+    let team = KeyRef::new("team", "signing").unwrap();
+    other.generate_key(&team, Algorithm::Es256).await.unwrap();
+    other.sign(&team, b"m").await.unwrap();
+    assert_eq!(signature.backend, NAME);
+    let log = server.log();
+    assert!(
+        log.contains("caller_refused") && log.contains("other-team.internal"),
+        "{log}"
+    );
+}

@@ -141,6 +141,20 @@ pub struct CryptoServerConfig {
     pub chain: ChainConfig,
     /// The backends (software, pkcs11).
     pub backends: BackendsConfig,
+    /// Per key namespace, who may use its keys: `[namespaces.token] callers = [...]`.
+    /// Namespaces not listed are open to every caller the port admits.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub namespaces: std::collections::BTreeMap<String, NamespacePolicy>,
+}
+
+/// `[namespaces.<name>]` of the reference Crypto Service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespacePolicy {
+    /// The callers (SPIFFE IDs, DNS names or IP addresses of their client certificates)
+    /// that may sign, encrypt, decrypt, create and rotate with the namespace's keys.
+    /// Needs `server.tls.client_ca_file`.
+    pub callers: Vec<String>,
 }
 
 /// `[server]` of the reference Crypto Service.
@@ -185,6 +199,32 @@ impl CryptoServerConfig {
         super::validate::validate_chain(&config.chain, &config.backends)?;
         if let Some(tls) = &config.server.tls {
             tls.validate()?;
+        }
+        let mtls = config
+            .server
+            .tls
+            .as_ref()
+            .is_some_and(super::tls::ServerTlsConfig::requires_client_certificates);
+        for (namespace, policy) in &config.namespaces {
+            let setting = format!("namespaces.{namespace}.callers");
+            if let Some(bad) = policy
+                .callers
+                .iter()
+                .find(|name| !crate::token::caller::is_valid_caller_name(name))
+            {
+                return Err(ConfigError::invalid(
+                    setting,
+                    format!(
+                        "`{bad}` is not a SPIFFE ID, a DNS name or an IP address (no wildcards)"
+                    ),
+                ));
+            }
+            if policy.callers.is_empty() || !mtls {
+                return Err(ConfigError::invalid(
+                    setting,
+                    "expected at least one caller, identified by client certificates: set server.tls with client_ca_file",
+                ));
+            }
         }
         if config.server.max_payload == 0 || config.server.max_payload > 4 * 1024 * 1024 {
             return Err(ConfigError::invalid(

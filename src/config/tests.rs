@@ -458,11 +458,34 @@ fn the_crypto_service_refuses_itself_as_a_backend_and_odd_limits() {
             base.replace("sign = [\"software\"]", "sign = [\"pkcs11\"]"),
             "chain.sign[0]",
         ),
+        // Named callers need client certificates, and well-formed names.
+        (
+            format!("{base}\n[namespaces.token]\ncallers = [\"token-service.internal\"]\n"),
+            "namespaces.token.callers",
+        ),
     ];
     for (text, setting) in cases {
         std::fs::write(&path, text).unwrap();
         let error = CryptoServerConfig::load(&path).unwrap_err();
         assert_eq!(error.setting(), Some(setting), "{error}");
+    }
+    let mtls = base.replace(
+        "shutdown_grace = \"10s\"\n",
+        "shutdown_grace = \"10s\"\n[server.tls]\ncert_file = \"/s.pem\"\nkey_file = \"/s.key\"\nclient_ca_file = \"/ca.pem\"\n",
+    );
+    for (callers, ok) in [
+        ("\"token-service.internal\"", true),
+        ("\"spiffe://prod.example/ns/auth/sa/token-service\"", true),
+        ("\"*.internal\"", false),
+        ("", false),
+    ] {
+        std::fs::write(
+            &path,
+            format!("{mtls}\n[namespaces.token]\ncallers = [{callers}]\n"),
+        )
+        .unwrap();
+        let loaded = CryptoServerConfig::load(&path);
+        assert_eq!(loaded.is_ok(), ok, "{callers}: {loaded:?}");
     }
 }
 

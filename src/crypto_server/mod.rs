@@ -24,6 +24,7 @@ use crate::backends::types::{
     Algorithm, KeyRef, KeyState, Operation, VerificationKey, VerifyRequest,
 };
 use crate::context::CallContext;
+use crate::token::Caller;
 
 mod serve;
 
@@ -34,6 +35,8 @@ pub use serve::{CryptoServerError, serve};
 pub struct CryptoServer {
     chain: Arc<Chain>,
     max_payload: usize,
+    /// Per key namespace, the callers (client certificate names) that may use its keys.
+    callers: Arc<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 fn invalid(detail: impl Into<String>) -> Status {
@@ -47,7 +50,35 @@ fn status(error: BackendError) -> Status {
 impl CryptoServer {
     /// A service over `chain`, refusing payloads over `max_payload` bytes.
     pub fn new(chain: Arc<Chain>, max_payload: usize) -> Self {
-        Self { chain, max_payload }
+        Self {
+            chain,
+            max_payload,
+            callers: Arc::default(),
+        }
+    }
+
+    /// Restricts the keys of each namespace in `callers` to the callers named for it (see
+    /// [`Caller::is_one_of`]): signing, encryption, decryption, key creation and rotation.
+    /// Verification, metadata and public keys stay open to every admitted caller.
+    pub fn with_callers(
+        mut self,
+        callers: std::collections::BTreeMap<String, Vec<String>>,
+    ) -> Self {
+        self.callers = Arc::new(callers);
+        self
+    }
+
+    /// Whether `caller` may use the keys of `namespace`.
+    fn authorize(&self, caller: &Caller, namespace: &str) -> Result<(), Status> {
+        match self.callers.get(namespace) {
+            Some(named) if !caller.is_one_of(named) => {
+                tracing::warn!(target: "audit", event = "caller_refused", namespace, caller = %caller, "caller may not use this namespace's keys");
+                Err(Status::permission_denied(format!(
+                    "caller {caller} may not use the keys of namespace `{namespace}`"
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The tonic service, with message limits a little above the payload limit so that an
@@ -166,10 +197,12 @@ impl CryptoService for CryptoServer {
         request: Request<pb::SignRequest>,
     ) -> Result<Response<pb::SignResponse>, Status> {
         let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "Sign");
+        let caller = Caller::from_verified_chain(request.peer_certs());
         let r = request.into_inner();
         traced(span, async {
             self.payload("message", &r.message)?;
             let key = Self::key(&r.key_id, r.key_version)?;
+            self.authorize(&caller, key.namespace())?;
             let expected = algorithm_from_wire(r.algorithm);
             if r.algorithm != 0 && expected.is_none() {
                 return Err(invalid(format!("unknown algorithm {}", r.algorithm)));
@@ -254,10 +287,12 @@ impl CryptoService for CryptoServer {
         request: Request<pb::EncryptRequest>,
     ) -> Result<Response<pb::EncryptResponse>, Status> {
         let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "Encrypt");
+        let caller = Caller::from_verified_chain(request.peer_certs());
         let r = request.into_inner();
         traced(span, async {
             self.payload("plaintext", &r.plaintext)?;
             let key = Self::key(&r.key_id, 0)?;
+            self.authorize(&caller, key.namespace())?;
             let sealed = self
                 .chain
                 .encrypt(&ctx, &key, &r.plaintext, &r.aad)
@@ -279,6 +314,7 @@ impl CryptoService for CryptoServer {
         request: Request<pb::DecryptRequest>,
     ) -> Result<Response<pb::DecryptResponse>, Status> {
         let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "Decrypt");
+        let caller = Caller::from_verified_chain(request.peer_certs());
         let r = request.into_inner();
         traced(span, async {
             if r.ciphertext.len() > self.max_payload * 2 {
@@ -291,6 +327,7 @@ impl CryptoService for CryptoServer {
             })?;
             let envelope = Envelope::parse(text).map_err(status)?;
             let kid = envelope.kid();
+            self.authorize(&caller, &kid.namespace)?;
             let plaintext = self
                 .chain
                 .decrypt_parsed(&ctx, &envelope, &r.aad)
@@ -310,9 +347,11 @@ impl CryptoService for CryptoServer {
         request: Request<pb::GenerateKeyRequest>,
     ) -> Result<Response<pb::KeyMetadata>, Status> {
         let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "GenerateKey");
+        let caller = Caller::from_verified_chain(request.peer_certs());
         let r = request.into_inner();
         traced(span, async {
             let key = Self::key(&r.key_id, 0)?;
+            self.authorize(&caller, key.namespace())?;
             let algorithm = algorithm_from_wire(r.algorithm).ok_or_else(|| {
                 invalid(
                     "algorithm: expected one of ES256, ES384, PS256, PS384, PS512, EDDSA, A256GCM",
@@ -339,9 +378,11 @@ impl CryptoService for CryptoServer {
         request: Request<pb::RotateKeyRequest>,
     ) -> Result<Response<pb::KeyMetadata>, Status> {
         let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "RotateKey");
+        let caller = Caller::from_verified_chain(request.peer_certs());
         let r = request.into_inner();
         traced(span, async {
             let key = Self::key(&r.key_id, 0)?;
+            self.authorize(&caller, key.namespace())?;
             let (home, _) = self.home(&ctx, &key).await?;
             let rotated = home
                 .call(&ctx, Operation::RotateKey, &key, |b| b.rotate_key(&key))

@@ -92,7 +92,17 @@ pub async fn serve(config: crate::config::CryptoServerConfig) -> Result<(), Cryp
     };
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(CryptoServer::new(chain.clone(), config.server.max_payload).into_server());
+        .add_service(
+            CryptoServer::new(chain.clone(), config.server.max_payload)
+                .with_callers(
+                    config
+                        .namespaces
+                        .iter()
+                        .map(|(namespace, policy)| (namespace.clone(), policy.callers.clone()))
+                        .collect(),
+                )
+                .into_server(),
+        );
     let grpc = crate::api::listener::serve(router, listener, tls, signal());
     let admin = axum::serve(admin_listener, admin_router(chain))
         .with_graceful_shutdown(signal())
