@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod api;
 pub mod backends;
+pub mod caller;
 pub mod config;
 pub mod context;
 pub mod crypto_server;

@@ -210,7 +210,7 @@ impl CryptoServerConfig {
             if let Some(bad) = policy
                 .callers
                 .iter()
-                .find(|name| !crate::token::caller::is_valid_caller_name(name))
+                .find(|name| !crate::caller::is_valid_caller_name(name))
             {
                 return Err(ConfigError::invalid(
                     setting,

@@ -176,7 +176,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         if let Some(bad) = client
             .callers
             .iter()
-            .find(|name| !crate::token::caller::is_valid_caller_name(name))
+            .find(|name| !crate::caller::is_valid_caller_name(name))
         {
             return Err(ConfigError::invalid(
                 format!("tokens.clients.{id}.callers"),

@@ -23,8 +23,8 @@ use crate::backends::error::{BackendError, Rejection};
 use crate::backends::types::{
     Algorithm, KeyRef, KeyState, Operation, VerificationKey, VerifyRequest,
 };
+use crate::caller::Caller;
 use crate::context::CallContext;
-use crate::token::Caller;
 
 mod serve;
 

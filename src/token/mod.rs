@@ -3,7 +3,6 @@
 //! (RFC 7662 semantics) and the JWKS. Transport (gRPC, HTTP) sits on top of this.
 
 mod binding;
-pub mod caller;
 pub mod claims;
 mod introspect;
 pub mod refresh;
@@ -26,11 +25,11 @@ use crate::backends::clock::Clock;
 use crate::backends::error::{BackendError, ErrorClass};
 use crate::backends::jwk::PublicJwk;
 use crate::backends::types::KeyRef;
+pub use crate::caller::Caller;
 use crate::context::CallContext;
 use crate::dpop::{DpopError, DpopSettings, DpopValidator};
 use crate::jws;
 pub use binding::DpopInput;
-pub use caller::Caller;
 pub use introspect::Introspection;
 
 /// What went wrong, in the classes the API reports (gRPC status codes map 1:1).

@@ -1,8 +1,8 @@
-//! Who is calling the Token API, as far as the transport proved it: the client certificate
-//! of an mTLS connection, or nothing. A client whose policy names its callers
-//! (`tokens.clients.<id>.callers`) is acted for only by a caller whose certificate is valid
-//! for one of those names, so one service's certificate cannot mint tokens for another's
-//! client.
+//! Who is calling, as far as the transport proved it: the client certificate of an mTLS
+//! connection, or nothing. The Token API acts for a client that names its callers
+//! (`tokens.clients.<id>.callers`) only on a certificate valid for one of those names, so
+//! one service's certificate cannot mint tokens for another's client; the reference Crypto
+//! Service lends a namespace's keys the same way (`namespaces.<ns>.callers`).
 
 use std::sync::Arc;
 
