@@ -624,3 +624,42 @@ fn the_jwks_is_served_over_tls_when_public_tls_is_set() {
     );
     assert!(service.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_crl_refuses_everyone_only_when_asked_to() {
+    let pki = Pki::new();
+    pki.issue("gateway-a", "gateway-a.internal");
+    pki.issue("gateway-b", "gateway-b.internal");
+    pki.revoke_until(&["gateway-b"], 2021);
+    let table = |enforce: bool| {
+        format!(
+            "{}client_crl_file = \"{}\"\nenforce_crl_next_update = {enforce}\n",
+            pki.server_tls_table(true),
+            pki.path("crl.pem").display()
+        )
+    };
+    // By default the stale list still refuses what it lists, and admits the rest.
+    let lenient = Sandbox::new(&table(false));
+    let service = ServiceProcess::start(Some(&lenient.config_path()), lenient.dir.path());
+    admits_only(
+        service.grpc.port(),
+        Credentials::of(&pki, Some("gateway-a")),
+        Credentials::of(&pki, Some("gateway-b")),
+    )
+    .await;
+    drop(service);
+
+    // Enforced, a list nobody renewed refuses everyone (fail closed).
+    let strict = Sandbox::new(&table(true));
+    let service = ServiceProcess::start(Some(&strict.config_path()), strict.dir.path());
+    let refused = try_generate(
+        service.grpc.port(),
+        Credentials::of(&pki, Some("gateway-a")),
+        "demo",
+    )
+    .await
+    .unwrap_err();
+    assert!(refused_by_transport(&refused), "{refused}");
+    let log = service.wait_for_log("tls_client_refused");
+    assert!(log.contains("certificate revocation list expired"), "{log}");
+}

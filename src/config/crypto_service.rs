@@ -198,7 +198,7 @@ impl CryptoServerConfig {
         }
         super::validate::validate_chain(&config.chain, &config.backends)?;
         if let Some(tls) = &config.server.tls {
-            tls.validate()?;
+            tls.validate("server.tls")?;
         }
         let mtls = config
             .server

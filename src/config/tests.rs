@@ -652,6 +652,24 @@ fn tls_revocation_lists_need_client_certificates_and_reloads_a_sane_interval() {
         "server.tls.reload_interval",
         "at least 100ms",
     );
+    expect_setting(
+        load_str(
+            &tls("client_ca_file = \"/ca.pem\"\nenforce_crl_next_update = true\n"),
+            &no_env(),
+        ),
+        "server.tls.enforce_crl_next_update",
+        "needs server.tls.client_crl_file",
+    );
+    expect_setting(
+        load_str(
+            &format!(
+                "{DEFAULT_TOML}\n[server.public_tls]\ncert_file = \"/p.pem\"\nkey_file = \"/p.key\"\nreload_interval = \"1ms\"\n"
+            ),
+            &no_env(),
+        ),
+        "server.public_tls.reload_interval",
+        "at least 100ms",
+    );
     let config = load_str(
         &tls("client_ca_file = \"/ca.pem\"\nclient_crl_file = \"/crl.pem\"\n"),
         &no_env(),

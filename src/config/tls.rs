@@ -25,6 +25,11 @@ pub struct ServerTlsConfig {
     /// refused at the handshake.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_crl_file: Option<PathBuf>,
+    /// Refuse every client certificate once a CRL is past its `nextUpdate` (fail closed on
+    /// a CRL nobody refreshed). Off by default: a stale CRL then still refuses what it
+    /// lists, and the others get in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enforce_crl_next_update: bool,
     /// How often the files are checked for changes; changed files are read into a new
     /// configuration for new connections (short-lived certificates rotate without a
     /// restart). A change that does not load is logged and the previous files stay in use.
@@ -37,17 +42,24 @@ fn default_reload_interval() -> Duration {
 }
 
 impl ServerTlsConfig {
-    /// Checks what can be checked without reading the files.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks what can be checked without reading the files; `section` names the table in
+    /// messages (`server.tls`, `server.public_tls`).
+    pub fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        if self.enforce_crl_next_update && self.client_crl_file.is_none() {
+            return Err(ConfigError::invalid(
+                format!("{section}.enforce_crl_next_update"),
+                format!("needs {section}.client_crl_file"),
+            ));
+        }
         if self.client_crl_file.is_some() && self.client_ca_file.is_none() {
             return Err(ConfigError::invalid(
-                "server.tls.client_crl_file",
-                "revocation lists need server.tls.client_ca_file (client certificates)",
+                format!("{section}.client_crl_file"),
+                format!("revocation lists need {section}.client_ca_file (client certificates)"),
             ));
         }
         if self.reload_interval < Duration::from_millis(100) {
             return Err(ConfigError::invalid(
-                "server.tls.reload_interval",
+                format!("{section}.reload_interval"),
                 "expected at least 100ms",
             ));
         }

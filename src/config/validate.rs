@@ -198,10 +198,10 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         }
     }
     if let Some(tls) = &config.server.tls {
-        tls.validate()?;
+        tls.validate("server.tls")?;
     }
     if let Some(tls) = &config.server.public_tls {
-        tls.validate()?;
+        tls.validate("server.public_tls")?;
         if tls.client_ca_file.is_some() || tls.client_crl_file.is_some() {
             return Err(ConfigError::invalid(
                 "server.public_tls",

@@ -65,19 +65,25 @@ impl Pki {
     }
 
     /// Writes `crl.pem`: a revocation list of this CA naming the certificates issued as
-    /// `files`.
+    /// `files`, due to be renewed in 2035.
     pub fn revoke(&self, files: &[&str]) {
+        self.revoke_until(files, 2035);
+    }
+
+    /// As [`Pki::revoke`], with the list's `nextUpdate` on `year`-01-01 (in the past for a
+    /// stale list).
+    pub fn revoke_until(&self, files: &[&str], year: i32) {
         let serials = self.serials.lock().unwrap();
         let crl = rcgen::CertificateRevocationListParams {
-            this_update: rcgen::date_time_ymd(2025, 1, 1),
-            next_update: rcgen::date_time_ymd(2035, 1, 1),
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(year, 1, 1),
             crl_number: 1u64.into(),
             issuing_distribution_point: None,
             revoked_certs: files
                 .iter()
                 .map(|file| rcgen::RevokedCertParams {
                     serial_number: serials[*file].into(),
-                    revocation_time: rcgen::date_time_ymd(2025, 6, 1),
+                    revocation_time: rcgen::date_time_ymd(2020, 6, 1),
                     reason_code: Some(rcgen::RevocationReason::KeyCompromise),
                     invalidity_date: None,
                 })

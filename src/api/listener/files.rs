@@ -21,6 +21,8 @@ pub(super) struct Files {
     key: Zeroizing<Vec<u8>>,
     ca: Option<Vec<u8>>,
     crl: Option<Vec<u8>>,
+    /// A setting rather than a file: whether an expired CRL refuses everyone.
+    enforce_crl_next_update: bool,
 }
 
 impl Files {
@@ -46,6 +48,7 @@ impl Files {
                 Some(path) => Some(read(path, names.client_crl_file)?),
                 None => None,
             },
+            enforce_crl_next_update: settings.enforce_crl_next_update,
         })
     }
 
@@ -124,13 +127,17 @@ impl Files {
                         crls
                     }
                 };
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     roots.into(),
                     provider,
                 )
-                .with_crls(crls)
-                .build()
-                .map_err(|e| content(names.client_crl_file)(e.to_string()))?;
+                .with_crls(crls);
+                if self.enforce_crl_next_update {
+                    verifier = verifier.enforce_revocation_expiration();
+                }
+                let verifier = verifier
+                    .build()
+                    .map_err(|e| content(names.client_crl_file)(e.to_string()))?;
                 builder.with_client_cert_verifier(verifier)
             }
         };

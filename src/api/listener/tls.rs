@@ -224,6 +224,7 @@ pub(super) mod tests {
             key_file: dir.join("server.key"),
             client_ca_file: None,
             client_crl_file: None,
+            enforce_crl_next_update: false,
             reload_interval: Duration::from_secs(30),
         }
     }
