@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::api::grpc::GrpcTokenService;
-use crate::api::listener::{HttpsListener, ListenerKind, ReloadingTls};
+use crate::api::listener::{HttpsListener, ListenerKind, ReloadingTls, scheme};
 use crate::api::proto;
 use crate::backends::aws_kms::{self, AwsKmsBackend};
 use crate::backends::chain::{Chain, ChainBuildError, ConfiguredBackend, Routes};
@@ -338,18 +338,6 @@ impl Service {
         }
     }
 
-    /// The TLS configuration of a listener, read from its files, if it has one.
-    fn load_tls(
-        &self,
-        settings: Option<&crate::config::tls::ServerTlsConfig>,
-        kind: ListenerKind,
-    ) -> Result<Option<Arc<ReloadingTls>>, ServiceError> {
-        settings
-            .map(|tls| ReloadingTls::load(tls, kind, self.chain.metrics().tls(kind.label())))
-            .transpose()
-            .map_err(|e| ServiceError::Tls(e.to_string()))
-    }
-
     /// Serves the gRPC API, the public HTTP endpoint and the admin endpoint until SIGTERM
     /// or SIGINT; then stops accepting, lets in-flight calls finish, and returns.
     pub async fn serve(&self) -> Result<(), ServiceError> {
@@ -391,14 +379,17 @@ impl Service {
             self.tokens.clone(),
             self.config.tokens.max_access_ttl.as_secs(),
         );
-        let tls = self.load_tls(server.tls.as_ref(), ListenerKind::Grpc)?;
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let public_tls = self.load_tls(server.public_tls.as_ref(), ListenerKind::Public)?;
-        let public_scheme = if public_tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let tls_error = |e: crate::api::listener::TlsSetupError| ServiceError::Tls(e.to_string());
+        let metrics = self.chain.metrics();
+        let tls = ReloadingTls::load_configured(server.tls.as_ref(), ListenerKind::Grpc, metrics)
+            .map_err(tls_error)?;
+        let public_tls = ReloadingTls::load_configured(
+            server.public_tls.as_ref(),
+            ListenerKind::Public,
+            metrics,
+        )
+        .map_err(tls_error)?;
+        let (scheme, public_scheme) = (scheme(tls.as_ref()), scheme(public_tls.as_ref()));
         let router = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)

@@ -74,6 +74,24 @@ async fn client(
     Ok(TokenServiceClient::new(channel))
 }
 
+/// A PKI whose client certificates `gateway-a` and `gateway-b` name `gateway-a.internal` and
+/// `gateway-b.internal`.
+fn gateways() -> Pki {
+    let pki = Pki::new();
+    pki.issue("gateway-a", "gateway-a.internal");
+    pki.issue("gateway-b", "gateway-b.internal");
+    pki
+}
+
+/// `[server.tls]` with mTLS and `pki`'s `crl.pem`, its `nextUpdate` enforced or not.
+fn crl_table(pki: &Pki, enforce: bool) -> String {
+    format!(
+        "{}client_crl_file = \"{}\"\nenforce_crl_next_update = {enforce}\n",
+        pki.server_tls_table(true),
+        pki.path("crl.pem").display()
+    )
+}
+
 /// A call refused by the TLS layer, not by the service (which answers with a status).
 fn refused_by_transport(status: &tonic::Status) -> bool {
     matches!(
@@ -106,7 +124,7 @@ async fn over_mtls_only_certificates_of_the_configured_ca_get_in() {
     let pki = Pki::new();
     let stranger = Pki::new(); // another CA, with a client certificate of its own
     let sandbox = Sandbox::new(&pki.server_tls_table(true));
-    let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
+    let service = sandbox.serve();
     let port = service.grpc.port();
     let log = service.wait_for_log("gRPC API listening on https://");
     assert!(!log.contains("anyone who reaches this port"), "{log}");
@@ -170,9 +188,7 @@ async fn over_mtls_only_certificates_of_the_configured_ca_get_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_naming_its_callers_is_acted_for_only_by_their_certificates() {
-    let pki = Pki::new();
-    pki.issue("gateway-a", "gateway-a.internal");
-    pki.issue("gateway-b", "gateway-b.internal");
+    let pki = gateways();
     let sandbox = Sandbox::new(&format!(
         "{}\n[tokens.clients.billing]\naudiences = [\"billing\"]\n",
         pki.server_tls_table(true)
@@ -184,12 +200,19 @@ async fn a_client_naming_its_callers_is_acted_for_only_by_their_certificates() {
             "audiences = [\"api\"]\ncallers = [\"gateway-a.internal\"]",
         );
     sandbox.write_config(&config);
-    let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
+    let service = sandbox.serve();
     let port = service.grpc.port();
-    let as_a = || Credentials::of(&pki, Some("gateway-a"));
-    let as_b = || Credentials::of(&pki, Some("gateway-b"));
+    let mut gateway_a = client(port, Credentials::of(&pki, Some("gateway-a")))
+        .await
+        .unwrap();
+    let mut gateway_b = client(port, Credentials::of(&pki, Some("gateway-b")))
+        .await
+        .unwrap();
 
-    let refused = try_generate(port, as_b(), "demo").await.unwrap_err();
+    let refused = gateway_b
+        .generate_tokens(generate("demo"))
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
     assert!(
         refused.message().contains("gateway-b.internal") && refused.message().contains("`demo`"),
@@ -197,24 +220,27 @@ async fn a_client_naming_its_callers_is_acted_for_only_by_their_certificates() {
         refused.message()
     );
     // billing names no callers: any certificate of the CA may act for it.
-    try_generate(port, as_b(), "billing").await.unwrap();
+    gateway_b
+        .generate_tokens(generate("billing"))
+        .await
+        .unwrap();
 
-    let issued = try_generate(port, as_a(), "demo").await.unwrap();
+    let issued = gateway_a
+        .generate_tokens(generate("demo"))
+        .await
+        .unwrap()
+        .into_inner();
     let refresh = |token: &str| RefreshTokensRequest {
         refresh_token: token.to_owned(),
         dpop: None,
     };
-    let refused = client(port, as_b())
-        .await
-        .unwrap()
+    let refused = gateway_b
         .refresh_tokens(refresh(&issued.refresh_token))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
     // The refused refresh consumed nothing: gateway-a rotates the same token.
-    let refreshed = client(port, as_a())
-        .await
-        .unwrap()
+    let refreshed = gateway_a
         .refresh_tokens(refresh(&issued.refresh_token))
         .await
         .unwrap()
@@ -232,20 +258,9 @@ async fn a_client_naming_its_callers_is_acted_for_only_by_their_certificates() {
             claims["fid"].as_str().unwrap().to_owned(),
         )),
     };
-    let refused = client(port, as_b())
-        .await
-        .unwrap()
-        .revoke_token(revoke())
-        .await
-        .unwrap_err();
+    let refused = gateway_b.revoke_token(revoke()).await.unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
-    let revoked = client(port, as_a())
-        .await
-        .unwrap()
-        .revoke_token(revoke())
-        .await
-        .unwrap()
-        .into_inner();
+    let revoked = gateway_a.revoke_token(revoke()).await.unwrap().into_inner();
     assert!(revoked.revoked);
 
     service.wait_for_log("caller_refused");
@@ -271,7 +286,7 @@ async fn a_client_naming_its_callers_is_acted_for_only_by_their_certificates() {
 async fn the_cli_speaks_tls_and_refuses_half_configured_connections() {
     let pki = Pki::new();
     let sandbox = Sandbox::new(&pki.server_tls_table(true));
-    let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
+    let service = sandbox.serve();
     let address = format!("https://localhost:{}", service.grpc.port());
     let path = |name: &str| pki.path(name).display().to_string();
     let (ca, cert, key) = (path("ca.pem"), path("client.pem"), path("client.key"));
@@ -387,35 +402,29 @@ fn an_unprotected_api_is_announced_in_the_log() {
         .unwrap()
         .replace("host = \"127.0.0.1\"", "host = \"0.0.0.0\"");
     sandbox.write_config(&text);
-    let service = ServiceProcess::start(Some(&open), sandbox.dir.path());
+    let service = sandbox.serve();
     service.wait_for_log("no TLS and no caller authentication");
     drop(service);
 
     // TLS without client certificates: encrypted, but still open to anyone.
     let pki = Pki::new();
     let sandbox = Sandbox::new(&pki.server_tls_table(false));
-    let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
+    let service = sandbox.serve();
     service.wait_for_log("TLS but no client certificates");
 
     // Plaintext on loopback only (the test default) is not announced.
     let quiet = Sandbox::new("");
-    let service = ServiceProcess::start(Some(&quiet.config_path()), quiet.dir.path());
+    let service = quiet.serve();
     let log = service.settled_log();
     assert!(!log.contains("anyone who reaches this port"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_client_certificate_is_refused_at_the_handshake() {
-    let pki = Pki::new();
-    pki.issue("gateway-a", "gateway-a.internal");
-    pki.issue("gateway-b", "gateway-b.internal");
+    let pki = gateways();
     pki.revoke(&["gateway-b"]);
-    let sandbox = Sandbox::new(&format!(
-        "{}client_crl_file = \"{}\"\n",
-        pki.server_tls_table(true),
-        pki.path("crl.pem").display()
-    ));
-    let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
+    let sandbox = Sandbox::new(&crl_table(&pki, false));
+    let service = sandbox.serve();
     let port = service.grpc.port();
 
     admits_only(
@@ -472,7 +481,7 @@ async fn changed_tls_files_are_used_for_new_connections_without_a_restart() {
         file("server.key").display(),
         file("ca.pem").display()
     ));
-    let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
+    let service = sandbox.serve();
     let port = service.grpc.port();
     let mut established = client(port, Credentials::of(&old, Some("client")))
         .await
@@ -580,7 +589,7 @@ fn the_jwks_is_served_over_tls_when_public_tls_is_set() {
         pki.path("server.pem").display(),
         pki.path("server.key").display()
     ));
-    let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
+    let service = sandbox.serve();
     service.wait_for_log("public HTTP listening on https://");
     let (status, body) = support::pki::https_get(
         service.public,
@@ -627,20 +636,11 @@ fn the_jwks_is_served_over_tls_when_public_tls_is_set() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_crl_refuses_everyone_only_when_asked_to() {
-    let pki = Pki::new();
-    pki.issue("gateway-a", "gateway-a.internal");
-    pki.issue("gateway-b", "gateway-b.internal");
+    let pki = gateways();
     pki.revoke_until(&["gateway-b"], 2021);
-    let table = |enforce: bool| {
-        format!(
-            "{}client_crl_file = \"{}\"\nenforce_crl_next_update = {enforce}\n",
-            pki.server_tls_table(true),
-            pki.path("crl.pem").display()
-        )
-    };
     // By default the stale list still refuses what it lists, and admits the rest.
-    let lenient = Sandbox::new(&table(false));
-    let service = ServiceProcess::start(Some(&lenient.config_path()), lenient.dir.path());
+    let lenient = Sandbox::new(&crl_table(&pki, false));
+    let service = lenient.serve();
     admits_only(
         service.grpc.port(),
         Credentials::of(&pki, Some("gateway-a")),
@@ -650,8 +650,8 @@ async fn a_stale_crl_refuses_everyone_only_when_asked_to() {
     drop(service);
 
     // Enforced, a list nobody renewed refuses everyone (fail closed).
-    let strict = Sandbox::new(&table(true));
-    let service = ServiceProcess::start(Some(&strict.config_path()), strict.dir.path());
+    let strict = Sandbox::new(&crl_table(&pki, true));
+    let service = strict.serve();
     let refused = try_generate(
         service.grpc.port(),
         Credentials::of(&pki, Some("gateway-a")),

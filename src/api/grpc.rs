@@ -11,7 +11,7 @@ use super::proto::token_service_server::TokenService as TokenApi;
 use crate::context::CallContext;
 use crate::dpop::{DpopError, ProofRequest};
 use crate::token::refresh::FamilyId;
-use crate::token::{Caller, DpopInput, IssuedTokens, TokenError, TokenRequest, TokenService};
+use crate::token::{DpopInput, IssuedTokens, TokenError, TokenRequest, TokenService};
 
 /// Largest message accepted by the server, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -42,12 +42,6 @@ impl GrpcTokenService {
 
 fn context<T>(request: &Request<T>) -> CallContext {
     super::inbound_context(request.metadata(), None)
-}
-
-/// The caller as the TLS layer proved it: the client certificate chain of an mTLS
-/// connection (already verified against `server.tls.client_ca_file`), else unidentified.
-fn caller<T>(request: &Request<T>) -> Caller {
-    Caller::from_verified_chain(request.peer_certs())
 }
 
 fn status(error: TokenError) -> Status {
@@ -127,7 +121,7 @@ impl TokenApi for GrpcTokenService {
         request: Request<proto::GenerateTokensRequest>,
     ) -> Result<Response<proto::TokenResponse>, Status> {
         let ctx = context(&request);
-        let caller = caller(&request);
+        let caller = super::inbound_caller(&request);
         let body = request.into_inner();
         let ttl = match body.access_token_ttl_seconds {
             0 => None,
@@ -163,7 +157,7 @@ impl TokenApi for GrpcTokenService {
         request: Request<proto::RefreshTokensRequest>,
     ) -> Result<Response<proto::TokenResponse>, Status> {
         let ctx = context(&request);
-        let caller = caller(&request);
+        let caller = super::inbound_caller(&request);
         let body = request.into_inner();
         let proof = dpop_input(body.dpop)?;
         let issued = self
@@ -180,7 +174,7 @@ impl TokenApi for GrpcTokenService {
     ) -> Result<Response<proto::RevokeTokenResponse>, Status> {
         use proto::revoke_token_request::Target;
         let ctx = context(&request);
-        let caller = caller(&request);
+        let caller = super::inbound_caller(&request);
         let revoked = match request.into_inner().target {
             Some(Target::RefreshToken(token)) => {
                 self.tokens.revoke_refresh_token_as(&caller, &token).await

@@ -22,6 +22,13 @@ pub fn inbound_context(
     ctx.with_trace_headers(text("traceparent"), text("tracestate"))
 }
 
+/// The caller of an inbound gRPC request as the TLS layer proved it: the client certificate
+/// chain of an mTLS connection (already verified against the listener's `client_ca_file`),
+/// else unidentified.
+pub fn inbound_caller<T>(request: &tonic::Request<T>) -> crate::caller::Caller {
+    crate::caller::Caller::from_verified_chain(request.peer_certs())
+}
+
 /// Code generated from `proto/token_service.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod proto {

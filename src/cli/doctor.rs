@@ -105,17 +105,18 @@ const EXPIRY_WARNING_DAYS: u64 = 14;
 /// problems found (unusable files, an expired certificate).
 fn check_tls(settings: &token_service::config::tls::ServerTlsConfig) -> usize {
     use token_service::api::listener::{ListenerKind, ReloadingTls};
-    let metrics = token_service::metrics::Metrics::new().tls("grpc");
-    if let Err(error) = ReloadingTls::load(settings, ListenerKind::Grpc, metrics.clone()) {
-        say!("gRPC TLS       FAILED: {error}");
-        return 1;
-    }
+    let expires_at = match ReloadingTls::check(settings, ListenerKind::Grpc) {
+        Ok(expiry) => expiry.unwrap_or(0),
+        Err(error) => {
+            say!("gRPC TLS       FAILED: {error}");
+            return 1;
+        }
+    };
     let clients = match (&settings.client_ca_file, &settings.client_crl_file) {
         (None, _) => "no client certificates asked (anyone reaching the port may call)",
         (Some(_), None) => "client certificates required",
         (Some(_), Some(_)) => "client certificates required, revocation list loaded",
     };
-    let expires_at = u64::try_from(metrics.certificate_expiry()).unwrap_or(0);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -200,31 +200,15 @@ impl CryptoServerConfig {
         if let Some(tls) = &config.server.tls {
             tls.validate("server.tls")?;
         }
-        let mtls = config
-            .server
-            .tls
-            .as_ref()
-            .is_some_and(super::tls::ServerTlsConfig::requires_client_certificates);
         for (namespace, policy) in &config.namespaces {
             let setting = format!("namespaces.{namespace}.callers");
-            if let Some(bad) = policy
-                .callers
-                .iter()
-                .find(|name| !crate::caller::is_valid_caller_name(name))
-            {
+            if policy.callers.is_empty() {
                 return Err(ConfigError::invalid(
                     setting,
-                    format!(
-                        "`{bad}` is not a SPIFFE ID, a DNS name or an IP address (no wildcards)"
-                    ),
+                    "expected at least one caller",
                 ));
             }
-            if policy.callers.is_empty() || !mtls {
-                return Err(ConfigError::invalid(
-                    setting,
-                    "expected at least one caller, identified by client certificates: set server.tls with client_ca_file",
-                ));
-            }
+            super::tls::validate_callers(setting, &policy.callers, config.server.tls.as_ref())?;
         }
         if config.server.max_payload == 0 || config.server.max_payload > 4 * 1024 * 1024 {
             return Err(ConfigError::invalid(

@@ -83,3 +83,30 @@ pub struct TlsFileError {
     /// Why.
     pub source: std::io::Error,
 }
+
+/// Checks the caller names of `setting` (`tokens.clients.<id>.callers`,
+/// `namespaces.<ns>.callers`): each a SPIFFE ID, DNS name or IP address, and, when there
+/// are any, a gRPC listener that asks for client certificates (`tls`), without which no
+/// caller could ever be identified and every call would be refused.
+pub(super) fn validate_callers(
+    setting: String,
+    callers: &[String],
+    tls: Option<&ServerTlsConfig>,
+) -> Result<(), ConfigError> {
+    if let Some(bad) = callers
+        .iter()
+        .find(|name| !crate::caller::is_valid_caller_name(name))
+    {
+        return Err(ConfigError::invalid(
+            setting,
+            format!("`{bad}` is not a SPIFFE ID, a DNS name or an IP address (no wildcards)"),
+        ));
+    }
+    if !callers.is_empty() && !tls.is_some_and(ServerTlsConfig::requires_client_certificates) {
+        return Err(ConfigError::invalid(
+            setting,
+            "callers are identified by client certificates: set server.tls with client_ca_file",
+        ));
+    }
+    Ok(())
+}

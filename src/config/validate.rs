@@ -173,29 +173,11 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                 "expected a client id without whitespace, valid scope tokens, and at least one audience",
             ));
         }
-        if let Some(bad) = client
-            .callers
-            .iter()
-            .find(|name| !crate::caller::is_valid_caller_name(name))
-        {
-            return Err(ConfigError::invalid(
-                format!("tokens.clients.{id}.callers"),
-                format!("`{bad}` is not a SPIFFE ID, a DNS name or an IP address (no wildcards)"),
-            ));
-        }
-        let mtls = config
-            .server
-            .tls
-            .as_ref()
-            .is_some_and(super::tls::ServerTlsConfig::requires_client_certificates);
-        if !client.callers.is_empty() && !mtls {
-            // Callers are named by their client certificates: without mTLS none could
-            // ever be identified, and every call for this client would be refused.
-            return Err(ConfigError::invalid(
-                format!("tokens.clients.{id}.callers"),
-                "callers are identified by client certificates: set server.tls with client_ca_file",
-            ));
-        }
+        super::tls::validate_callers(
+            format!("tokens.clients.{id}.callers"),
+            &client.callers,
+            config.server.tls.as_ref(),
+        )?;
     }
     if let Some(tls) = &config.server.tls {
         tls.validate("server.tls")?;

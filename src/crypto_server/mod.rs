@@ -24,6 +24,7 @@ use crate::backends::types::{
     Algorithm, KeyRef, KeyState, Operation, VerificationKey, VerifyRequest,
 };
 use crate::caller::Caller;
+use crate::config::crypto_service::NamespacePolicy;
 use crate::context::CallContext;
 
 mod serve;
@@ -36,7 +37,7 @@ pub struct CryptoServer {
     chain: Arc<Chain>,
     max_payload: usize,
     /// Per key namespace, the callers (client certificate names) that may use its keys.
-    callers: Arc<std::collections::BTreeMap<String, Vec<String>>>,
+    namespaces: Arc<std::collections::BTreeMap<String, NamespacePolicy>>,
 }
 
 fn invalid(detail: impl Into<String>) -> Status {
@@ -53,25 +54,25 @@ impl CryptoServer {
         Self {
             chain,
             max_payload,
-            callers: Arc::default(),
+            namespaces: Arc::default(),
         }
     }
 
-    /// Restricts the keys of each namespace in `callers` to the callers named for it (see
+    /// Restricts the keys of each namespace in `namespaces` to the callers named for it (see
     /// [`Caller::is_one_of`]): signing, encryption, decryption, key creation and rotation.
     /// Verification, metadata and public keys stay open to every admitted caller.
-    pub fn with_callers(
+    pub fn with_namespaces(
         mut self,
-        callers: std::collections::BTreeMap<String, Vec<String>>,
+        namespaces: std::collections::BTreeMap<String, NamespacePolicy>,
     ) -> Self {
-        self.callers = Arc::new(callers);
+        self.namespaces = Arc::new(namespaces);
         self
     }
 
     /// Whether `caller` may use the keys of `namespace`.
     fn authorize(&self, caller: &Caller, namespace: &str) -> Result<(), Status> {
-        match self.callers.get(namespace) {
-            Some(named) if !caller.is_one_of(named) => {
+        match self.namespaces.get(namespace) {
+            Some(policy) if !caller.is_one_of(&policy.callers) => {
                 tracing::warn!(target: "audit", event = "caller_refused", namespace, caller = %caller, "caller may not use this namespace's keys");
                 Err(Status::permission_denied(format!(
                     "caller {caller} may not use the keys of namespace `{namespace}`"
@@ -197,7 +198,7 @@ impl CryptoService for CryptoServer {
         request: Request<pb::SignRequest>,
     ) -> Result<Response<pb::SignResponse>, Status> {
         let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "Sign");
-        let caller = Caller::from_verified_chain(request.peer_certs());
+        let caller = crate::api::inbound_caller(&request);
         let r = request.into_inner();
         traced(span, async {
             self.payload("message", &r.message)?;
@@ -287,7 +288,7 @@ impl CryptoService for CryptoServer {
         request: Request<pb::EncryptRequest>,
     ) -> Result<Response<pb::EncryptResponse>, Status> {
         let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "Encrypt");
-        let caller = Caller::from_verified_chain(request.peer_certs());
+        let caller = crate::api::inbound_caller(&request);
         let r = request.into_inner();
         traced(span, async {
             self.payload("plaintext", &r.plaintext)?;
@@ -314,7 +315,7 @@ impl CryptoService for CryptoServer {
         request: Request<pb::DecryptRequest>,
     ) -> Result<Response<pb::DecryptResponse>, Status> {
         let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "Decrypt");
-        let caller = Caller::from_verified_chain(request.peer_certs());
+        let caller = crate::api::inbound_caller(&request);
         let r = request.into_inner();
         traced(span, async {
             if r.ciphertext.len() > self.max_payload * 2 {
@@ -347,7 +348,7 @@ impl CryptoService for CryptoServer {
         request: Request<pb::GenerateKeyRequest>,
     ) -> Result<Response<pb::KeyMetadata>, Status> {
         let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "GenerateKey");
-        let caller = Caller::from_verified_chain(request.peer_certs());
+        let caller = crate::api::inbound_caller(&request);
         let r = request.into_inner();
         traced(span, async {
             let key = Self::key(&r.key_id, 0)?;
@@ -378,7 +379,7 @@ impl CryptoService for CryptoServer {
         request: Request<pb::RotateKeyRequest>,
     ) -> Result<Response<pb::KeyMetadata>, Status> {
         let (ctx, span) = begin(&request, &request.get_ref().correlation_id, "RotateKey");
-        let caller = Caller::from_verified_chain(request.peer_certs());
+        let caller = crate::api::inbound_caller(&request);
         let r = request.into_inner();
         traced(span, async {
             let key = Self::key(&r.key_id, 0)?;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::CryptoServer;
 use crate::api::crypto_proto::crypto_service_server::CryptoServiceServer;
+use crate::api::listener::{ListenerKind, ReloadingTls};
 use crate::backends::chain::Chain;
 
 /// Errors starting or running the reference server.
@@ -69,20 +70,13 @@ pub async fn serve(config: crate::config::CryptoServerConfig) -> Result<(), Cryp
     health
         .set_serving::<CryptoServiceServer<CryptoServer>>()
         .await;
-    let tls = config
-        .server
-        .tls
-        .as_ref()
-        .map(|tls| {
-            crate::api::listener::ReloadingTls::load(
-                tls,
-                crate::api::listener::ListenerKind::Grpc,
-                chain.metrics().tls("grpc"),
-            )
-        })
-        .transpose()
-        .map_err(|e| CryptoServerError::Tls(e.to_string()))?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let tls = ReloadingTls::load_configured(
+        config.server.tls.as_ref(),
+        ListenerKind::Grpc,
+        chain.metrics(),
+    )
+    .map_err(|e| CryptoServerError::Tls(e.to_string()))?;
+    let scheme = crate::api::listener::scheme(tls.as_ref());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let signal = move || {
         let mut stopped = stopped.clone();
@@ -94,13 +88,7 @@ pub async fn serve(config: crate::config::CryptoServerConfig) -> Result<(), Cryp
         .add_service(health_service)
         .add_service(
             CryptoServer::new(chain.clone(), config.server.max_payload)
-                .with_callers(
-                    config
-                        .namespaces
-                        .iter()
-                        .map(|(namespace, policy)| (namespace.clone(), policy.callers.clone()))
-                        .collect(),
-                )
+                .with_namespaces(config.namespaces.clone())
                 .into_server(),
         );
     let grpc = crate::api::listener::serve(router, listener, tls, signal());

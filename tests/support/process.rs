@@ -66,6 +66,11 @@ impl Sandbox {
         std::fs::write(self.config_path(), text).expect("write config");
     }
 
+    /// Starts `serve` with this sandbox's config (see [`ServiceProcess::start`]).
+    pub fn serve(&self) -> ServiceProcess {
+        ServiceProcess::start(Some(&self.config_path()), self.dir.path())
+    }
+
     /// Runs a CLI command with this sandbox's config (no CI/RUST_LOG leaking in).
     pub fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         self.run_with_env(args, stdin, &[])

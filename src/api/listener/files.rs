@@ -8,7 +8,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use tokio_rustls::rustls;
 use zeroize::Zeroizing;
 
-use super::tls::{ListenerKind, SettingNames, TlsSetupError};
+use super::tls::{ListenerKind, TlsSetupError};
 use crate::config::tls::{ServerTlsConfig, TlsFileError};
 
 fn content(setting: &'static str) -> impl Fn(String) -> TlsSetupError {
@@ -21,15 +21,14 @@ pub(super) struct Files {
     key: Zeroizing<Vec<u8>>,
     ca: Option<Vec<u8>>,
     crl: Option<Vec<u8>>,
-    /// A setting rather than a file: whether an expired CRL refuses everyone.
-    enforce_crl_next_update: bool,
 }
 
 impl Files {
     pub(super) fn read(
         settings: &ServerTlsConfig,
-        names: &SettingNames,
+        kind: ListenerKind,
     ) -> Result<Self, TlsFileError> {
+        let names = kind.setting_names();
         let read = |path: &std::path::PathBuf, setting: &'static str| {
             std::fs::read(path).map_err(|source| TlsFileError {
                 setting,
@@ -48,7 +47,6 @@ impl Files {
                 Some(path) => Some(read(path, names.client_crl_file)?),
                 None => None,
             },
-            enforce_crl_next_update: settings.enforce_crl_next_update,
         })
     }
 
@@ -79,9 +77,12 @@ impl Files {
         super::expiry::not_after(&first)
     }
 
+    /// The rustls configuration of these files for a listener of `kind`; with
+    /// `enforce_crl_next_update`, a CRL past its `nextUpdate` refuses every client.
     pub(super) fn server_config(
         &self,
         kind: ListenerKind,
+        enforce_crl_next_update: bool,
     ) -> Result<rustls::ServerConfig, TlsSetupError> {
         let names = kind.setting_names();
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -132,7 +133,7 @@ impl Files {
                     provider,
                 )
                 .with_crls(crls);
-                if self.enforce_crl_next_update {
+                if enforce_crl_next_update {
                     verifier = verifier.enforce_revocation_expiration();
                 }
                 let verifier = verifier

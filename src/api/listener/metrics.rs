@@ -97,7 +97,7 @@ impl TlsMetrics {
             .inc();
     }
 
-    /// The certificate expiry gauge's value (for tests and `doctor`).
+    /// The certificate expiry gauge's value (for tests).
     pub fn certificate_expiry(&self) -> i64 {
         self.families
             .expiry

@@ -35,7 +35,7 @@ mod tls;
 
 pub use https::HttpsListener;
 pub use metrics::{TlsMetricFamilies, TlsMetrics};
-pub use tls::{ListenerKind, Reload, ReloadingTls, SettingNames, TlsSetupError};
+pub use tls::{ListenerKind, Reload, ReloadingTls, TlsSetupError};
 
 /// How long a client may take to complete the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -190,6 +190,11 @@ fn log_refused_handshake(peer: SocketAddr, error: &std::io::Error) -> &'static s
             "other"
         }
     }
+}
+
+/// The URL scheme of a listener with or without TLS, for its start-up log line.
+pub fn scheme(tls: Option<&Arc<ReloadingTls>>) -> &'static str {
+    if tls.is_some() { "https" } else { "http" }
 }
 
 /// Serves `router` on `listener` until `signal`: over TLS, with the files re-read as they

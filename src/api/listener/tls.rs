@@ -53,7 +53,7 @@ pub enum ListenerKind {
 
 /// The names of a listener's TLS settings, for error messages.
 #[derive(Debug)]
-pub struct SettingNames {
+pub(super) struct SettingNames {
     /// The table.
     pub section: &'static str,
     /// Its `cert_file`.
@@ -83,7 +83,7 @@ impl ListenerKind {
     }
 
     /// The names of its settings.
-    pub fn setting_names(self) -> &'static SettingNames {
+    pub(super) fn setting_names(self) -> &'static SettingNames {
         match self {
             ListenerKind::Grpc => &SettingNames {
                 section: "server.tls",
@@ -119,8 +119,8 @@ impl ReloadingTls {
         kind: ListenerKind,
         metrics: TlsMetrics,
     ) -> Result<Arc<Self>, TlsSetupError> {
-        let files = Files::read(settings, kind.setting_names())?;
-        let config = Arc::new(files.server_config(kind)?);
+        let files = Files::read(settings, kind)?;
+        let config = Arc::new(files.server_config(kind, settings.enforce_crl_next_update)?);
         metrics.certificate_expires_at(files.certificate_expiry());
         Ok(Arc::new(Self {
             settings: settings.clone(),
@@ -128,6 +128,29 @@ impl ReloadingTls {
             current: RwLock::new((config, files.digest())),
             metrics,
         }))
+    }
+
+    /// Reads and checks the files named by `settings` as [`ReloadingTls::load`] does, without
+    /// serving: the `notAfter` of the certificate (for `doctor`).
+    pub fn check(
+        settings: &ServerTlsConfig,
+        kind: ListenerKind,
+    ) -> Result<Option<u64>, TlsSetupError> {
+        let files = Files::read(settings, kind)?;
+        files.server_config(kind, settings.enforce_crl_next_update)?;
+        Ok(files.certificate_expiry())
+    }
+
+    /// As [`ReloadingTls::load`] for a listener whose TLS table may be absent (plaintext),
+    /// with its metrics from `metrics` under the listener's label.
+    pub fn load_configured(
+        settings: Option<&ServerTlsConfig>,
+        kind: ListenerKind,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Option<Arc<Self>>, TlsSetupError> {
+        settings
+            .map(|settings| Self::load(settings, kind, metrics.tls(kind.label())))
+            .transpose()
     }
 
     /// The listener's metrics.
@@ -147,14 +170,14 @@ impl ReloadingTls {
     /// Reads the files; if they changed and load, new connections use them. On an error
     /// the configuration in use stays. Blocking file reads: call off the async workers.
     pub fn reload_if_changed(&self) -> Result<Reload, TlsSetupError> {
-        let files = Files::read(&self.settings, self.kind.setting_names())
+        let files = Files::read(&self.settings, self.kind)
             .inspect_err(|_| self.metrics.reload("failed"))?;
         let digest = files.digest();
         let unchanged = |current: &aws_lc_rs::digest::Digest| current.as_ref() == digest.as_ref();
         if unchanged(&self.current.read().unwrap_or_else(|p| p.into_inner()).1) {
             return Ok(Reload::Unchanged);
         }
-        let config = match files.server_config(self.kind) {
+        let config = match files.server_config(self.kind, self.settings.enforce_crl_next_update) {
             Ok(config) => Arc::new(config),
             Err(error) => {
                 self.metrics.reload("failed");
