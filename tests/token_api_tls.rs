@@ -562,6 +562,23 @@ fn doctor_checks_the_tls_files_and_the_certificate_expiry() {
         "{stdout}"
     );
 
+    // The public endpoint's files are checked too.
+    let both = Sandbox::new(&format!(
+        "{}\n[server.public_tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        pki.server_tls_table(true),
+        pki.path("server.pem").display(),
+        pki.path("missing.key").display()
+    ));
+    assert!(both.run(&["sign"], Some(b"x")).status.success());
+    let output = both.run(&["doctor"], None);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("gRPC TLS       ok")
+            && stdout.contains("public TLS     FAILED: server.public_tls.key_file"),
+        "{stdout}"
+    );
+
     pki.issue_until("server", "localhost", 2021);
     let output = sandbox.run(&["doctor"], None);
     let stdout = String::from_utf8_lossy(&output.stdout);

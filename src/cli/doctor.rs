@@ -88,8 +88,15 @@ pub async fn run(config: &Option<PathBuf>) -> Result<(), Failure> {
             say!("{:<14} health: {}", "", health.detail);
         }
     }
-    if let Some(tls) = &service.config.server.tls {
-        failures += check_tls(tls);
+    use token_service::api::listener::ListenerKind;
+    let server = &service.config.server;
+    for (tls, kind, label) in [
+        (&server.tls, ListenerKind::Grpc, "gRPC TLS"),
+        (&server.public_tls, ListenerKind::Public, "public TLS"),
+    ] {
+        if let Some(tls) = tls {
+            failures += check_tls(tls, kind, label);
+        }
     }
     if failures > 0 {
         return Err(Failure::new(format!("{failures} problem(s) found")));
@@ -101,18 +108,24 @@ pub async fn run(config: &Option<PathBuf>) -> Result<(), Failure> {
 /// Certificates expiring sooner than this get a warning.
 const EXPIRY_WARNING_DAYS: u64 = 14;
 
-/// Loads the gRPC API's TLS files as `serve` would and prints what they hold; the number of
-/// problems found (unusable files, an expired certificate).
-fn check_tls(settings: &token_service::config::tls::ServerTlsConfig) -> usize {
-    use token_service::api::listener::{ListenerKind, ReloadingTls};
-    let expires_at = match ReloadingTls::check(settings, ListenerKind::Grpc) {
+/// Loads a listener's TLS files as `serve` would and prints what they hold under `label`;
+/// the number of problems found (unusable files, an expired certificate).
+fn check_tls(
+    settings: &token_service::config::tls::ServerTlsConfig,
+    kind: token_service::api::listener::ListenerKind,
+    label: &str,
+) -> usize {
+    let expires_at = match token_service::api::listener::ReloadingTls::check(settings, kind) {
         Ok(expiry) => expiry.unwrap_or(0),
         Err(error) => {
-            say!("gRPC TLS       FAILED: {error}");
+            say!("{label:<14} FAILED: {error}");
             return 1;
         }
     };
     let clients = match (&settings.client_ca_file, &settings.client_crl_file) {
+        (None, _) if kind == token_service::api::listener::ListenerKind::Public => {
+            "no client certificates (a public endpoint)"
+        }
         (None, _) => "no client certificates asked (anyone reaching the port may call)",
         (Some(_), None) => "client certificates required",
         (Some(_), Some(_)) => "client certificates required, revocation list loaded",
@@ -124,11 +137,11 @@ fn check_tls(settings: &token_service::config::tls::ServerTlsConfig) -> usize {
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires_at),
     );
     if expires_at <= now {
-        say!("gRPC TLS       FAILED: the certificate expired at {until}");
+        say!("{label:<14} FAILED: the certificate expired at {until}");
         return 1;
     }
     let days = (expires_at - now) / 86_400;
-    say!("gRPC TLS       ok; certificate valid until {until} ({days} days); {clients}");
+    say!("{label:<14} ok; certificate valid until {until} ({days} days); {clients}");
     if days < EXPIRY_WARNING_DAYS {
         say!(
             "               warning: the certificate expires in less than {EXPIRY_WARNING_DAYS} days"
