@@ -279,6 +279,13 @@ async fn a_client_naming_its_callers_is_acted_for_only_by_their_certificates() {
         "{log}"
     );
     assert!(!log.contains(&issued.refresh_token), "no token in the log");
+    // The revocation is audited with who made it.
+    assert!(
+        log.lines().any(|l| l.contains("event=\"revoke_family\"")
+            && l.contains("revoked=true")
+            && l.contains("caller=gateway-a.internal")),
+        "{log}"
+    );
     assert!(service.terminate().success());
 }
 
@@ -335,6 +342,36 @@ async fn the_cli_speaks_tls_and_refuses_half_configured_connections() {
         by_ip.status.success(),
         "{}",
         String::from_utf8_lossy(&by_ip.stderr)
+    );
+
+    // bench over mTLS: every call succeeds through the same flags.
+    let bench = tokio::task::block_in_place(|| {
+        sandbox.run(
+            &[
+                "bench",
+                "--address",
+                &address,
+                "--ca-file",
+                &ca,
+                "--cert-file",
+                &cert,
+                "--key-file",
+                &key,
+                "--concurrency",
+                "2",
+                "--connections",
+                "1",
+                "--duration",
+                "500ms",
+            ],
+            None,
+        )
+    });
+    let report = String::from_utf8_lossy(&bench.stdout);
+    assert!(
+        bench.status.success() && report.contains("errors 0"),
+        "{report}{}",
+        String::from_utf8_lossy(&bench.stderr)
     );
 
     let no_ca = run(&["generate", "--subject", "alice"]);

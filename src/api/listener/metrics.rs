@@ -105,6 +105,14 @@ impl TlsMetrics {
             .get()
     }
 
+    /// A handshake failure counter's value (for tests).
+    pub fn handshake_failure_count(&self, reason: &str) -> u64 {
+        self.families
+            .handshake_failures
+            .with_label_values(&[self.listener, reason])
+            .get()
+    }
+
     /// A reload counter's value (for tests).
     pub fn reload_count(&self, result: &str) -> u64 {
         self.families

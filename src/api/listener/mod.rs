@@ -43,6 +43,19 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; further connections wait in the listen backlog.
 pub const MAX_CONCURRENT_HANDSHAKES: usize = 1024;
 
+/// The bounds on handshakes: [`HANDSHAKE_TIMEOUT`] and [`MAX_CONCURRENT_HANDSHAKES`] when
+/// serving; smaller in tests.
+#[derive(Clone, Copy, Debug)]
+struct HandshakeLimits {
+    timeout: Duration,
+    concurrent: usize,
+}
+
+const SERVING_LIMITS: HandshakeLimits = HandshakeLimits {
+    timeout: HANDSHAKE_TIMEOUT,
+    concurrent: MAX_CONCURRENT_HANDSHAKES,
+};
+
 /// The background tasks of a listener (accepting, and for TLS watching the files); stopped
 /// when dropped.
 #[derive(Debug)]
@@ -118,8 +131,17 @@ pub fn accept(
     tls: Arc<ReloadingTls>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> (TlsIncoming, ListenerTasks) {
+    accept_within(listener, tls, stop, SERVING_LIMITS)
+}
+
+fn accept_within(
+    listener: TcpListener,
+    tls: Arc<ReloadingTls>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    limits: HandshakeLimits,
+) -> (TlsIncoming, ListenerTasks) {
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
-    let accepting = tokio::spawn(accept_loop(listener, tls.clone(), sender, stop));
+    let accepting = tokio::spawn(accept_loop(listener, tls.clone(), sender, stop, limits));
     let watching = tokio::spawn(tls.watch());
     (
         ReceiverStream::new(receiver),
@@ -132,8 +154,9 @@ async fn accept_loop(
     tls: Arc<ReloadingTls>,
     sender: tokio::sync::mpsc::Sender<std::io::Result<TlsStream<TcpStream>>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    limits: HandshakeLimits,
 ) {
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(limits.concurrent));
     loop {
         let Ok(permit) = handshakes.clone().acquire_owned().await else {
             return;
@@ -148,7 +171,7 @@ async fn accept_loop(
         let sender = sender.clone();
         let metrics = tls.metrics().clone();
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            let handshake = tokio::time::timeout(limits.timeout, acceptor.accept(tcp)).await;
             drop(permit);
             match handshake {
                 Ok(Ok(stream)) => {
@@ -241,6 +264,68 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), refused)
             .await
             .expect("the port closes after the stop");
+    }
+
+    /// A TLS client of `addr` trusting the self-signed certificate in `dir` (named
+    /// `one.internal`): the time its handshake took, or why it failed.
+    async fn handshake(addr: SocketAddr, dir: &std::path::Path) -> Result<Duration, String> {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(dir.join("ca.pem")).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let started = std::time::Instant::now();
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect("one.internal".try_into().unwrap(), tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(started.elapsed())
+    }
+
+    #[tokio::test]
+    async fn a_stalled_handshake_is_cut_off_and_holds_a_slot_until_then() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = test_metrics();
+        let tls = ReloadingTls::load(
+            &files(dir.path(), "one.internal"),
+            ListenerKind::Grpc,
+            metrics.clone(),
+        )
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        let limits = HandshakeLimits {
+            timeout: Duration::from_millis(300),
+            concurrent: 1,
+        };
+        let (_incoming, _tasks) = accept_within(listener, tls, stopped, limits);
+
+        // A client that connects and says nothing takes the one slot...
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // ...so a real client's handshake waits for it to be cut off.
+        let waited = tokio::time::timeout(Duration::from_secs(5), handshake(addr, dir.path()))
+            .await
+            .expect("the stalled handshake is cut off, freeing the slot")
+            .unwrap();
+        assert!(waited >= Duration::from_millis(200), "{waited:?}");
+        // The silent one was closed by the server at its deadline.
+        let mut buffer = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buffer))
+            .await
+            .expect("closed by the server");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert_eq!(metrics.handshake_failure_count("timeout"), 1);
     }
 
     #[tokio::test]
