@@ -374,6 +374,17 @@ async fn the_cli_speaks_tls_and_refuses_half_configured_connections() {
         String::from_utf8_lossy(&bench.stderr)
     );
 
+    // A certificate without its key (or the reverse) is refused before connecting.
+    for half in [["--cert-file", cert.as_str()], ["--key-file", key.as_str()]] {
+        let output = run(&[half[0], half[1], "--ca-file", &ca, "jwks"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("--key-file") && stderr.contains("--cert-file"),
+            "{stderr}"
+        );
+    }
+
     let no_ca = run(&["generate", "--subject", "alice"]);
     assert_eq!(no_ca.status.code(), Some(1));
     assert!(
