@@ -18,8 +18,9 @@ use token_service::context::CallContext;
 use token_service::metrics::Metrics;
 use token_service::resilience::ResilienceConfig;
 use token_service::token::claims::ClientPolicy;
-use token_service::token::store::Store;
+use token_service::token::refresh::{FamilyId, RefreshToken, SecretHash};
 use token_service::token::store::redis::RedisStore;
+use token_service::token::store::{FamilyRecord, MAX_RETIRED, Rotation, Store, StoreError};
 use token_service::token::{TokenError, TokenRequest, TokenService, TokenSettings};
 
 /// One service instance: its own backend handle on the shared key directory, its own
@@ -267,6 +268,9 @@ async fn redis_cluster_rotation_reuse_and_concurrency() {
         }
     }
     assert_eq!(wins, 1);
+    // The transaction that creates a family lands on the family's slot.
+    let store = RedisStore::connect_cluster(&cluster.seeds()).await.unwrap();
+    a_taken_family_id_is_refused_and_revokes_the_family(&store).await;
     let denied = a.generate(&ctx(), &request("denied")).await.unwrap();
     a.revoke_access_token(&denied.claims.jti, denied.claims.exp)
         .await
@@ -347,12 +351,81 @@ async fn a_corrupt_stored_hash_fails_closed() {
     }
 }
 
+/// Creating a family under an id already in use (a repeated random id: a broken RNG) is
+/// refused, and the family that held the id is left revoked, not half overwritten.
+async fn a_taken_family_id_is_refused_and_revokes_the_family(store: &dyn Store) {
+    let family = FamilyId::generate().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let first = RefreshToken::generate(family.clone()).unwrap().hash();
+    let record = |current: SecretHash, client_id: &str| FamilyRecord {
+        current,
+        retired: Vec::new(),
+        generation: 0,
+        revoked: false,
+        expires_at: now + 3_600,
+        client_id: client_id.into(),
+        data: format!("sealed for {client_id}"),
+    };
+    store
+        .create_family(&family, record(first.clone(), "web"))
+        .await
+        .unwrap();
+    assert!(store.family_active(&family, now).await.unwrap());
+    let second = RefreshToken::generate(family.clone()).unwrap().hash();
+    assert_eq!(
+        store
+            .create_family(&family, record(second.clone(), "batch"))
+            .await,
+        Err(StoreError::Exists)
+    );
+    assert!(!store.family_active(&family, now).await.unwrap());
+    for presented in [&first, &second] {
+        let rotation = store
+            .rotate(
+                &family,
+                presented,
+                RefreshToken::generate(family.clone()).unwrap().hash(),
+                now,
+            )
+            .await;
+        assert_eq!(
+            rotation,
+            Ok(Rotation::Revoked),
+            "neither grant's token rotates"
+        );
+    }
+    // Another id is unaffected.
+    let other = FamilyId::generate().unwrap();
+    store
+        .create_family(&other, record(first.clone(), "web"))
+        .await
+        .unwrap();
+    assert!(store.family_active(&other, now).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_taken_family_id_is_refused_in_memory() {
+    a_taken_family_id_is_refused_and_revokes_the_family(
+        &token_service::token::store::memory::MemoryStore::default(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_family_id_is_refused_in_redis() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    a_taken_family_id_is_refused_and_revokes_the_family(&store).await;
+}
+
 /// After more rotations than [`MAX_RETIRED`], the newest retired hashes are the ones kept:
 /// the oldest are forgotten (Unknown, no side effect), the newest still reveal reuse.
 async fn the_newest_retired_hashes_are_kept(store: &dyn Store) {
-    use token_service::token::refresh::{FamilyId, RefreshToken};
-    use token_service::token::store::{FamilyRecord, MAX_RETIRED, Rotation};
-
     let family = FamilyId::generate().unwrap();
     let hash = || RefreshToken::generate(family.clone()).unwrap().hash();
     // Real time: Redis expires the keys at `expires_at` by its own clock.

@@ -75,11 +75,13 @@ impl Store for MemoryStore {
                 return Err(StoreError::Full);
             }
         }
-        if state
+        if let Some(taken) = state
             .families
-            .get(family)
-            .is_some_and(|f| f.expires_at > now)
+            .get_mut(family)
+            .filter(|f| f.expires_at > now)
         {
+            // As the Redis store does (see [`Store::create_family`]).
+            taken.revoked = true;
             return Err(StoreError::Exists);
         }
         state.families.insert(family.clone(), record);

@@ -69,6 +69,10 @@ pub enum StoreError {
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Creates a family. Its lifetime in the store follows `record.expires_at`.
+    ///
+    /// An id that is already taken (only a broken RNG repeats a 128-bit random id) fails
+    /// with [`StoreError::Exists`] and leaves the family holding it revoked: fail closed, as
+    /// a store that writes first and checks after cannot give it back intact.
     async fn create_family(
         &self,
         family: &FamilyId,
