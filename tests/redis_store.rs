@@ -318,6 +318,61 @@ async fn a_killed_cluster_master_loses_no_family() {
     }
 }
 
+/// The absolute expiry Redis holds for `key` (-2: no such key, -1: none).
+fn expire_time(redis: &RedisServer, key: &str) -> i64 {
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "EXPIRETIME", key])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Every key a family writes ends with the family, and a denied jti with its token: nothing
+/// outlives what it guards, and nothing is kept forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_keys_expire_with_what_they_guard() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let service = instance(&keys.path().join("keys"), &redis.url()).await;
+    let issued = service.generate(&ctx(), &request("alice")).await.unwrap();
+    let family_ends = (issued.claims.iat + 3_600) as i64;
+    let family = format!("ts:fam:{{{}}}", issued.claims.fid);
+    let retired = format!("{family}:retired");
+    let near = |at: i64| (family_ends - 2..=family_ends + 2).contains(&at);
+    assert!(near(expire_time(&redis, &family)));
+    assert_eq!(
+        expire_time(&redis, &retired),
+        -2,
+        "no retired list before a rotation"
+    );
+    let mut token = issued.refresh_token.to_string();
+    for _ in 0..3 {
+        token = service
+            .refresh(&ctx(), &token)
+            .await
+            .unwrap()
+            .refresh_token
+            .to_string();
+        assert!(
+            near(expire_time(&redis, &family)),
+            "a rotation keeps the family's end"
+        );
+        assert!(near(expire_time(&redis, &retired)));
+    }
+    service
+        .revoke_access_token(&issued.claims.jti, issued.claims.exp)
+        .await
+        .unwrap();
+    let denied = format!("ts:deny:{}", issued.claims.jti);
+    assert_eq!(expire_time(&redis, &denied), issued.claims.exp as i64);
+}
+
 /// A family record whose stored hash is not a SHA-256 digest (tampered or corrupt) is
 /// refused as unavailable: the refresh fails closed, and stays refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,9 +24,9 @@ if not f[1] or tonumber(f[3]) <= tonumber(ARGV[3]) then return 'unknown' end
 if f[2] == '1' then return 'revoked' end
 if f[1] == ARGV[1] then
   redis.call('HSET', KEYS[1], 'current', ARGV[2], 'generation', tonumber(f[4]) + 1)
-  redis.call('LPUSH', KEYS[2], ARGV[1])
-  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[4]) - 1)
-  redis.call('EXPIREAT', KEYS[2], f[3])
+  local retired = redis.call('LPUSH', KEYS[2], ARGV[1])
+  if retired == 1 then redis.call('EXPIREAT', KEYS[2], f[3]) end
+  if retired > tonumber(ARGV[4]) then redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[4]) - 1) end
   return 'rotated'
 end
 if redis.call('LPOS', KEYS[2], ARGV[1]) then
