@@ -69,6 +69,9 @@ pub struct Metrics {
     dpop: IntCounterVec,
     cpu_seconds: prometheus::Gauge,
     tls: crate::api::listener::TlsMetricFamilies,
+    api: crate::api::metrics::ApiMetricFamilies,
+    store: crate::token::store::metered::StoreMetricFamilies,
+    tokens: crate::token::events::TokenEventFamilies,
 }
 
 /// CPU time (user + system) of this process in seconds, from `/proc/self/stat`, with the
@@ -177,6 +180,12 @@ impl Metrics {
                 .expect("metric names are unique within a fresh registry");
         }
         let tls = crate::api::listener::TlsMetricFamilies::register(&registry);
+        let api = crate::api::metrics::ApiMetricFamilies::register(&registry, &LATENCY_BUCKETS);
+        let store = crate::token::store::metered::StoreMetricFamilies::register(
+            &registry,
+            &LATENCY_BUCKETS,
+        );
+        let tokens = crate::token::events::TokenEventFamilies::register(&registry);
         Self {
             registry,
             requests,
@@ -188,12 +197,30 @@ impl Metrics {
             dpop,
             cpu_seconds,
             tls,
+            api,
+            store,
+            tokens,
         }
     }
 
     /// The TLS metrics of one listener (`grpc`, `public`).
     pub fn tls(&self, listener: &'static str) -> crate::api::listener::TlsMetrics {
         self.tls.listener(listener)
+    }
+
+    /// The Token API's request metrics.
+    pub fn api(&self) -> &crate::api::metrics::ApiMetricFamilies {
+        &self.api
+    }
+
+    /// The token store's request metrics.
+    pub fn store(&self) -> &crate::token::store::metered::StoreMetricFamilies {
+        &self.store
+    }
+
+    /// Token issuance and lifecycle counters.
+    pub fn tokens(&self) -> &crate::token::events::TokenEventFamilies {
+        &self.tokens
     }
 
     /// Counts one DPoP validation by result and reason.

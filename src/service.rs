@@ -236,7 +236,10 @@ impl Service {
         )
         .map_err(key_error)?;
         let chain = Arc::new(chain);
-        let store = open_store(&config.tokens).await?;
+        let store: Arc<dyn Store> = Arc::new(crate::token::store::metered::MeteredStore::new(
+            open_store(&config.tokens).await?,
+            chain.metrics().store().clone(),
+        ));
         let tokens = Arc::new(
             TokenService::new(
                 chain.clone(),
@@ -393,7 +396,10 @@ impl Service {
         let router = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(api.into_server());
+            .add_service(crate::api::metrics::Metered::new(
+                api.into_server(),
+                metrics.api().clone(),
+            ));
         let grpc = crate::api::listener::serve(router, grpc_listener, tls, signal());
         let public: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
             match public_tls {

@@ -2,6 +2,7 @@
 
 pub mod grpc;
 pub mod listener;
+pub mod metrics;
 
 use crate::context::CallContext;
 

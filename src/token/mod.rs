@@ -4,6 +4,7 @@
 
 mod binding;
 pub mod claims;
+pub mod events;
 mod introspect;
 pub mod refresh;
 pub mod store;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use self::claims::{AccessClaims, ClientPolicy, Confirmation, Grant};
+use self::events::{Event, Issue, TokenEventFamilies};
 use self::refresh::{FamilyId, RefreshToken};
 use self::store::{FamilyRecord, Rotation, Store, StoreError};
 use crate::backends::chain::Chain;
@@ -257,6 +259,7 @@ impl TokenService {
         if policy.callers.is_empty() || caller.is_one_of(&policy.callers) {
             return Ok(());
         }
+        self.events().count(Event::CallerRefused);
         tracing::warn!(target: "audit", event = "caller_refused", client_id, caller = %caller, "caller may not act for this client");
         Err(TokenError::PermissionDenied(format!(
             "caller {caller} may not act for client `{client_id}`"
@@ -279,12 +282,13 @@ impl TokenService {
                 .or_insert_with(|| Arc::new(crate::resilience::RateLimiter::new(config)))
                 .clone()
         };
-        limiter
-            .try_acquire_or_wait_time()
-            .map_err(|wait| TokenError::RateLimited {
+        limiter.try_acquire_or_wait_time().map_err(|wait| {
+            self.events().count(Event::RateLimited);
+            TokenError::RateLimited {
                 client_id: client_id.to_owned(),
                 retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
-            })
+            }
+        })
     }
 
     fn access_ttl(&self, requested: Option<Duration>) -> Result<u64, TokenError> {
@@ -334,21 +338,9 @@ impl TokenService {
         Ok((signed.compact, claims, signed.kid))
     }
 
-    /// The audit line of an issued access token, naming who asked for it (the caller's
-    /// certificate names, or "unidentified").
-    fn audit(&self, event: &str, caller: &Caller, claims: &AccessClaims, kid: &str) {
-        tracing::info!(
-            target: "audit",
-            event,
-            sub = %claims.sub,
-            client_id = %claims.client_id,
-            jti = %claims.jti,
-            fid = %claims.fid,
-            kid,
-            exp = claims.exp,
-            caller = %caller,
-            "token issued"
-        );
+    /// Where token events are counted (the chain's metrics registry).
+    fn events(&self) -> &TokenEventFamilies {
+        self.chain.metrics().tokens()
     }
 
     /// Issues an access token and starts a refresh-token family, for an unidentified
@@ -415,7 +407,7 @@ impl TokenService {
             data,
         };
         self.store.create_family(&family, record).await?;
-        self.audit("issue", caller, &claims, &kid);
+        self.events().issued(Issue::New, caller, &claims, &kid);
         Ok(IssuedTokens {
             access_token,
             refresh_token: refresh.expose(),
@@ -492,7 +484,7 @@ impl TokenService {
             .await?
         {
             Rotation::Rotated => {
-                self.audit("refresh", caller, &claims, &kid);
+                self.events().issued(Issue::Refresh, caller, &claims, &kid);
                 Ok(IssuedTokens {
                     access_token,
                     refresh_token: next.expose(),
@@ -502,7 +494,8 @@ impl TokenService {
                 })
             }
             Rotation::Reused => {
-                tracing::warn!(target: "audit", event = "reuse_detected", sub = %grant.subject, client_id = %grant.client_id, fid = %family, "refresh token reused: family revoked");
+                self.events()
+                    .reuse_detected(&grant.subject, &grant.client_id, &family);
                 Err(TokenError::Unauthenticated(
                     "refresh token was already used; the token family is revoked".into(),
                 ))
@@ -583,6 +576,9 @@ impl TokenService {
         family: &FamilyId,
     ) -> Result<bool, TokenError> {
         let revoked = self.store.revoke_family(family, self.clock.now()).await?;
+        if revoked {
+            self.events().count(Event::FamilyRevoked);
+        }
         tracing::info!(target: "audit", event = "revoke_family", fid = %family, revoked, caller = %caller);
         Ok(revoked)
     }
@@ -593,6 +589,7 @@ impl TokenService {
             return Err(TokenError::InvalidArgument("malformed jti".into()));
         }
         self.store.deny_jti(jti, exp).await?;
+        self.events().count(Event::AccessRevoked);
         tracing::info!(target: "audit", event = "revoke_access", jti, exp);
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! exactly one wins.
 
 pub mod memory;
+pub mod metered;
 pub mod redis;
 
 use async_trait::async_trait;
