@@ -398,7 +398,7 @@ impl Service {
             .add_service(reflection)
             .add_service(crate::api::metrics::Metered::new(
                 api.into_server(),
-                metrics.api().clone(),
+                metrics.api(),
             ));
         let grpc = crate::api::listener::serve(router, grpc_listener, tls, signal());
         let public: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =

@@ -161,13 +161,16 @@ impl ApiMetricFamilies {
 #[derive(Clone, Debug)]
 pub struct Metered<S> {
     inner: S,
-    families: ApiMetricFamilies,
+    methods: Arc<[MethodMetrics]>,
 }
 
 impl<S> Metered<S> {
     /// `inner`, counted in `families`.
-    pub fn new(inner: S, families: ApiMetricFamilies) -> Self {
-        Self { inner, families }
+    pub fn new(inner: S, families: &ApiMetricFamilies) -> Self {
+        Self {
+            inner,
+            methods: families.methods.clone(),
+        }
     }
 }
 
@@ -178,7 +181,7 @@ impl<S: NamedService> NamedService for Metered<S> {
 /// One call being measured: recorded exactly once, when its status is known or when it is
 /// dropped unfinished.
 struct Call {
-    families: ApiMetricFamilies,
+    methods: Arc<[MethodMetrics]>,
     method: usize,
     started: Instant,
     recorded: bool,
@@ -189,7 +192,7 @@ impl Call {
         if std::mem::replace(&mut self.recorded, true) {
             return;
         }
-        let metrics = &self.families.methods[self.method];
+        let metrics = &self.methods[self.method];
         metrics
             .duration
             .observe(self.started.elapsed().as_secs_f64());
@@ -226,7 +229,7 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let mut call = Call {
-            families: self.families.clone(),
+            methods: self.methods.clone(),
             method: ApiMetricFamilies::method_index(S::NAME, request.uri().path()),
             started: Instant::now(),
             recorded: false,
@@ -376,7 +379,7 @@ mod tests {
         use http_body::Body as _;
         use tower_service::Service;
         let families = ApiMetricFamilies::register(&prometheus::Registry::new(), &[1.0]);
-        let mut metered = Metered::new(answer, families.clone());
+        let mut metered = Metered::new(answer, &families);
         let request = http::Request::builder()
             .uri("/token.v1.TokenService/GenerateTokens")
             .body(Body::empty())
