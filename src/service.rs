@@ -393,13 +393,26 @@ impl Service {
         )
         .map_err(tls_error)?;
         let (scheme, public_scheme) = (scheme(tls.as_ref()), scheme(public_tls.as_ref()));
-        let router = tonic::transport::Server::builder()
+        let limits = &server.limits;
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout));
+        if let Some(age) = limits.max_connection_age {
+            builder = builder
+                .max_connection_age(age)
+                .max_connection_age_grace(limits.max_connection_age_grace);
+        }
+        // Shed inside Metered: a refused call still counts as UNAVAILABLE for its method.
+        let api = crate::api::overload::Shed::new(
+            api.into_server(),
+            limits.max_in_flight,
+            metrics.api().overloaded().clone(),
+        );
+        let router = builder
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(crate::api::metrics::Metered::new(
-                api.into_server(),
-                metrics.api(),
-            ));
+            .add_service(crate::api::metrics::Metered::new(api, metrics.api()));
         let grpc = crate::api::listener::serve(router, grpc_listener, tls, signal());
         let public: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
             match public_tls {

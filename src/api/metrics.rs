@@ -85,6 +85,7 @@ struct MethodMetrics {
 #[derive(Clone, Debug)]
 pub struct ApiMetricFamilies {
     calls: IntCounterVec,
+    overloaded: IntCounter,
     duration: HistogramVec,
     /// Per method in [`METHODS`] order, then the unknown method.
     methods: Arc<[MethodMetrics]>,
@@ -110,9 +111,15 @@ impl ApiMetricFamilies {
             &["method"],
         )
         .expect("static metric definition");
+        let overloaded = IntCounter::new(
+            "token_service_grpc_overloaded_total",
+            "Token API calls refused at once because server.limits.max_in_flight calls were in flight",
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
+            Box::new(overloaded.clone()),
         ] {
             registry
                 .register(collector)
@@ -128,9 +135,15 @@ impl ApiMetricFamilies {
             .collect();
         Self {
             calls,
+            overloaded,
             duration,
             methods,
         }
+    }
+
+    /// The counter of calls refused by the in-flight limit (see [`super::overload`]).
+    pub fn overloaded(&self) -> &IntCounter {
+        &self.overloaded
     }
 
     /// Calls of `method` that ended with `code` (for tests and `doctor`).

@@ -3,6 +3,7 @@
 pub mod grpc;
 pub mod listener;
 pub mod metrics;
+pub mod overload;
 
 use crate::context::CallContext;
 

@@ -6,6 +6,7 @@ pub mod aws_kms;
 pub mod crypto_service;
 pub mod dpop;
 mod env;
+pub mod limits;
 pub mod pkcs11;
 pub mod tls;
 mod validate;
@@ -142,6 +143,8 @@ pub struct ServerConfig {
     /// integrity checked without an ingress in front. No client certificates: it is public.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_tls: Option<tls::ServerTlsConfig>,
+    /// How much the Token API takes on at once, and how long its connections live.
+    pub limits: limits::ServerLimits,
 }
 
 impl Default for ServerConfig {
@@ -154,6 +157,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             tls: None,
             public_tls: None,
+            limits: limits::ServerLimits::default(),
         }
     }
 }

@@ -179,6 +179,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             config.server.tls.as_ref(),
         )?;
     }
+    config.server.limits.validate()?;
     if let Some(tls) = &config.server.tls {
         tls.validate("server.tls")?;
     }

@@ -199,12 +199,18 @@ mod tests {
     struct Recorder {
         bytes: Arc<Mutex<Vec<u8>>>,
         largest: Arc<Mutex<usize>>,
-        delay: Duration,
+        /// When set, every write waits until it holds `true`: an output that is stuck.
+        gate: Option<Arc<(Mutex<bool>, Condvar)>>,
     }
 
     impl Write for Recorder {
         fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-            std::thread::sleep(self.delay);
+            if let Some(gate) = &self.gate {
+                let (open, opened) = &**gate;
+                let _open = opened
+                    .wait_while(open.lock().unwrap(), |open| !*open)
+                    .unwrap();
+            }
             let mut largest = self.largest.lock().unwrap();
             *largest = (*largest).max(data.len());
             self.bytes.lock().unwrap().extend_from_slice(data);
@@ -289,14 +295,31 @@ mod tests {
     }
 
     #[test]
-    fn a_slow_output_makes_writers_wait_instead_of_dropping_lines() {
+    fn a_stuck_output_makes_writers_wait_instead_of_dropping_lines() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let output = Recorder {
-            delay: Duration::from_millis(200),
+            gate: Some(gate.clone()),
             ..Recorder::default()
         };
         let (writer, guard) = batch_writer(output.clone()).unwrap();
-        // ~6 MiB of lines against a 4 MiB limit and a slow output.
-        write_from_threads(&writer, 2, 20_000);
+        // ~6 MiB of lines against a 4 MiB limit, while the output is stuck on its first
+        // batch: the buffer fills to the limit, then the writers wait.
+        let writers = {
+            let writer = writer.clone();
+            std::thread::spawn(move || write_from_threads(&writer, 2, 20_000))
+        };
+        let buffered = || writer.shared.lock().buffer.len();
+        let started = Instant::now();
+        while buffered() < LIMIT_BYTES {
+            assert!(started.elapsed() < Duration::from_secs(60), "never filled");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(buffered() < LIMIT_BYTES + 300, "grew past the limit");
+        assert!(!writers.is_finished(), "the writers wait for room");
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        writers.join().unwrap();
         guard.finish();
         assert_complete(&output.bytes.lock().unwrap(), 2, 20_000);
         // The buffer filled up to the limit (writers had to wait) and never grew past it by

@@ -1,0 +1,131 @@
+//! Load shedding for the Token API: at most `server.limits.max_in_flight` calls are served
+//! at once; a call beyond that is refused at once with UNAVAILABLE instead of waiting.
+//! Queueing would make every admitted call late too, and a client told "unavailable" can
+//! retry on another instance straight away. Counted in `token_service_grpc_overloaded_total`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use prometheus::IntCounter;
+use tokio::sync::Semaphore;
+use tonic::body::Body;
+use tonic::server::NamedService;
+
+/// The message of a refused call.
+pub const OVERLOADED: &str =
+    "server overloaded: too many calls in flight; retry, preferably on another instance";
+
+/// A gRPC service serving at most a fixed number of calls at once.
+#[derive(Clone, Debug)]
+pub struct Shed<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+    refused: IntCounter,
+}
+
+impl<S> Shed<S> {
+    /// `inner`, serving at most `max_in_flight` calls at once; refusals count in `refused`.
+    pub fn new(inner: S, max_in_flight: usize, refused: IntCounter) -> Self {
+        Self {
+            inner,
+            permits: Arc::new(Semaphore::new(max_in_flight.min(Semaphore::MAX_PERMITS))),
+            refused,
+        }
+    }
+}
+
+impl<S: NamedService> NamedService for Shed<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> tower_service::Service<http::Request<Body>> for Shed<S>
+where
+    S: tower_service::Service<http::Request<Body>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            self.refused.inc();
+            return Box::pin(std::future::ready(Ok(tonic::Status::unavailable(
+                OVERLOADED,
+            )
+            .into_http())));
+        };
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            drop(permit);
+            response
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower_service::Service;
+
+    /// A service whose calls finish only once the gate is open.
+    #[derive(Clone)]
+    struct Held {
+        gate: tokio::sync::watch::Receiver<bool>,
+    }
+
+    impl tower_service::Service<http::Request<Body>> for Held {
+        type Response = http::Response<Body>;
+        type Error = std::convert::Infallible;
+        type Future =
+            Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            let mut gate = self.gate.clone();
+            Box::pin(async move {
+                let _ = gate.wait_for(|open| *open).await;
+                Ok(http::Response::new(Body::empty()))
+            })
+        }
+    }
+
+    fn status_of(response: &http::Response<Body>) -> Option<&str> {
+        response.headers().get("grpc-status")?.to_str().ok()
+    }
+
+    #[tokio::test]
+    async fn calls_beyond_the_limit_are_refused_at_once_and_admitted_again_after() {
+        let (open, gate) = tokio::sync::watch::channel(false);
+        let refused = IntCounter::new("refused", "test").unwrap();
+        let mut shed = Shed::new(Held { gate }, 2, refused.clone());
+        let request = || http::Request::new(Body::empty());
+        let first = tokio::spawn(shed.call(request()));
+        let second = tokio::spawn(shed.call(request()));
+        let third = shed.call(request()).await.unwrap();
+        assert_eq!(status_of(&third), Some("14"), "UNAVAILABLE");
+        assert_eq!(refused.get(), 1);
+        open.send(true).unwrap();
+        // Both held calls finish, with their permits returned.
+        for held in [first, second] {
+            let response = held.await.unwrap().unwrap();
+            assert_eq!(status_of(&response), None);
+        }
+        for _ in 0..2 {
+            let next = shed.call(request()).await.unwrap();
+            assert_eq!(status_of(&next), None);
+        }
+        assert_eq!(refused.get(), 1);
+    }
+}
