@@ -406,6 +406,44 @@ async fn a_corrupt_stored_hash_fails_closed() {
     }
 }
 
+/// Resharding under a running instance: a family whose slot moved since the store read the
+/// cluster's slot map is created (Redis answers MOVED inside the transaction), then read and
+/// rotated, on the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_family_is_created_and_rotated_after_its_slot_moved() {
+    let Some(cluster) = support::redis::RedisCluster::start() else {
+        return;
+    };
+    let store = RedisStore::connect_cluster(&cluster.seeds()).await.unwrap();
+    store.ping().await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for _ in 0..2 {
+        let family = FamilyId::generate().unwrap();
+        cluster.move_slot_of(&format!("ts:fam:{{{family}}}"));
+        let current = RefreshToken::generate(family.clone()).unwrap().hash();
+        let record = FamilyRecord {
+            current: current.clone(),
+            retired: Vec::new(),
+            generation: 0,
+            revoked: false,
+            expires_at: now + 3_600,
+            client_id: "web".into(),
+            data: "sealed".into(),
+        };
+        store.create_family(&family, record).await.unwrap();
+        assert!(store.get_family(&family, now).await.unwrap().is_some());
+        let next = RefreshToken::generate(family.clone()).unwrap().hash();
+        assert_eq!(
+            store.rotate(&family, &current, next, now).await,
+            Ok(Rotation::Rotated)
+        );
+        assert!(store.family_active(&family, now).await.unwrap());
+    }
+}
+
 /// Creating a family under an id already in use (a repeated random id: a broken RNG) is
 /// refused, and the family that held the id is left revoked, not half overwritten.
 async fn a_taken_family_id_is_refused_and_revokes_the_family(store: &dyn Store) {

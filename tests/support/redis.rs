@@ -251,6 +251,63 @@ impl RedisCluster {
             .collect()
     }
 
+    /// Moves the (empty) hash slot of `key` to another master, as resharding does, without
+    /// telling any client: a client with the old slot map gets MOVED. Returns the slot.
+    pub fn move_slot_of(&self, key: &str) -> u16 {
+        let any = self.live_ports()[0];
+        let slot: u16 = redis_cli(any, &["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .expect("a slot number");
+        let nodes = redis_cli(any, &["cluster", "nodes"]);
+        // <id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <link> <slot ranges...>
+        let masters: Vec<(String, u16, Vec<String>)> = nodes
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() >= 8 && f[2].contains("master") && !f[2].contains("fail"))
+            .map(|f| {
+                let port = f[1]
+                    .split(['@', ':'])
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .expect("a port");
+                let ranges = f[8..].iter().map(|r| (*r).to_owned()).collect();
+                (f[0].to_owned(), port, ranges)
+            })
+            .collect();
+        let holds = |ranges: &[String]| {
+            ranges.iter().any(|range| match range.split_once('-') {
+                Some((a, b)) => {
+                    (a.parse().unwrap_or(u16::MAX)..=b.parse().unwrap_or(0)).contains(&slot)
+                }
+                None => range.parse() == Ok(slot),
+            })
+        };
+        let (owner_id, owner_port, _) = masters
+            .iter()
+            .find(|(_, _, ranges)| holds(ranges))
+            .expect("a master holds the slot");
+        // Another master serving slots (a new cluster's replicas can still look like
+        // masters without slots to some nodes for a moment).
+        let (target_id, target_port, _) = masters
+            .iter()
+            .find(|(id, _, ranges)| id != owner_id && !ranges.is_empty())
+            .expect("another master");
+        let slot_text = slot.to_string();
+        let keys = redis_cli(*owner_port, &["cluster", "countkeysinslot", &slot_text]);
+        assert_eq!(keys.trim(), "0", "only an empty slot is moved");
+        let set = |port: u16, args: &[&str]| {
+            let answer = redis_cli(port, &[&["cluster", "setslot", &slot_text], args].concat());
+            assert_eq!(answer.trim(), "OK", "{port} {args:?}: {answer}");
+        };
+        set(*target_port, &["importing", owner_id]);
+        set(*owner_port, &["migrating", target_id]);
+        for (_, port, _) in masters.iter().filter(|(_, _, ranges)| !ranges.is_empty()) {
+            set(*port, &["node", target_id]);
+        }
+        slot
+    }
+
     /// Seed URLs.
     pub fn seeds(&self) -> Vec<String> {
         self.nodes
