@@ -2,6 +2,7 @@
 //! admin endpoint until a shutdown signal.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::api::grpc::GrpcTokenService;
@@ -21,6 +22,7 @@ use crate::token::store::Store;
 use crate::token::store::memory::MemoryStore;
 use crate::token::store::redis::RedisStore;
 use crate::token::{TokenService, TokenSettings};
+use zeroize::Zeroizing;
 
 /// Errors assembling or running the service.
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +175,50 @@ pub fn routes(chain: &ChainConfig, backends: &BackendsConfig) -> Routes {
     }
 }
 
+/// Reads the files of `[tokens.redis_tls]`; an unreadable one is named with its setting.
+fn read_redis_tls(
+    tls: &crate::config::redis_tls::RedisTlsConfig,
+) -> Result<crate::token::store::redis::RedisTls, ServiceError> {
+    let read = |setting: &str, path: &Path| {
+        std::fs::read(path).map(Zeroizing::new).map_err(|e| {
+            ServiceError::Store(format!(
+                "tokens.redis_tls.{setting}: cannot read {}: {e}",
+                path.display()
+            ))
+        })
+    };
+    let client = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            Some((read("cert_file", cert)?.to_vec(), read("key_file", key)?))
+        }
+        _ => None,
+    };
+    Ok(crate::token::store::redis::RedisTls::new(
+        read("ca_file", &tls.ca_file)?.to_vec(),
+        client,
+    ))
+}
+
+/// Warns when a Redis URL is plaintext to another host: the store's contents (refresh-token
+/// hashes, revocations) could be read and changed on the way. Loopback is left quiet.
+fn warn_if_plaintext(url: &str) {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return;
+    };
+    let loopback = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => true,
+    };
+    if parsed.scheme() == "redis" && !loopback {
+        tracing::warn!(
+            host = %parsed.host_str().unwrap_or_default(),
+            "the token store is reached without TLS: refresh-token hashes and revocations cross the network in clear and can be altered; use rediss:// and [tokens.redis_tls]"
+        );
+    }
+}
+
 /// Opens the configured token store. Every kind is matched by name: a Redis or Redis Cluster
 /// setting never falls back to the in-memory store, which would leave each instance of a
 /// fleet with state of its own (revocations and rotations unseen by the others).
@@ -188,13 +234,19 @@ async fn open_store(tokens: &crate::config::TokensConfig) -> Result<Arc<dyn Stor
             );
             return Ok(Arc::new(MemoryStore::new(tokens.memory_capacity)));
         }
-        (StoreKind::Redis, Some(url)) => (
-            Arc::new(RedisStore::connect(url).await.map_err(connect_error)?),
-            1,
-        ),
+        (StoreKind::Redis, Some(url)) => {
+            warn_if_plaintext(url);
+            let tls = tokens.redis_tls.as_ref().map(read_redis_tls).transpose()?;
+            let store = RedisStore::connect_with(url, tls.as_ref())
+                .await
+                .map_err(connect_error)?;
+            (Arc::new(store), 1)
+        }
         (StoreKind::RedisCluster, Some(urls)) => {
             let seeds: Vec<String> = urls.split(',').map(|u| u.trim().to_owned()).collect();
-            let store = RedisStore::connect_cluster(&seeds)
+            seeds.iter().for_each(|seed| warn_if_plaintext(seed));
+            let tls = tokens.redis_tls.as_ref().map(read_redis_tls).transpose()?;
+            let store = RedisStore::connect_cluster_with(&seeds, tls.as_ref())
                 .await
                 .map_err(connect_error)?;
             (Arc::new(store), seeds.len())

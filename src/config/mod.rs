@@ -8,6 +8,7 @@ pub mod dpop;
 mod env;
 pub mod limits;
 pub mod pkcs11;
+pub mod redis_tls;
 pub mod tls;
 mod validate;
 
@@ -186,6 +187,10 @@ pub struct TokensConfig {
     /// hold a password, so it is shown redacted.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redact")]
     pub redis_url: Option<String>,
+    /// TLS to Redis, for `rediss://` URLs: the CA of the servers' certificates and an
+    /// optional client certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_tls: Option<redis_tls::RedisTlsConfig>,
     /// Capacity of the in-memory store (families, and denied jtis).
     pub memory_capacity: usize,
     /// Registered clients by id.
@@ -206,6 +211,7 @@ impl Default for TokensConfig {
             clock_skew: Duration::from_secs(60),
             store: StoreKind::Memory,
             redis_url: None,
+            redis_tls: None,
             memory_capacity: crate::token::store::memory::DEFAULT_CAPACITY,
             clients: std::collections::BTreeMap::new(),
             rate_limit: None,

@@ -180,6 +180,9 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         )?;
     }
     config.server.limits.validate()?;
+    if let Some(tls) = &config.tokens.redis_tls {
+        tls.validate(config.tokens.store, config.tokens.redis_url.as_deref())?;
+    }
     if let Some(tls) = &config.server.tls {
         tls.validate("server.tls")?;
     }

@@ -23,6 +23,11 @@ impl Pki {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Names of their own: OpenSSL (Redis) takes a certificate whose subject is its
+        // issuer's name for a self-signed one, and rcgen's default name is the same for all.
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "token-service test CA");
         let ca = ca_params.self_signed(&ca_key).unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
         let pki = Self {
@@ -57,6 +62,9 @@ impl Pki {
             serial
         };
         let mut params = CertificateParams::new(vec![san.to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, san);
         params.serial_number = Some(serial.into());
         adjust(&mut params);
         let cert = params.signed_by(&key, &self.issuer).unwrap();

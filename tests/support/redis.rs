@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,8 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// TLS settings of a server that speaks only TLS on `port`; empty for plaintext.
+    tls: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -43,23 +46,56 @@ impl RedisServer {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
+            tls: Vec::new(),
+        };
+        server.launch();
+        Some(server)
+    }
+
+    /// Starts a server that speaks only TLS, with the certificate `cert`/`key` and, when
+    /// `client_certificates`, requiring clients to present a certificate `ca` signed.
+    pub fn start_tls(
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        client_certificates: bool,
+    ) -> Option<Self> {
+        require_tool("redis-server")?;
+        let path = |p: &Path| p.display().to_string();
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            tls: vec![
+                "--tls-cert-file".into(),
+                path(cert),
+                "--tls-key-file".into(),
+                path(key),
+                "--tls-ca-cert-file".into(),
+                path(ca),
+                "--tls-auth-clients".into(),
+                if client_certificates { "yes" } else { "no" }.into(),
+            ],
         };
         server.launch();
         Some(server)
     }
 
     fn launch(&mut self) {
+        let ports: [String; 2] = if self.tls.is_empty() {
+            ["--port".into(), self.port.to_string()]
+        } else {
+            ["--tls-port".into(), self.port.to_string()]
+        };
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(if self.tls.is_empty() {
+                &[][..]
+            } else {
+                &["--port", "0"][..]
+            })
+            .args(&ports)
+            .args(&self.tls)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -68,7 +104,14 @@ impl RedisServer {
             .expect("start redis-server");
         self.child = Some(child);
         let started = Instant::now();
-        while !pong(self.port) {
+        let ready = || {
+            if self.tls.is_empty() {
+                pong(self.port)
+            } else {
+                TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            }
+        };
+        while !ready() {
             assert!(
                 started.elapsed() < Duration::from_secs(20),
                 "redis-server did not answer"
@@ -80,6 +123,11 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `rediss://127.0.0.1:PORT`, for a server started with [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
     }
 
     /// Kills the server (SIGKILL: no goodbye to clients).

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
+use zeroize::Zeroizing;
 
 use super::{FamilyRecord, MAX_RETIRED, Rotation, Store, StoreError};
 use crate::token::refresh::{FamilyId, SecretHash};
@@ -100,6 +101,42 @@ impl ConnectionLike for Connection {
     }
 }
 
+/// TLS material for Redis: the CA certificates to trust (PEM) and an optional client
+/// certificate with its key. The key is zeroized when this is dropped; the Redis client
+/// keeps its own parsed copy for as long as it connects.
+pub struct RedisTls {
+    ca_pem: Vec<u8>,
+    client: Option<(Vec<u8>, Zeroizing<Vec<u8>>)>,
+}
+
+impl RedisTls {
+    /// Trust `ca_pem`; present `client` (certificate chain, key; PEM) when given.
+    pub fn new(ca_pem: Vec<u8>, client: Option<(Vec<u8>, Zeroizing<Vec<u8>>)>) -> Self {
+        Self { ca_pem, client }
+    }
+
+    fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.to_vec(),
+                }),
+            root_cert: Some(self.ca_pem.clone()),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("client_certificate", &self.client.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The Redis store.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -147,8 +184,17 @@ impl RedisStore {
     /// Connects to `url` (`redis://host:port/db`). The connection reconnects by itself after
     /// an outage; calls made meanwhile fail as unavailable.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("redis URL: {e}")))?;
+        Self::connect_with(url, None).await
+    }
+
+    /// Connects to `url`; with `tls`, over TLS (the URL must be `rediss://`) trusting only
+    /// its CA and presenting its client certificate, if any.
+    pub async fn connect_with(url: &str, tls: Option<&RedisTls>) -> Result<Self, StoreError> {
+        let client = match tls {
+            Some(tls) => redis::Client::build_with_tls(url, tls.certificates()),
+            None => redis::Client::open(url),
+        }
+        .map_err(|e| StoreError::Unavailable(format!("redis URL: {e}")))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
             .set_response_timeout(Some(std::time::Duration::from_secs(2)))
@@ -164,10 +210,23 @@ impl RedisStore {
     /// Connects to a Redis Cluster through any of `seeds` (`redis://host:port`). Slot moves
     /// and failovers are followed by the client; calls during a failover fail as unavailable.
     pub async fn connect_cluster(seeds: &[String]) -> Result<Self, StoreError> {
-        let client = redis::cluster::ClusterClient::builder(seeds.iter().map(String::as_str))
+        Self::connect_cluster_with(seeds, None).await
+    }
+
+    /// As [`RedisStore::connect_cluster`]; with `tls`, every node over TLS (`rediss://`
+    /// seeds).
+    pub async fn connect_cluster_with(
+        seeds: &[String],
+        tls: Option<&RedisTls>,
+    ) -> Result<Self, StoreError> {
+        let mut builder = redis::cluster::ClusterClient::builder(seeds.iter().map(String::as_str))
             .connection_timeout(std::time::Duration::from_secs(2))
             .response_timeout(std::time::Duration::from_secs(2))
-            .retries(3)
+            .retries(3);
+        if let Some(tls) = tls {
+            builder = builder.certs(tls.certificates());
+        }
+        let client = builder
             .build()
             .map_err(|e| StoreError::Unavailable(format!("redis cluster seeds: {e}")))?;
         let connection = client.get_async_connection().await.map_err(unavailable)?;
