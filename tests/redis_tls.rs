@@ -183,3 +183,31 @@ fn a_plaintext_redis_beyond_loopback_is_warned_about() {
     assert!(stderr.contains("without TLS"), "{stderr}");
     assert!(stderr.contains("192.0.2.1"), "{stderr}");
 }
+
+/// A Redis Cluster speaking only TLS (clients, bus, replication), requiring client
+/// certificates: the store finds the masters through `rediss://` seeds and the CA, and
+/// stores and rotates families there; without its client certificate it gets nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_speaks_tls_to_every_node_of_a_cluster() {
+    let pki = Pki::new();
+    pki.issue("redis", "127.0.0.1");
+    let Some(cluster) = support::redis::RedisCluster::start_tls(&pki) else {
+        return;
+    };
+    let seeds = cluster.seeds();
+    assert!(seeds.iter().all(|s| s.starts_with("rediss://")));
+    let store = RedisStore::connect_cluster_with(&seeds, Some(&tls(&pki, true)))
+        .await
+        .unwrap();
+    for _ in 0..12 {
+        create_and_rotate(&store).await;
+    }
+    let masters = cluster.masters();
+    assert_eq!(masters.len(), 3);
+    assert!(
+        cluster.key_count() >= 12,
+        "families stored across the masters"
+    );
+    let reason = refused(RedisStore::connect_cluster_with(&seeds, Some(&tls(&pki, false))).await);
+    assert!(reason.starts_with("redis"), "{reason}");
+}

@@ -175,10 +175,13 @@ impl Drop for RedisServer {
 pub struct RedisCluster {
     nodes: Vec<(u16, Option<Child>)>,
     _dir: tempfile::TempDir,
+    /// `redis-cli` arguments for a cluster that speaks only TLS; empty for plaintext.
+    cli_tls: Vec<String>,
 }
 
-fn redis_cli(port: u16, args: &[&str]) -> String {
+fn redis_cli_with(tls: &[String], port: u16, args: &[&str]) -> String {
     let output = Command::new("redis-cli")
+        .args(tls)
         .args(["-p", &port.to_string()])
         .args(args)
         .output()
@@ -189,6 +192,17 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
 impl RedisCluster {
     /// Starts the nodes, creates the cluster and waits until it is whole.
     pub fn start() -> Option<Self> {
+        Self::start_with(None)
+    }
+
+    /// As [`RedisCluster::start`], with every node speaking only TLS (clients, the cluster
+    /// bus and replication) with `pki`'s `redis` certificate, and requiring client
+    /// certificates from its CA.
+    pub fn start_tls(pki: &super::pki::Pki) -> Option<Self> {
+        Self::start_with(Some(pki))
+    }
+
+    fn start_with(pki: Option<&super::pki::Pki>) -> Option<Self> {
         require_tool("redis-server")?;
         require_tool("redis-cli")?;
         let dir = tempfile::tempdir().unwrap();
@@ -205,15 +219,33 @@ impl RedisCluster {
             let (port, bus) = (ports[i], ports[i + 6]);
             let node_dir = dir.path().join(port.to_string());
             std::fs::create_dir(&node_dir).unwrap();
-            let child = Command::new("redis-server")
-                .args([
+            let path = |name: &str| pki.map(|pki| pki.path(name).display().to_string());
+            let tls: Vec<String> = match (path("ca.pem"), path("redis.pem"), path("redis.key")) {
+                (Some(ca), Some(cert), Some(key)) => [
                     "--port",
+                    "0",
+                    "--tls-port",
                     &port.to_string(),
-                    "--cluster-port",
-                    &bus.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                ])
+                    "--tls-cluster",
+                    "yes",
+                    "--tls-replication",
+                    "yes",
+                    "--tls-cert-file",
+                    &cert,
+                    "--tls-key-file",
+                    &key,
+                    "--tls-ca-cert-file",
+                    &ca,
+                    "--tls-auth-clients",
+                    "yes",
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+                _ => vec!["--port".into(), port.to_string()],
+            };
+            let child = Command::new("redis-server")
+                .args(&tls)
+                .args(["--cluster-port", &bus.to_string(), "--bind", "127.0.0.1"])
                 .args([
                     "--cluster-enabled",
                     "yes",
@@ -244,7 +276,11 @@ impl RedisCluster {
         }
         let started = Instant::now();
         for (port, _) in &nodes {
-            while !pong(*port) {
+            let ready = |port: u16| match pki {
+                Some(_) => TcpStream::connect(("127.0.0.1", port)).is_ok(),
+                None => pong(port),
+            };
+            while !ready(*port) {
                 assert!(
                     started.elapsed() < Duration::from_secs(20),
                     "cluster node did not answer"
@@ -256,7 +292,21 @@ impl RedisCluster {
             .iter()
             .map(|(p, _)| format!("127.0.0.1:{p}"))
             .collect();
+        let cli_tls: Vec<String> = match pki {
+            Some(pki) => [
+                "--tls".into(),
+                "--cacert".into(),
+                pki.path("ca.pem").display().to_string(),
+                "--cert".into(),
+                pki.path("client.pem").display().to_string(),
+                "--key".into(),
+                pki.path("client.key").display().to_string(),
+            ]
+            .to_vec(),
+            None => Vec::new(),
+        };
         let created = Command::new("redis-cli")
+            .args(&cli_tls)
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -267,7 +317,11 @@ impl RedisCluster {
             "{}",
             String::from_utf8_lossy(&created.stdout)
         );
-        let cluster = Self { nodes, _dir: dir };
+        let cluster = Self {
+            nodes,
+            _dir: dir,
+            cli_tls,
+        };
         cluster.wait_until_whole(Duration::from_secs(30));
         Some(cluster)
     }
@@ -277,8 +331,8 @@ impl RedisCluster {
         let started = Instant::now();
         loop {
             let whole = self.live_ports().iter().all(|port| {
-                let info = redis_cli(*port, &["cluster", "info"]);
-                let replication = redis_cli(*port, &["info", "replication"]);
+                let info = self.cli(*port, &["cluster", "info"]);
+                let replication = self.cli(*port, &["info", "replication"]);
                 info.contains("cluster_state:ok")
                     && (replication.contains("role:master")
                         || replication.contains("master_link_status:up"))
@@ -303,11 +357,12 @@ impl RedisCluster {
     /// telling any client: a client with the old slot map gets MOVED. Returns the slot.
     pub fn move_slot_of(&self, key: &str) -> u16 {
         let any = self.live_ports()[0];
-        let slot: u16 = redis_cli(any, &["cluster", "keyslot", key])
+        let slot: u16 = self
+            .cli(any, &["cluster", "keyslot", key])
             .trim()
             .parse()
             .expect("a slot number");
-        let nodes = redis_cli(any, &["cluster", "nodes"]);
+        let nodes = self.cli(any, &["cluster", "nodes"]);
         // <id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <link> <slot ranges...>
         let masters: Vec<(String, u16, Vec<String>)> = nodes
             .lines()
@@ -342,10 +397,10 @@ impl RedisCluster {
             .find(|(id, _, ranges)| id != owner_id && !ranges.is_empty())
             .expect("another master");
         let slot_text = slot.to_string();
-        let keys = redis_cli(*owner_port, &["cluster", "countkeysinslot", &slot_text]);
+        let keys = self.cli(*owner_port, &["cluster", "countkeysinslot", &slot_text]);
         assert_eq!(keys.trim(), "0", "only an empty slot is moved");
         let set = |port: u16, args: &[&str]| {
-            let answer = redis_cli(port, &[&["cluster", "setslot", &slot_text], args].concat());
+            let answer = self.cli(port, &[&["cluster", "setslot", &slot_text], args].concat());
             assert_eq!(answer.trim(), "OK", "{port} {args:?}: {answer}");
         };
         set(*target_port, &["importing", owner_id]);
@@ -356,11 +411,23 @@ impl RedisCluster {
         slot
     }
 
+    /// `redis-cli` against one node, over TLS for a TLS cluster.
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        redis_cli_with(&self.cli_tls, port, args)
+    }
+
     /// Seed URLs.
     pub fn seeds(&self) -> Vec<String> {
         self.nodes
             .iter()
-            .map(|(p, _)| format!("redis://127.0.0.1:{p}"))
+            .map(|(p, _)| {
+                let scheme = if self.cli_tls.is_empty() {
+                    "redis"
+                } else {
+                    "rediss"
+                };
+                format!("{scheme}://127.0.0.1:{p}")
+            })
             .collect()
     }
 
@@ -369,7 +436,7 @@ impl RedisCluster {
         self.masters()
             .into_iter()
             .map(|port| {
-                redis_cli(port, &["dbsize"])
+                self.cli(port, &["dbsize"])
                     .trim()
                     .parse::<u64>()
                     .unwrap_or(0)
@@ -381,7 +448,10 @@ impl RedisCluster {
     pub fn masters(&self) -> Vec<u16> {
         self.live_ports()
             .into_iter()
-            .filter(|p| redis_cli(*p, &["info", "replication"]).contains("role:master"))
+            .filter(|p| {
+                self.cli(*p, &["info", "replication"])
+                    .contains("role:master")
+            })
             .collect()
     }
 
@@ -392,7 +462,7 @@ impl RedisCluster {
         let started = Instant::now();
         for port in self.masters() {
             loop {
-                let info = redis_cli(port, &["info", "replication"]);
+                let info = self.cli(port, &["info", "replication"]);
                 let master_offset: Option<u64> = info
                     .lines()
                     .find_map(|l| l.strip_prefix("master_repl_offset:"))
