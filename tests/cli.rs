@@ -255,6 +255,11 @@ fn doctor_prints_its_table() {
         row.contains(" ok ") && row.contains("closed") && row.contains("ok ES256 v1"),
         "{row}"
     );
+    let store = out
+        .lines()
+        .find(|l| l.starts_with("token store"))
+        .expect("token store row");
+    assert!(store.contains("ok; memory in this process"), "{store}");
 
     // With no keys at all, doctor reports the failed round trip and exits non-zero.
     let empty = Sandbox::new("");

@@ -155,6 +155,16 @@ async fn the_service_issues_tokens_from_a_tls_redis_and_refuses_to_start_without
         .await
         .unwrap();
 
+    // doctor reaches the same Redis the same way.
+    let output = sandbox.run_with_env(&["doctor"], None, &[("REDIS_URL", url.as_str())]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let store = stdout
+        .lines()
+        .find(|l| l.starts_with("token store"))
+        .expect("token store row");
+    assert!(store.contains("ok; redis over TLS"), "{store}");
+
     // A CA file that cannot be read: the setting and the path are named, exit 1.
     let broken = Sandbox::new(&table("/nonexistent/ca.pem"));
     let output = broken.run_with_env(&["serve"], None, &[("REDIS_URL", url.as_str())]);

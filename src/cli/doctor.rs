@@ -88,6 +88,7 @@ pub async fn run(config: &Option<PathBuf>) -> Result<(), Failure> {
             say!("{:<14} health: {}", "", health.detail);
         }
     }
+    failures += check_store(&service).await;
     use token_service::api::listener::ListenerKind;
     let server = &service.config.server;
     for (tls, kind, label) in [
@@ -103,6 +104,33 @@ pub async fn run(config: &Option<PathBuf>) -> Result<(), Failure> {
     }
     say!("all backends answered");
     Ok(())
+}
+
+/// Pings the token store as readiness does; prints its kind, transport and round trip; the
+/// number of problems found.
+async fn check_store(service: &token_service::service::Service) -> usize {
+    let tokens = &service.config.tokens;
+    let transport = match (tokens.store, &tokens.redis_tls) {
+        (token_service::config::StoreKind::Memory, _) => "in this process",
+        (_, Some(_)) => "over TLS",
+        (_, None) => "without TLS",
+    };
+    let started = Instant::now();
+    match service.store.ping().await {
+        Ok(()) => {
+            say!(
+                "{:<14} ok; {} {transport}, answered in {:.2} ms",
+                "token store",
+                tokens.store.as_str(),
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+            0
+        }
+        Err(error) => {
+            say!("{:<14} FAILED: {error}", "token store");
+            1
+        }
+    }
 }
 
 /// Certificates expiring sooner than this get a warning.
