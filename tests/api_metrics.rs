@@ -7,22 +7,14 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use support::process::{Sandbox, ServiceProcess, http_get};
+use support::process::Sandbox;
+use support::token_request;
 use token_service::api::proto::token_service_client::TokenServiceClient;
 use token_service::api::proto::{
-    GenerateTokensRequest, GetJwksRequest, GetJwksResponse, RefreshTokensRequest,
-    RevokeTokenRequest, revoke_token_request::Target,
+    GetJwksRequest, GetJwksResponse, RefreshTokensRequest, RevokeTokenRequest,
+    revoke_token_request::Target,
 };
 use tonic::Code;
-
-fn generate(subject: &str) -> GenerateTokensRequest {
-    GenerateTokensRequest {
-        subject: subject.into(),
-        client_id: "demo".into(),
-        scopes: vec!["read".into()],
-        ..Default::default()
-    }
-}
 
 /// The value of the series `name` whose labels include `labels`, from a text exposition.
 fn value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -45,22 +37,10 @@ fn value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
-async fn exposition(service: &ServiceProcess) -> String {
-    let admin = service.admin;
-    let (status, text) = tokio::task::spawn_blocking(move || http_get(admin, "/metrics"))
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
-    text
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_tokens_events_and_store_operations_are_counted() {
     let sandbox = Sandbox::new("");
-    let (config, cwd) = (sandbox.config_path(), sandbox.dir.path().to_path_buf());
-    let service = tokio::task::spawn_blocking(move || ServiceProcess::start(Some(&config), &cwd))
-        .await
-        .unwrap();
+    let service = sandbox.serve_async(&[]).await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", service.grpc))
         .unwrap()
         .connect()
@@ -69,12 +49,12 @@ async fn calls_tokens_events_and_store_operations_are_counted() {
     let mut client = TokenServiceClient::new(channel.clone());
 
     let first = client
-        .generate_tokens(generate("alice"))
+        .generate_tokens(token_request("alice"))
         .await
         .unwrap()
         .into_inner();
-    client.generate_tokens(generate("bob")).await.unwrap();
-    let refused = client.generate_tokens(generate("")).await.unwrap_err();
+    client.generate_tokens(token_request("bob")).await.unwrap();
+    let refused = client.generate_tokens(token_request("")).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
     let refresh = |token: &str| RefreshTokensRequest {
         refresh_token: token.into(),
@@ -108,7 +88,7 @@ async fn calls_tokens_events_and_store_operations_are_counted() {
         .unwrap_err();
     assert_eq!(nope.code(), Code::Unimplemented);
 
-    let text = exposition(&service).await;
+    let text = service.metrics().await;
     let calls = |method, code| {
         value(
             &text,
@@ -185,9 +165,7 @@ async fn calls_tokens_events_and_store_operations_are_counted() {
         assert!(!text.contains(secret));
     }
     drop(client);
-    tokio::task::spawn_blocking(move || assert_eq!(service.terminate().code(), Some(0)))
-        .await
-        .unwrap();
+    service.stop_cleanly().await;
 }
 
 /// A Redis outage shows as store calls ending `unavailable` and API calls ending
@@ -198,24 +176,22 @@ async fn a_redis_outage_shows_in_the_store_and_api_metrics() {
         return;
     };
     let sandbox = Sandbox::new("");
-    let url = redis.url();
-    let (config, cwd) = (sandbox.config_path(), sandbox.dir.path().to_path_buf());
-    let service = tokio::task::spawn_blocking(move || {
-        ServiceProcess::start_with_env(Some(&config), &cwd, &[("REDIS_URL", url.as_str())])
-    })
-    .await
-    .unwrap();
-    let mut client = TokenServiceClient::connect(format!("http://{}", service.grpc))
+    let service = sandbox.serve_async(&[("REDIS_URL", &redis.url())]).await;
+    let mut client = service.client().await;
+    client
+        .generate_tokens(token_request("alice"))
         .await
         .unwrap();
-    client.generate_tokens(generate("alice")).await.unwrap();
     redis.kill();
-    let error = client.generate_tokens(generate("bob")).await.unwrap_err();
+    let error = client
+        .generate_tokens(token_request("bob"))
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), Code::Unavailable);
     redis.restart();
     let mut recovered = false;
     for _ in 0..50 {
-        if client.generate_tokens(generate("carol")).await.is_ok() {
+        if client.generate_tokens(token_request("carol")).await.is_ok() {
             recovered = true;
             break;
         }
@@ -223,7 +199,7 @@ async fn a_redis_outage_shows_in_the_store_and_api_metrics() {
     }
     assert!(recovered, "no recovery after Redis returned");
 
-    let text = exposition(&service).await;
+    let text = service.metrics().await;
     let store = |outcome| {
         value(
             &text,
@@ -245,7 +221,5 @@ async fn a_redis_outage_shows_in_the_store_and_api_metrics() {
     assert_eq!(calls("OK"), 2.0);
     assert_eq!(calls("UNAVAILABLE"), store("unavailable"));
     drop(client);
-    tokio::task::spawn_blocking(move || assert_eq!(service.terminate().code(), Some(0)))
-        .await
-        .unwrap();
+    service.stop_cleanly().await;
 }

@@ -18,9 +18,9 @@ use token_service::context::CallContext;
 use token_service::metrics::Metrics;
 use token_service::resilience::ResilienceConfig;
 use token_service::token::claims::ClientPolicy;
-use token_service::token::refresh::{FamilyId, RefreshToken, SecretHash};
+use token_service::token::refresh::{FamilyId, RefreshToken};
 use token_service::token::store::redis::RedisStore;
-use token_service::token::store::{FamilyRecord, MAX_RETIRED, Rotation, Store, StoreError};
+use token_service::token::store::{MAX_RETIRED, Rotation, Store, StoreError};
 use token_service::token::{TokenError, TokenRequest, TokenService, TokenSettings};
 
 /// One service instance: its own backend handle on the shared key directory, its own
@@ -416,23 +416,12 @@ async fn a_family_is_created_and_rotated_after_its_slot_moved() {
     };
     let store = RedisStore::connect_cluster(&cluster.seeds()).await.unwrap();
     store.ping().await.unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = support::unix_now();
     for _ in 0..2 {
         let family = FamilyId::generate().unwrap();
         cluster.move_slot_of(&format!("ts:fam:{{{family}}}"));
         let current = RefreshToken::generate(family.clone()).unwrap().hash();
-        let record = FamilyRecord {
-            current: current.clone(),
-            retired: Vec::new(),
-            generation: 0,
-            revoked: false,
-            expires_at: now + 3_600,
-            client_id: "web".into(),
-            data: "sealed".into(),
-        };
+        let record = support::family_record(current.clone(), "web");
         store.create_family(&family, record).await.unwrap();
         assert!(store.get_family(&family, now).await.unwrap().is_some());
         let next = RefreshToken::generate(family.clone()).unwrap().hash();
@@ -448,20 +437,9 @@ async fn a_family_is_created_and_rotated_after_its_slot_moved() {
 /// refused, and the family that held the id is left revoked, not half overwritten.
 async fn a_taken_family_id_is_refused_and_revokes_the_family(store: &dyn Store) {
     let family = FamilyId::generate().unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = support::unix_now();
     let first = RefreshToken::generate(family.clone()).unwrap().hash();
-    let record = |current: SecretHash, client_id: &str| FamilyRecord {
-        current,
-        retired: Vec::new(),
-        generation: 0,
-        revoked: false,
-        expires_at: now + 3_600,
-        client_id: client_id.into(),
-        data: format!("sealed for {client_id}"),
-    };
+    let record = support::family_record;
     store
         .create_family(&family, record(first.clone(), "web"))
         .await
@@ -522,20 +500,9 @@ async fn the_newest_retired_hashes_are_kept(store: &dyn Store) {
     let family = FamilyId::generate().unwrap();
     let hash = || RefreshToken::generate(family.clone()).unwrap().hash();
     // Real time: Redis expires the keys at `expires_at` by its own clock.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = support::unix_now();
     let mut current = hash();
-    let record = FamilyRecord {
-        current: current.clone(),
-        retired: Vec::new(),
-        generation: 0,
-        revoked: false,
-        expires_at: now + 3_600,
-        client_id: "web".into(),
-        data: "sealed".into(),
-    };
+    let record = support::family_record(current.clone(), "web");
     store.create_family(&family, record).await.unwrap();
     let stored = store.get_family(&family, now).await.unwrap().unwrap();
     assert_eq!(stored.client_id, "web", "the client is kept in clear");

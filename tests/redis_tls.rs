@@ -6,13 +6,11 @@
 mod support;
 
 use support::pki::Pki;
-use support::process::{Sandbox, ServiceProcess};
+use support::process::Sandbox;
 use support::redis::RedisServer;
-use token_service::api::proto::GenerateTokensRequest;
-use token_service::api::proto::token_service_client::TokenServiceClient;
 use token_service::token::refresh::{FamilyId, RefreshToken};
 use token_service::token::store::redis::{RedisStore, RedisTls};
-use token_service::token::store::{FamilyRecord, Rotation, Store, StoreError};
+use token_service::token::store::{Rotation, Store, StoreError};
 use zeroize::Zeroizing;
 
 fn read(pki: &Pki, name: &str) -> Vec<u8> {
@@ -46,20 +44,9 @@ fn tls_redis(client_certificates: bool) -> Option<(Pki, RedisServer)> {
 
 async fn create_and_rotate(store: &RedisStore) {
     let family = FamilyId::generate().unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = support::unix_now();
     let current = RefreshToken::generate(family.clone()).unwrap().hash();
-    let record = FamilyRecord {
-        current: current.clone(),
-        retired: Vec::new(),
-        generation: 0,
-        revoked: false,
-        expires_at: now + 3_600,
-        client_id: "web".into(),
-        data: "sealed".into(),
-    };
+    let record = support::family_record(current.clone(), "web");
     store.create_family(&family, record).await.unwrap();
     let next = RefreshToken::generate(family.clone()).unwrap().hash();
     assert_eq!(
@@ -125,23 +112,10 @@ async fn the_service_issues_tokens_from_a_tls_redis_and_refuses_to_start_without
     };
     let sandbox = Sandbox::new(&table(&pki.path("ca.pem").display().to_string()));
     let url = redis.tls_url();
-    let (config, cwd) = (sandbox.config_path(), sandbox.dir.path().to_path_buf());
-    let env_url = url.clone();
-    let service = tokio::task::spawn_blocking(move || {
-        ServiceProcess::start_with_env(Some(&config), &cwd, &[("REDIS_URL", env_url.as_str())])
-    })
-    .await
-    .unwrap();
-    let mut client = TokenServiceClient::connect(format!("http://{}", service.grpc))
-        .await
-        .unwrap();
+    let service = sandbox.serve_async(&[("REDIS_URL", &url)]).await;
+    let mut client = service.client().await;
     let issued = client
-        .generate_tokens(GenerateTokensRequest {
-            subject: "alice".into(),
-            client_id: "demo".into(),
-            scopes: vec!["read".into()],
-            ..Default::default()
-        })
+        .generate_tokens(support::token_request("alice"))
         .await
         .unwrap()
         .into_inner();
@@ -151,9 +125,7 @@ async fn the_service_issues_tokens_from_a_tls_redis_and_refuses_to_start_without
         "no plaintext warning for rediss://"
     );
     drop(client);
-    tokio::task::spawn_blocking(move || assert_eq!(service.terminate().code(), Some(0)))
-        .await
-        .unwrap();
+    service.stop_cleanly().await;
 
     // doctor reaches the same Redis the same way.
     let output = sandbox.run_with_env(&["doctor"], None, &[("REDIS_URL", url.as_str())]);
@@ -162,7 +134,7 @@ async fn the_service_issues_tokens_from_a_tls_redis_and_refuses_to_start_without
     let store = stdout
         .lines()
         .find(|l| l.starts_with("token store"))
-        .expect("token store row");
+        .unwrap_or_else(|| panic!("no token store row: {stdout}"));
     assert!(store.contains("ok; redis over TLS"), "{store}");
 
     // A CA file that cannot be read: the setting and the path are named, exit 1.

@@ -6,19 +6,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::process::{Sandbox, ServiceProcess, http_get};
-use token_service::api::proto::GenerateTokensRequest;
-use token_service::api::proto::token_service_client::TokenServiceClient;
+use support::process::Sandbox;
+use support::token_request;
 use tonic::Code;
-
-fn generate(subject: &str) -> GenerateTokensRequest {
-    GenerateTokensRequest {
-        subject: subject.into(),
-        client_id: "demo".into(),
-        scopes: vec!["read".into()],
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_beyond_max_in_flight_are_refused_at_once_while_redis_stalls() {
@@ -26,24 +16,20 @@ async fn calls_beyond_max_in_flight_are_refused_at_once_while_redis_stalls() {
         return;
     };
     let sandbox = Sandbox::new("[server.limits]\nmax_in_flight = 2\n");
-    let url = redis.url();
-    let (config, cwd) = (sandbox.config_path(), sandbox.dir.path().to_path_buf());
-    let service = tokio::task::spawn_blocking(move || {
-        ServiceProcess::start_with_env(Some(&config), &cwd, &[("REDIS_URL", url.as_str())])
-    })
-    .await
-    .unwrap();
-    let client = TokenServiceClient::connect(format!("http://{}", service.grpc))
+    let service = sandbox.serve_async(&[("REDIS_URL", &redis.url())]).await;
+    let client = service.client().await;
+    client
+        .clone()
+        .generate_tokens(token_request("a"))
         .await
         .unwrap();
-    client.clone().generate_tokens(generate("a")).await.unwrap();
 
     redis.pause();
     let held: Vec<_> = ["b", "c"]
         .into_iter()
         .map(|subject| {
             let mut client = client.clone();
-            tokio::spawn(async move { client.generate_tokens(generate(subject)).await })
+            tokio::spawn(async move { client.generate_tokens(token_request(subject)).await })
         })
         .collect();
     // Both are admitted and wait on Redis (its response timeout is 2 s).
@@ -51,7 +37,7 @@ async fn calls_beyond_max_in_flight_are_refused_at_once_while_redis_stalls() {
     let asked = Instant::now();
     let refused = client
         .clone()
-        .generate_tokens(generate("d"))
+        .generate_tokens(token_request("d"))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable);
@@ -61,7 +47,6 @@ async fn calls_beyond_max_in_flight_are_refused_at_once_while_redis_stalls() {
         "refused at once, not after the stalled calls: {:?}",
         asked.elapsed()
     );
-    let admin = service.admin;
     redis.resume();
     for call in held {
         // Admitted calls end as Redis decides: done, or unavailable after its timeout.
@@ -70,20 +55,19 @@ async fn calls_beyond_max_in_flight_are_refused_at_once_while_redis_stalls() {
             Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
         }
     }
-    client.clone().generate_tokens(generate("e")).await.unwrap();
-    let (status, text) = tokio::task::spawn_blocking(move || http_get(admin, "/metrics"))
+    client
+        .clone()
+        .generate_tokens(token_request("e"))
         .await
         .unwrap();
-    assert_eq!(status, 200);
+    let text = service.metrics().await;
     assert!(
         text.lines()
             .any(|l| l == "token_service_grpc_overloaded_total 1"),
         "{text}"
     );
     drop(client);
-    tokio::task::spawn_blocking(move || assert_eq!(service.terminate().code(), Some(0)))
-        .await
-        .unwrap();
+    service.stop_cleanly().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,10 +75,7 @@ async fn a_connection_learns_its_stream_limit_and_is_sent_away_at_its_age() {
     let sandbox = Sandbox::new(
         "[server.limits]\nmax_concurrent_streams = 8\nmax_connection_age = \"1s\"\nmax_connection_age_grace = \"1s\"\n",
     );
-    let (config, cwd) = (sandbox.config_path(), sandbox.dir.path().to_path_buf());
-    let service = tokio::task::spawn_blocking(move || ServiceProcess::start(Some(&config), &cwd))
-        .await
-        .unwrap();
+    let service = sandbox.serve_async(&[]).await;
     // A bare HTTP/2 client, to see the server's SETTINGS and its GOAWAY.
     let tcp = tokio::net::TcpStream::connect(service.grpc).await.unwrap();
     let opened = Instant::now();
@@ -123,7 +104,5 @@ async fn a_connection_learns_its_stream_limit_and_is_sent_away_at_its_age() {
         lived >= Duration::from_millis(900),
         "not before its age: {lived:?}"
     );
-    tokio::task::spawn_blocking(move || assert_eq!(service.terminate().code(), Some(0)))
-        .await
-        .unwrap();
+    service.stop_cleanly().await;
 }

@@ -52,3 +52,38 @@ pub fn verifies_with(token: &str, jwks: &str) -> bool {
     )
     .is_ok()
 }
+
+/// A GenerateTokens request of the embedded profile's `demo` client for `subject`.
+pub fn token_request(subject: &str) -> token_service::api::proto::GenerateTokensRequest {
+    token_service::api::proto::GenerateTokensRequest {
+        subject: subject.into(),
+        client_id: "demo".into(),
+        scopes: vec!["read".into()],
+        ..Default::default()
+    }
+}
+
+/// Seconds since the epoch (Redis expires keys by its own clock, so store tests use it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// A fresh family record whose current refresh token hashes to `current`, for `client_id`,
+/// ending in an hour.
+pub fn family_record(
+    current: token_service::token::refresh::SecretHash,
+    client_id: &str,
+) -> token_service::token::store::FamilyRecord {
+    token_service::token::store::FamilyRecord {
+        current,
+        retired: Vec::new(),
+        generation: 0,
+        revoked: false,
+        expires_at: unix_now() + 3_600,
+        client_id: client_id.into(),
+        data: format!("sealed for {client_id}"),
+    }
+}

@@ -71,6 +71,23 @@ impl Sandbox {
         ServiceProcess::start(Some(&self.config_path()), self.dir.path())
     }
 
+    /// Starts `serve` with this sandbox's config and `env` from async code: the start
+    /// blocks while it waits for the service, so it runs on a blocking thread.
+    pub async fn serve_async(&self, env: &[(&str, &str)]) -> ServiceProcess {
+        let (config, cwd) = (self.config_path(), self.dir.path().to_path_buf());
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            ServiceProcess::start_with_env(Some(&config), &cwd, &env)
+        })
+        .await
+        .expect("service start")
+    }
+
     /// Runs a CLI command with this sandbox's config (no CI/RUST_LOG leaking in).
     pub fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         self.run_with_env(args, stdin, &[])
@@ -281,6 +298,37 @@ impl ServiceProcess {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("`{needle}` never appeared in the log:\n{}", self.log());
+    }
+
+    /// A Token API client on a fresh connection to this service.
+    pub async fn client(
+        &self,
+    ) -> token_service::api::proto::token_service_client::TokenServiceClient<
+        tonic::transport::Channel,
+    > {
+        token_service::api::proto::token_service_client::TokenServiceClient::connect(format!(
+            "http://{}",
+            self.grpc
+        ))
+        .await
+        .expect("connect to the Token API")
+    }
+
+    /// The admin `/metrics` text, fetched from async code.
+    pub async fn metrics(&self) -> String {
+        let admin = self.admin;
+        let (status, text) = tokio::task::spawn_blocking(move || http_get(admin, "/metrics"))
+            .await
+            .expect("metrics fetch");
+        assert_eq!(status, 200, "{text}");
+        text
+    }
+
+    /// SIGTERM from async code; the service must exit 0 (in-flight calls finished).
+    pub async fn stop_cleanly(self) {
+        tokio::task::spawn_blocking(move || assert_eq!(self.terminate().code(), Some(0)))
+            .await
+            .expect("service stop");
     }
 
     /// Sends SIGTERM and waits for the exit status.
