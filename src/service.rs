@@ -446,22 +446,13 @@ impl Service {
         .map_err(tls_error)?;
         let (scheme, public_scheme) = (scheme(tls.as_ref()), scheme(public_tls.as_ref()));
         let limits = &server.limits;
-        let mut builder = tonic::transport::Server::builder()
-            .max_concurrent_streams(limits.max_concurrent_streams)
-            .http2_keepalive_interval(Some(limits.keepalive_interval))
-            .http2_keepalive_timeout(Some(limits.keepalive_timeout));
-        if let Some(age) = limits.max_connection_age {
-            builder = builder
-                .max_connection_age(age)
-                .max_connection_age_grace(limits.max_connection_age_grace);
-        }
         // Shed inside Metered: a refused call still counts as UNAVAILABLE for its method.
         let api = crate::api::overload::Shed::new(
             api.into_server(),
             limits.max_in_flight,
             metrics.api().overloaded().clone(),
         );
-        let router = builder
+        let router = crate::api::overload::server_builder(limits)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(crate::api::metrics::Metered::new(api, metrics.api()));

@@ -76,24 +76,9 @@ async fn a_connection_learns_its_stream_limit_and_is_sent_away_at_its_age() {
         "[server.limits]\nmax_concurrent_streams = 8\nmax_connection_age = \"1s\"\nmax_connection_age_grace = \"1s\"\n",
     );
     let service = sandbox.serve_async(&[]).await;
-    // A bare HTTP/2 client, to see the server's SETTINGS and its GOAWAY.
-    let tcp = tokio::net::TcpStream::connect(service.grpc).await.unwrap();
     let opened = Instant::now();
-    let (_send, mut connection) = h2::client::handshake(tcp).await.unwrap();
-    let limit = tokio::time::timeout(
-        Duration::from_secs(5),
-        std::future::poll_fn(|cx| {
-            let driven = std::pin::Pin::new(&mut connection).poll(cx);
-            assert!(driven.is_pending(), "closed before SETTINGS: {driven:?}");
-            match connection.max_concurrent_send_streams() {
-                8 => std::task::Poll::Ready(8),
-                _ => std::task::Poll::Pending,
-            }
-        }),
-    )
-    .await
-    .expect("the server's SETTINGS arrive");
-    assert_eq!(limit, 8);
+    // Holding the sender keeps the connection open until the server ends it.
+    let (_send, connection) = connection_advertising(service.grpc, 8).await;
     // Driven on, the connection ends once the server sends it away.
     tokio::time::timeout(Duration::from_secs(10), connection)
         .await
@@ -105,4 +90,58 @@ async fn a_connection_learns_its_stream_limit_and_is_sent_away_at_its_age() {
         "not before its age: {lived:?}"
     );
     service.stop_cleanly().await;
+}
+
+/// A bare HTTP/2 connection to `addr` (its sender and its connection), once the server's
+/// SETTINGS have said it may carry `streams` calls at once; panics if they never do.
+async fn connection_advertising(
+    addr: std::net::SocketAddr,
+    streams: usize,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    h2::client::Connection<tokio::net::TcpStream>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        std::future::poll_fn(|cx| {
+            let driven = std::pin::Pin::new(&mut connection).poll(cx);
+            assert!(driven.is_pending(), "closed before SETTINGS: {driven:?}");
+            if connection.max_concurrent_send_streams() == streams {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        }),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the server never advertised {streams} streams"));
+    (send, connection)
+}
+
+/// The reference Crypto Service takes the same `[server.limits]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_crypto_service_takes_the_same_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::crypto_server::config(
+        dir.path(),
+        "127.0.0.1:0",
+        "[server.limits]\nmax_concurrent_streams = 5\nmax_in_flight = 64\n",
+    );
+    let path = dir.path().to_path_buf();
+    let mut server = tokio::task::spawn_blocking(move || {
+        support::crypto_server::CryptoServerProcess::start(&path, &config)
+    })
+    .await
+    .unwrap();
+    let addr = server
+        .url("http")
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    drop(connection_advertising(addr, 5).await);
+    tokio::task::spawn_blocking(move || assert_eq!(server.terminate().code(), Some(0)))
+        .await
+        .unwrap();
 }

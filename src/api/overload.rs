@@ -12,6 +12,21 @@ use tokio::sync::Semaphore;
 use tonic::body::Body;
 use tonic::server::NamedService;
 
+/// A tonic server with the HTTP/2 settings of `limits`: the streams a connection may
+/// open, keepalive PINGs, and the connection age after which it is sent away.
+pub fn server_builder(limits: &crate::config::limits::ServerLimits) -> tonic::transport::Server {
+    let builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout));
+    match limits.max_connection_age {
+        Some(age) => builder
+            .max_connection_age(age)
+            .max_connection_age_grace(limits.max_connection_age_grace),
+        None => builder,
+    }
+}
+
 /// The message of a refused call.
 pub const OVERLOADED: &str =
     "server overloaded: too many calls in flight; retry, preferably on another instance";

@@ -172,6 +172,10 @@ pub struct CryptoServerListen {
     /// TLS; with `client_ca_file`, clients must present a certificate it signed (mTLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ServerTlsConfig>,
+    /// Calls at once (beyond: UNAVAILABLE at once, so the Token Service falls back), HTTP/2
+    /// streams per connection, keepalive and connection age, as the Token API's.
+    #[serde(default)]
+    pub limits: super::limits::ServerLimits,
 }
 
 fn default_max_payload() -> usize {
@@ -200,6 +204,7 @@ impl CryptoServerConfig {
         if let Some(tls) = &config.server.tls {
             tls.validate("server.tls")?;
         }
+        config.server.limits.validate()?;
         for (namespace, policy) in &config.namespaces {
             let setting = format!("namespaces.{namespace}.callers");
             if policy.callers.is_empty() {

@@ -84,13 +84,17 @@ pub async fn serve(config: crate::config::CryptoServerConfig) -> Result<(), Cryp
             let _ = stopped.wait_for(|s| *s).await;
         }
     };
-    let router = tonic::transport::Server::builder()
+    let limits = &config.server.limits;
+    let crypto = crate::api::overload::Shed::new(
+        CryptoServer::new(chain.clone(), config.server.max_payload)
+            .with_namespaces(config.namespaces.clone())
+            .into_server(),
+        limits.max_in_flight,
+        chain.metrics().api().overloaded().clone(),
+    );
+    let router = crate::api::overload::server_builder(limits)
         .add_service(health_service)
-        .add_service(
-            CryptoServer::new(chain.clone(), config.server.max_payload)
-                .with_namespaces(config.namespaces.clone())
-                .into_server(),
-        );
+        .add_service(crypto);
     let grpc = crate::api::listener::serve(router, listener, tls, signal());
     let admin = axum::serve(admin_listener, admin_router(chain))
         .with_graceful_shutdown(signal())
