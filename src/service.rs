@@ -447,11 +447,8 @@ impl Service {
         let (scheme, public_scheme) = (scheme(tls.as_ref()), scheme(public_tls.as_ref()));
         let limits = &server.limits;
         // Shed inside Metered: a refused call still counts as UNAVAILABLE for its method.
-        let api = crate::api::overload::Shed::new(
-            api.into_server(),
-            limits.max_in_flight,
-            metrics.api().overloaded().clone(),
-        );
+        let api =
+            crate::api::overload::Shed::new(api.into_server(), limits.max_in_flight, metrics.api());
         let router = crate::api::overload::server_builder(limits)
             .add_service(health_service)
             .add_service(reflection)

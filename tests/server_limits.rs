@@ -33,7 +33,19 @@ async fn calls_beyond_max_in_flight_are_refused_at_once_while_redis_stalls() {
         })
         .collect();
     // Both are admitted and wait on Redis (its response timeout is 2 s).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admitted = Instant::now();
+    while !service
+        .metrics()
+        .await
+        .lines()
+        .any(|l| l == "token_service_grpc_in_flight 2")
+    {
+        assert!(
+            admitted.elapsed() < Duration::from_millis(1500),
+            "never 2 in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let asked = Instant::now();
     let refused = client
         .clone()
@@ -43,7 +55,7 @@ async fn calls_beyond_max_in_flight_are_refused_at_once_while_redis_stalls() {
     assert_eq!(refused.code(), Code::Unavailable);
     assert!(refused.message().contains("overloaded"), "{refused:?}");
     assert!(
-        asked.elapsed() < Duration::from_millis(500),
+        asked.elapsed() < Duration::from_millis(1000),
         "refused at once, not after the stalled calls: {:?}",
         asked.elapsed()
     );
@@ -65,6 +77,10 @@ async fn calls_beyond_max_in_flight_are_refused_at_once_while_redis_stalls() {
         text.lines()
             .any(|l| l == "token_service_grpc_overloaded_total 1"),
         "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l == "token_service_grpc_in_flight 0"),
+        "every slot given back: {text}"
     );
     drop(client);
     service.stop_cleanly().await;

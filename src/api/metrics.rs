@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+};
 use tonic::Code;
 use tonic::body::Body;
 use tonic::server::NamedService;
@@ -86,6 +88,7 @@ struct MethodMetrics {
 pub struct ApiMetricFamilies {
     calls: IntCounterVec,
     overloaded: IntCounter,
+    in_flight: IntGauge,
     duration: HistogramVec,
     /// Per method in [`METHODS`] order, then the unknown method.
     methods: Arc<[MethodMetrics]>,
@@ -116,10 +119,16 @@ impl ApiMetricFamilies {
             "Token API calls refused at once because server.limits.max_in_flight calls were in flight",
         )
         .expect("static metric definition");
+        let in_flight = IntGauge::new(
+            "token_service_grpc_in_flight",
+            "Token API calls being served now (at most server.limits.max_in_flight)",
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
             Box::new(overloaded.clone()),
+            Box::new(in_flight.clone()),
         ] {
             registry
                 .register(collector)
@@ -136,6 +145,7 @@ impl ApiMetricFamilies {
         Self {
             calls,
             overloaded,
+            in_flight,
             duration,
             methods,
         }
@@ -144,6 +154,11 @@ impl ApiMetricFamilies {
     /// The counter of calls refused by the in-flight limit (see [`super::overload`]).
     pub fn overloaded(&self) -> &IntCounter {
         &self.overloaded
+    }
+
+    /// The gauge of calls admitted and not yet answered (see [`super::overload`]).
+    pub fn in_flight(&self) -> &IntGauge {
+        &self.in_flight
     }
 
     /// Calls of `method` that ended with `code` (for tests and `doctor`).

@@ -7,10 +7,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use prometheus::IntCounter;
-use tokio::sync::Semaphore;
+use prometheus::{IntCounter, IntGauge};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
 use tonic::server::NamedService;
+
+use super::metrics::ApiMetricFamilies;
 
 /// A tonic server with the HTTP/2 settings of `limits`: the streams a connection may
 /// open, keepalive PINGs, and the connection age after which it is sent away.
@@ -37,16 +39,32 @@ pub struct Shed<S> {
     inner: S,
     permits: Arc<Semaphore>,
     refused: IntCounter,
+    in_flight: IntGauge,
 }
 
 impl<S> Shed<S> {
-    /// `inner`, serving at most `max_in_flight` calls at once; refusals count in `refused`.
-    pub fn new(inner: S, max_in_flight: usize, refused: IntCounter) -> Self {
+    /// `inner`, serving at most `max_in_flight` calls at once; the calls in flight and the
+    /// refusals are shown in `metrics` (`token_service_grpc_in_flight`,
+    /// `token_service_grpc_overloaded_total`).
+    pub fn new(inner: S, max_in_flight: usize, metrics: &ApiMetricFamilies) -> Self {
         Self {
             inner,
             permits: Arc::new(Semaphore::new(max_in_flight.min(Semaphore::MAX_PERMITS))),
-            refused,
+            refused: metrics.overloaded().clone(),
+            in_flight: metrics.in_flight().clone(),
         }
+    }
+}
+
+/// An admitted call: its slot, given back (and the gauge lowered) when the call ends.
+struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    in_flight: IntGauge,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.in_flight.dec();
     }
 }
 
@@ -77,10 +95,15 @@ where
             )
             .into_http())));
         };
+        self.in_flight.inc();
+        let admitted = Admitted {
+            _permit: permit,
+            in_flight: self.in_flight.clone(),
+        };
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await;
-            drop(permit);
+            drop(admitted);
             response
         })
     }
@@ -123,20 +146,25 @@ mod tests {
     #[tokio::test]
     async fn calls_beyond_the_limit_are_refused_at_once_and_admitted_again_after() {
         let (open, gate) = tokio::sync::watch::channel(false);
-        let refused = IntCounter::new("refused", "test").unwrap();
-        let mut shed = Shed::new(Held { gate }, 2, refused.clone());
+        let metrics = ApiMetricFamilies::register(&prometheus::Registry::new(), &[1.0]);
+        let refused = metrics.overloaded().clone();
+        let in_flight = metrics.in_flight().clone();
+        let mut shed = Shed::new(Held { gate }, 2, &metrics);
         let request = || http::Request::new(Body::empty());
         let first = tokio::spawn(shed.call(request()));
         let second = tokio::spawn(shed.call(request()));
+        assert_eq!(in_flight.get(), 2);
         let third = shed.call(request()).await.unwrap();
         assert_eq!(status_of(&third), Some("14"), "UNAVAILABLE");
         assert_eq!(refused.get(), 1);
+        assert_eq!(in_flight.get(), 2, "a refused call is not in flight");
         open.send(true).unwrap();
         // Both held calls finish, with their permits returned.
         for held in [first, second] {
             let response = held.await.unwrap().unwrap();
             assert_eq!(status_of(&response), None);
         }
+        assert_eq!(in_flight.get(), 0);
         for _ in 0..2 {
             let next = shed.call(request()).await.unwrap();
             assert_eq!(status_of(&next), None);

@@ -90,7 +90,7 @@ pub async fn serve(config: crate::config::CryptoServerConfig) -> Result<(), Cryp
             .with_namespaces(config.namespaces.clone())
             .into_server(),
         limits.max_in_flight,
-        chain.metrics().api().overloaded().clone(),
+        chain.metrics().api(),
     );
     let router = crate::api::overload::server_builder(limits)
         .add_service(health_service)
