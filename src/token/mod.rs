@@ -7,6 +7,7 @@ pub mod claims;
 pub mod events;
 mod introspect;
 pub mod refresh;
+mod revoke;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -507,100 +508,6 @@ impl TokenService {
                 "unknown or expired refresh token".into(),
             )),
         }
-    }
-
-    /// Revokes the family of a refresh token, if it is the family's current one; false when
-    /// nothing was revoked (a forged, rotated-out or expired token, or an already revoked
-    /// family). For an unidentified caller (see [`TokenService::revoke_refresh_token_as`]).
-    pub async fn revoke_refresh_token(&self, refresh_token: &str) -> Result<bool, TokenError> {
-        self.revoke_refresh_token_as(&Caller::unidentified(), refresh_token)
-            .await
-    }
-
-    /// As [`TokenService::revoke_refresh_token`], for `caller`, who must be allowed to act
-    /// for the family's client.
-    pub async fn revoke_refresh_token_as(
-        &self,
-        caller: &Caller,
-        refresh_token: &str,
-    ) -> Result<bool, TokenError> {
-        let presented = RefreshToken::parse(refresh_token)?;
-        let family = presented.family();
-        // The family id is public (every access token carries it as `fid`): only the
-        // family's current secret may revoke it through this path. Anything else revokes
-        // nothing, without an error (RFC 7009 §2.2).
-        let record = self
-            .store
-            .get_family(family, self.clock.now())
-            .await?
-            .filter(|record| record.current.matches(&presented.hash()));
-        let Some(record) = record else {
-            tracing::info!(target: "audit", event = "revoke_family", fid = %family, revoked = false, caller = %caller, "not the family's current refresh token");
-            return Ok(false);
-        };
-        self.authorize(caller, &record.client_id)?;
-        self.revoke_family_unchecked(caller, family).await
-    }
-
-    /// Revokes a family by id, for an unidentified caller (see
-    /// [`TokenService::revoke_family_as`]).
-    pub async fn revoke_family(&self, family: &FamilyId) -> Result<bool, TokenError> {
-        self.revoke_family_as(&Caller::unidentified(), family).await
-    }
-
-    /// Revokes a family by id: its refresh token stops working and its access tokens turn
-    /// inactive. The id is public (`fid` in every access token), so when the family's client
-    /// names its callers, only they may revoke it this way.
-    pub async fn revoke_family_as(
-        &self,
-        caller: &Caller,
-        family: &FamilyId,
-    ) -> Result<bool, TokenError> {
-        // Read the family's client only where a client names callers: elsewhere any caller
-        // may revoke, as before, without the extra read.
-        if self
-            .settings
-            .clients
-            .values()
-            .any(|c| !c.callers.is_empty())
-            && let Some(record) = self.store.get_family(family, self.clock.now()).await?
-        {
-            self.authorize(caller, &record.client_id)?;
-        }
-        self.revoke_family_unchecked(caller, family).await
-    }
-
-    async fn revoke_family_unchecked(
-        &self,
-        caller: &Caller,
-        family: &FamilyId,
-    ) -> Result<bool, TokenError> {
-        let revoked = self.store.revoke_family(family, self.clock.now()).await?;
-        if revoked {
-            self.events().count(Event::FamilyRevoked);
-        }
-        tracing::info!(target: "audit", event = "revoke_family", fid = %family, revoked, caller = %caller);
-        Ok(revoked)
-    }
-
-    /// Denies one access token (by jti) until its expiry.
-    pub async fn revoke_access_token(&self, jti: &str, exp: u64) -> Result<(), TokenError> {
-        if jti.is_empty() || jti.len() > 64 {
-            return Err(TokenError::InvalidArgument("malformed jti".into()));
-        }
-        self.store.deny_jti(jti, exp).await?;
-        self.events().count(Event::AccessRevoked);
-        tracing::info!(target: "audit", event = "revoke_access", jti, exp);
-        Ok(())
-    }
-
-    /// Denies one access token by jti alone, until no token it could name can still be live:
-    /// now + the longest access-token lifetime + the clock skew.
-    pub async fn revoke_jti(&self, jti: &str) -> Result<(), TokenError> {
-        let until = self.clock.now()
-            + self.settings.max_access_ttl.as_secs()
-            + self.settings.clock_skew.as_secs();
-        self.revoke_access_token(jti, until).await
     }
 
     /// Every key that may have signed a live token: all backends of the sign chain, active
