@@ -180,7 +180,7 @@ fn read_redis_tls(
     tls: &crate::config::redis_tls::RedisTlsConfig,
 ) -> Result<crate::token::store::redis::RedisTls, ServiceError> {
     let read = |setting: &str, path: &Path| {
-        std::fs::read(path).map(Zeroizing::new).map_err(|e| {
+        std::fs::read(path).map_err(|e| {
             ServiceError::Store(format!(
                 "tokens.redis_tls.{setting}: cannot read {}: {e}",
                 path.display()
@@ -188,13 +188,14 @@ fn read_redis_tls(
         })
     };
     let client = match (&tls.cert_file, &tls.key_file) {
-        (Some(cert), Some(key)) => {
-            Some((read("cert_file", cert)?.to_vec(), read("key_file", key)?))
-        }
+        (Some(cert), Some(key)) => Some((
+            read("cert_file", cert)?,
+            Zeroizing::new(read("key_file", key)?),
+        )),
         _ => None,
     };
     Ok(crate::token::store::redis::RedisTls::new(
-        read("ca_file", &tls.ca_file)?.to_vec(),
+        read("ca_file", &tls.ca_file)?,
         client,
     ))
 }

@@ -515,6 +515,14 @@ async fn a_client_over_its_rate_limit_is_told_when_to_retry() {
         ..generate("d")
     };
     client.generate_tokens(other).await.unwrap();
+    assert!(
+        service
+            .metrics()
+            .await
+            .lines()
+            .any(|l| l == "token_service_token_events_total{event=\"rate_limited\"} 1"),
+        "the refusal is counted"
+    );
     drop(client);
     tokio::task::spawn_blocking(move || assert_eq!(service.terminate().code(), Some(0)))
         .await

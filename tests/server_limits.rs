@@ -161,3 +161,23 @@ async fn the_reference_crypto_service_takes_the_same_limits() {
         .await
         .unwrap();
 }
+
+/// A peer that stops answering HTTP/2 PINGs (a dead client behind a silent network) is
+/// dropped after `keepalive_interval` + `keepalive_timeout`, not kept forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_answering_pings_is_dropped() {
+    let sandbox = Sandbox::new(
+        "[server.limits]\nkeepalive_interval = \"500ms\"\nkeepalive_timeout = \"500ms\"\n",
+    );
+    let service = sandbox.serve_async(&[]).await;
+    let (_send, mut connection) = connection_advertising(service.grpc, 200).await;
+    // Not polled, the client neither reads the server's PING nor answers it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ended = tokio::time::timeout(
+        Duration::from_secs(2),
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut connection).poll(cx)),
+    )
+    .await;
+    assert!(ended.is_ok(), "the server kept a silent peer's connection");
+    service.stop_cleanly().await;
+}

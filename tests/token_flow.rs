@@ -23,6 +23,8 @@ struct Fixture {
     store: Arc<MemoryStore>,
     service: Arc<TokenService>,
     clock: ManualClock,
+    /// The chain's metrics (token events are counted there).
+    metrics: Metrics,
 }
 
 impl Fixture {
@@ -63,6 +65,7 @@ fn settings() -> TokenSettings {
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
     let clock = ManualClock::new(1_800_000_000);
     let backend = Arc::new(
         SoftwareBackend::open_with_clock(
@@ -87,7 +90,7 @@ async fn fixture() -> Fixture {
                 encrypt: vec!["software".into()],
             },
             true,
-            Metrics::new(),
+            metrics.clone(),
         )
         .unwrap(),
     );
@@ -116,6 +119,7 @@ async fn fixture() -> Fixture {
         store,
         service,
         clock,
+        metrics,
     }
 }
 
@@ -531,4 +535,13 @@ async fn a_client_naming_its_callers_acts_only_for_their_certificates() {
         let family = token_service::token::refresh::FamilyId::parse(&web.claims.fid).unwrap();
         assert!(f.service.revoke_family_as(caller, &family).await.unwrap());
     }
+
+    // Each refusal and each revocation above is counted, and issuance per client and grant.
+    use token_service::token::events::{Event, Issue};
+    let events = f.metrics.tokens();
+    assert_eq!(events.event_count(Event::CallerRefused), 7);
+    assert_eq!(events.event_count(Event::FamilyRevoked), 4);
+    assert_eq!(events.issued_count("partner", Issue::New), 1);
+    assert_eq!(events.issued_count("partner", Issue::Refresh), 1);
+    assert_eq!(events.issued_count("web", Issue::New), 3);
 }

@@ -7,6 +7,12 @@ pub mod overload;
 
 use crate::context::CallContext;
 
+/// The response future of a tower layer around a tonic service ([`metrics::Metered`],
+/// [`overload::Shed`]).
+pub type ResponseFuture<E> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<http::Response<tonic::body::Body>, E>> + Send>,
+>;
+
 /// The context of an inbound gRPC request: its correlation id (the request field, else the
 /// `x-correlation-id` metadata, else a fresh one) and its W3C trace context.
 pub fn inbound_context(

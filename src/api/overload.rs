@@ -3,7 +3,6 @@
 //! Queueing would make every admitted call late too, and a client told "unavailable" can
 //! retry on another instance straight away. Counted in `token_service_grpc_overloaded_total`.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -80,8 +79,7 @@ where
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = super::ResponseFuture<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -123,8 +121,7 @@ mod tests {
     impl tower_service::Service<http::Request<Body>> for Held {
         type Response = http::Response<Body>;
         type Error = std::convert::Infallible;
-        type Future =
-            Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+        type Future = crate::api::ResponseFuture<Self::Error>;
 
         fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             Poll::Ready(Ok(()))
