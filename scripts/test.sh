@@ -51,10 +51,24 @@ command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain
 output=$(mktemp)
 trap 'rm -f "$output"' EXIT
 
+# A hung test fails the run within a bound, with its name in the log (the harness prints
+# "has been running for over 60 seconds"), instead of holding CI until CI's own limit.
+# The bound includes building the tests.
+with_limit() {
+    local minutes=$1
+    shift
+    local status=0
+    timeout --kill-after=30s "${minutes}m" "$@" || status=$?
+    if [ "$status" -eq 124 ]; then
+        echo "==> stopped after ${minutes} min: $*" >&2
+    fi
+    return "$status"
+}
+
 log "cargo test --doc"
-cargo test --locked --doc 2>&1 | tee -a "$output"
+with_limit 15 cargo test --locked --doc 2>&1 | tee -a "$output"
 log "cargo test (all targets: library, binary, integration and property tests; benches in quick mode)"
-cargo test --locked --all-targets 2>&1 | tee -a "$output"
+with_limit 55 cargo test --locked --all-targets 2>&1 | tee -a "$output"
 
 # One closing line for the whole suite, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }

@@ -8,6 +8,8 @@
 //! arrives, writes the whole buffer [`FLUSH_INTERVAL`] later (at once past [`EAGER_BYTES`]):
 //! 0.07-0.08 s of CPU and about 1.1k wake-ups for the same load. Nothing is dropped: when
 //! the buffer reaches [`LIMIT_BYTES`] (the output cannot keep up), writers wait for room.
+//! Shutdown writes out what is buffered but waits at most [`SHUTDOWN_WAIT`] for it: an
+//! output that is stuck (a pipe nobody reads) must not keep the process from exiting.
 
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -20,11 +22,15 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 pub const EAGER_BYTES: usize = 64 * 1024;
 /// Past this many buffered bytes writers wait until the thread has taken the buffer.
 pub const LIMIT_BYTES: usize = 4 * 1024 * 1024;
+/// The longest shutdown waits for the buffered lines to be written.
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct State {
     buffer: Vec<u8>,
     closed: bool,
+    /// Set by the thread when it has written everything and stopped.
+    finished: bool,
 }
 
 struct Shared {
@@ -36,6 +42,8 @@ struct Shared {
     work: Condvar,
     /// Signalled when the thread has taken the buffer.
     room: Condvar,
+    /// Signalled when the thread has stopped.
+    done: Condvar,
 }
 
 impl Shared {
@@ -65,6 +73,7 @@ pub fn batch_writer(output: impl Write + Send + 'static) -> io::Result<(BatchWri
         output: Mutex::new(Box::new(output)),
         work: Condvar::new(),
         room: Condvar::new(),
+        done: Condvar::new(),
     });
     let thread = std::thread::Builder::new()
         .name("log-writer".into())
@@ -115,30 +124,50 @@ fn write_batches(shared: &Shared) {
             let _ = output.write_all(&batch).and_then(|()| output.flush());
             batch.clear();
         }
-        if closed && shared.lock().buffer.is_empty() {
-            return;
+        if closed {
+            let mut state = shared.lock();
+            if state.buffer.is_empty() {
+                state.finished = true;
+                shared.done.notify_all();
+                return;
+            }
         }
     }
 }
 
 impl BatchGuard {
-    /// Writes out every buffered line and stops the thread.
+    /// Writes out every buffered line and stops the thread, waiting at most
+    /// [`SHUTDOWN_WAIT`]; lines a stuck output has not taken by then are lost.
     pub fn finish(mut self) {
-        self.stop();
+        self.stop(SHUTDOWN_WAIT);
     }
 
-    fn stop(&mut self) {
-        self.shared.lock().closed = true;
+    /// Returns whether the thread wrote everything and stopped within `wait`.
+    fn stop(&mut self, wait: Duration) -> bool {
+        let Some(thread) = self.thread.take() else {
+            return true;
+        };
+        let mut state = self.shared.lock();
+        state.closed = true;
         self.shared.work.notify_all();
-        if let Some(thread) = self.thread.take() {
+        let (state, _) = self
+            .shared
+            .done
+            .wait_timeout_while(state, wait, |state| !state.finished)
+            .unwrap_or_else(|p| p.into_inner());
+        let finished = state.finished;
+        drop(state);
+        if finished {
             let _ = thread.join();
         }
+        // Otherwise the thread stays blocked in the output's `write` and is left behind.
+        finished
     }
 }
 
 impl Drop for BatchGuard {
     fn drop(&mut self) {
-        self.stop();
+        self.stop(SHUTDOWN_WAIT);
     }
 }
 
@@ -302,11 +331,13 @@ mod tests {
             ..Recorder::default()
         };
         let (writer, guard) = batch_writer(output.clone()).unwrap();
-        // ~6 MiB of lines against a 4 MiB limit, while the output is stuck on its first
-        // batch: the buffer fills to the limit, then the writers wait.
+        // The output is stuck on its first batch, which holds whatever was buffered when
+        // the thread took it: at most the limit. ~9.7 MB of lines is more than twice the
+        // limit, so the buffer fills to the limit again, however late the thread ran, and
+        // the writers wait.
         let writers = {
             let writer = writer.clone();
-            std::thread::spawn(move || write_from_threads(&writer, 2, 20_000))
+            std::thread::spawn(move || write_from_threads(&writer, 2, 40_000))
         };
         let buffered = || writer.shared.lock().buffer.len();
         let started = Instant::now();
@@ -321,7 +352,7 @@ mod tests {
         gate.1.notify_all();
         writers.join().unwrap();
         guard.finish();
-        assert_complete(&output.bytes.lock().unwrap(), 2, 20_000);
+        assert_complete(&output.bytes.lock().unwrap(), 2, 40_000);
         // The buffer filled up to the limit (writers had to wait) and never grew past it by
         // more than one line.
         let largest = *output.largest.lock().unwrap();
@@ -329,6 +360,35 @@ mod tests {
             (LIMIT_BYTES..LIMIT_BYTES + 300).contains(&largest),
             "{largest}"
         );
+    }
+
+    #[test]
+    fn a_stuck_output_does_not_keep_shutdown_waiting() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let output = Recorder {
+            gate: Some(gate.clone()),
+            ..Recorder::default()
+        };
+        let (writer, mut guard) = batch_writer(output.clone()).unwrap();
+        write_lines(&writer, 0, 10);
+        let started = Instant::now();
+        assert!(
+            !guard.stop(Duration::from_millis(200)),
+            "the output is stuck"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // Once the output moves again, the thread left behind writes what it held and ends.
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        let started = Instant::now();
+        while !writer.shared.lock().finished {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "never finished"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_complete(&output.bytes.lock().unwrap(), 1, 10);
     }
 
     #[test]
