@@ -99,6 +99,7 @@ fn main() {
                 },
             )]),
             rate_limit: None,
+            callers: Default::default(),
         },
         KeyRef::new("token", "signing").unwrap(),
         KeyRef::new("token-cache", "aes").unwrap(),

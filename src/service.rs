@@ -305,6 +305,7 @@ impl Service {
                     clock_skew: config.tokens.clock_skew,
                     clients: config.tokens.clients.clone(),
                     rate_limit: config.tokens.rate_limit.clone(),
+                    callers: config.tokens.callers.clone(),
                 },
                 signing_key.clone(),
                 encryption_key.clone(),

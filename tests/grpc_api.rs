@@ -293,9 +293,9 @@ async fn the_token_api_end_to_end_over_grpc() {
     assert_eq!(status.code(), Some(0));
 }
 
-/// A newcomer's first token in one command, without grpcurl.
+/// A newcomer's first token in one command, without grpcurl; then introspected and revoked.
 #[test]
-fn the_client_subcommand_issues_and_introspects() {
+fn the_client_subcommand_issues_introspects_and_revokes() {
     let sandbox = Sandbox::new("");
     let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
     let address = format!("http://{}", service.grpc);
@@ -326,6 +326,34 @@ fn the_client_subcommand_issues_and_introspects() {
     let seen: serde_json::Value = serde_json::from_slice(&seen.stdout).unwrap();
     assert_eq!(seen["active"], true);
     assert_eq!(seen["sub"], "alice");
+    // RFC 7009: the access token itself, revoked by its client's caller.
+    let revoke = |token: &str| {
+        let out = sandbox.run(
+            &[
+                "client",
+                "--address",
+                &address,
+                "revoke",
+                "--access-token",
+                token,
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["revoked"].clone()
+    };
+    assert_eq!(revoke(access), true);
+    assert_eq!(revoke(access), false, "nothing left to revoke");
+    let seen = sandbox.run(
+        &["client", "--address", &address, "introspect", access],
+        None,
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&seen.stdout).unwrap();
+    assert_eq!(seen["active"], false);
     let bad = sandbox.run(
         &["client", "--address", &address, "refresh", "nonsense"],
         None,

@@ -589,6 +589,7 @@ token_test!(
                         },
                     )]),
                     rate_limit: None,
+                    callers: Default::default(),
                 },
                 signing,
                 encryption,

@@ -59,6 +59,7 @@ async fn instance_with_store(keys: &Path, store: Arc<dyn Store>) -> Arc<TokenSer
         refresh_ttl: Duration::from_secs(3600),
         clock_skew: Duration::from_secs(60),
         rate_limit: None,
+        callers: Default::default(),
         clients: BTreeMap::from([(
             "web".to_owned(),
             ClientPolicy {

@@ -183,9 +183,18 @@ impl TokenApi for GrpcTokenService {
                 Ok(family) => self.tokens.revoke_family_as(&caller, &family).await,
                 Err(e) => Err(e),
             },
-            Some(Target::AccessTokenJti(jti)) => self.tokens.revoke_jti(&jti).await.map(|()| true),
+            Some(Target::AccessTokenJti(jti)) => self
+                .tokens
+                .revoke_jti_as(&caller, &jti)
+                .await
+                .map(|()| true),
+            Some(Target::AccessToken(token)) => {
+                self.tokens
+                    .revoke_access_token_as(&ctx, &caller, &token)
+                    .await
+            }
             None => Err(TokenError::InvalidArgument(
-                "name a refresh_token, family_id or access_token_jti".into(),
+                "name a refresh_token, family_id, access_token_jti or access_token".into(),
             )),
         }
         .map_err(status)?;
@@ -208,11 +217,13 @@ impl TokenApi for GrpcTokenService {
         request: Request<proto::IntrospectTokenRequest>,
     ) -> Result<Response<proto::IntrospectTokenResponse>, Status> {
         let ctx = context(&request);
+        let caller = super::inbound_caller(&request);
         let body = request.into_inner();
         let seen = self
             .tokens
-            .introspect_for(
+            .introspect_as(
                 &ctx,
+                &caller,
                 &body.token,
                 Some(body.audience.as_str()).filter(|a| !a.is_empty()),
             )
@@ -243,6 +254,9 @@ impl TokenApi for GrpcTokenService {
         request: Request<proto::ValidateDPoPRequest>,
     ) -> Result<Response<proto::ValidateDPoPResponse>, Status> {
         let ctx = context(&request);
+        self.tokens
+            .authorize_introspection(&super::inbound_caller(&request))
+            .map_err(status)?;
         let body = request.into_inner();
         let checked = self
             .tokens

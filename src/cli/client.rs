@@ -40,17 +40,20 @@ enum ClientCommand {
         /// The refresh token.
         refresh_token: String,
     },
-    /// Revoke a refresh token's family, a family by id, or an access token by jti.
+    /// Revoke a refresh token's family, a family by id, or an access token (whole or by jti).
     Revoke {
         /// A refresh token (revokes its family).
-        #[arg(long, conflicts_with_all = ["family_id", "jti"])]
+        #[arg(long, conflicts_with_all = ["family_id", "jti", "access_token"])]
         refresh_token: Option<String>,
         /// A family id.
-        #[arg(long, conflicts_with = "jti")]
+        #[arg(long, conflicts_with_all = ["jti", "access_token"])]
         family_id: Option<String>,
-        /// An access token's jti.
-        #[arg(long)]
+        /// An access token's jti (an operator's revocation where callers are named).
+        #[arg(long, conflicts_with = "access_token")]
         jti: Option<String>,
+        /// An access token (denied until it expires).
+        #[arg(long)]
+        access_token: Option<String>,
     },
     /// Introspect an access token.
     Introspect {
@@ -115,12 +118,18 @@ pub async fn run(args: ClientArgs) -> Result<(), Failure> {
             refresh_token,
             family_id,
             jti,
+            access_token,
         } => {
-            let target = match (refresh_token, family_id, jti) {
-                (Some(t), _, _) => Target::RefreshToken(t),
-                (_, Some(f), _) => Target::FamilyId(f),
-                (_, _, Some(j)) => Target::AccessTokenJti(j),
-                _ => return Err(Failure::new("give --refresh-token, --family-id or --jti")),
+            let target = match (refresh_token, family_id, jti, access_token) {
+                (Some(t), ..) => Target::RefreshToken(t),
+                (_, Some(f), ..) => Target::FamilyId(f),
+                (_, _, Some(j), _) => Target::AccessTokenJti(j),
+                (.., Some(a)) => Target::AccessToken(a),
+                _ => {
+                    return Err(Failure::new(
+                        "give --refresh-token, --family-id, --jti or --access-token",
+                    ));
+                }
             };
             let r = client
                 .revoke_token(RevokeTokenRequest {

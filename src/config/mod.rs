@@ -199,6 +199,10 @@ pub struct TokensConfig {
     /// none when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<crate::resilience::RateLimitConfig>,
+    /// `[tokens.callers]`: the resource servers that may introspect (`introspect`) and the
+    /// operators that may revoke any family or jti (`revoke`). Needs mTLS.
+    #[serde(skip_serializing_if = "crate::token::OperationCallers::is_empty")]
+    pub callers: crate::token::OperationCallers,
 }
 
 impl Default for TokensConfig {
@@ -215,6 +219,7 @@ impl Default for TokensConfig {
             memory_capacity: crate::token::store::memory::DEFAULT_CAPACITY,
             clients: std::collections::BTreeMap::new(),
             rate_limit: None,
+            callers: crate::token::OperationCallers::default(),
         }
     }
 }

@@ -636,6 +636,51 @@ fn named_callers_need_mtls_and_well_formed_names() {
 }
 
 #[test]
+fn resource_servers_and_operators_need_mtls_and_well_formed_names() {
+    let mtls = "\n[server.tls]\ncert_file = \"/s.pem\"\nkey_file = \"/s.key\"\nclient_ca_file = \"/ca.pem\"\n";
+    let with = |table: &str, tls: &str| format!("{DEFAULT_TOML}\n[tokens.callers]\n{table}\n{tls}");
+    expect_setting(
+        load_str(&with("introspect = [\"orders.internal\"]", ""), &no_env()),
+        "tokens.callers.introspect",
+        "client_ca_file",
+    );
+    expect_setting(
+        load_str(&with("revoke = [\"console.internal\"]", ""), &no_env()),
+        "tokens.callers.revoke",
+        "client_ca_file",
+    );
+    expect_setting(
+        load_str(&with("revoke = [\"https://console\"]", mtls), &no_env()),
+        "tokens.callers.revoke",
+        "not a SPIFFE ID, a DNS name",
+    );
+    let unknown = load_str(&with("introspekt = [\"orders.internal\"]", mtls), &no_env());
+    assert!(
+        unknown
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("introspekt")),
+        "{unknown:?}"
+    );
+    let config = load_str(
+        &with(
+            "introspect = [\"orders.internal\", \"spiffe://prod.example/ns/api/sa/orders\"]\nrevoke = [\"console.internal\"]",
+            mtls,
+        ),
+        &no_env(),
+    )
+    .unwrap();
+    assert_eq!(config.tokens.callers.introspect.len(), 2);
+    assert_eq!(config.tokens.callers.revoke, vec!["console.internal"]);
+    let text = config.to_redacted_toml().unwrap();
+    assert!(text.contains("[tokens.callers]"), "{text}");
+    assert_eq!(Config::parse(&text).unwrap(), config);
+    // Left out, nobody is named and nothing is rendered.
+    let plain = load_str(DEFAULT_TOML, &no_env()).unwrap();
+    assert!(plain.tokens.callers.is_empty());
+    assert!(!plain.to_redacted_toml().unwrap().contains("tokens.callers"));
+}
+
+#[test]
 fn tls_revocation_lists_need_client_certificates_and_reloads_a_sane_interval() {
     let tls = |extra: &str| {
         format!(

@@ -179,6 +179,16 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             config.server.tls.as_ref(),
         )?;
     }
+    for (name, callers) in [
+        ("introspect", &tokens.callers.introspect),
+        ("revoke", &tokens.callers.revoke),
+    ] {
+        super::tls::validate_callers(
+            format!("tokens.callers.{name}"),
+            callers,
+            config.server.tls.as_ref(),
+        )?;
+    }
     config.server.limits.validate()?;
     if let Some(tls) = &config.tokens.redis_tls {
         tls.validate(config.tokens.store, config.tokens.redis_url.as_deref())?;

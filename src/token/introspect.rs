@@ -2,7 +2,7 @@
 
 use super::claims::AccessClaims;
 use super::refresh::FamilyId;
-use super::{TokenError, TokenService};
+use super::{Caller, TokenError, TokenService};
 use crate::backends::error::ErrorClass;
 use crate::context::CallContext;
 use crate::jws::CompactJws;
@@ -29,18 +29,33 @@ impl Introspection {
 impl TokenService {
     /// RFC 7662 introspection: signature against the published keys, `typ`, exp/nbf with the
     /// configured skew, issuer, the jti denylist and the family's state. Anything wrong with
-    /// the token is "inactive", not an error; only outages are errors.
+    /// the token is "inactive", not an error; only outages are errors. For an unidentified
+    /// caller (see [`TokenService::introspect_as`]).
     pub async fn introspect(
         &self,
         ctx: &CallContext,
         token: &str,
     ) -> Result<Introspection, TokenError> {
-        self.introspect_for(ctx, token, None).await
+        self.introspect_as(ctx, &Caller::unidentified(), token, None)
+            .await
     }
 
-    /// [`TokenService::introspect`] for a resource server: with `audience`, a token whose
-    /// `aud` does not hold it is inactive.
-    pub async fn introspect_for(
+    /// [`TokenService::introspect`] for `caller`, who must be one of the resource servers
+    /// of `tokens.callers.introspect` when that names any (PERMISSION_DENIED otherwise).
+    /// With `audience`, a token whose `aud` does not hold it is inactive.
+    pub async fn introspect_as(
+        &self,
+        ctx: &CallContext,
+        caller: &Caller,
+        token: &str,
+        audience: Option<&str>,
+    ) -> Result<Introspection, TokenError> {
+        self.authorize_introspection(caller)?;
+        self.inspect(ctx, token, audience).await
+    }
+
+    /// Introspection without the caller check.
+    pub(super) async fn inspect(
         &self,
         ctx: &CallContext,
         token: &str,

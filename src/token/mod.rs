@@ -2,6 +2,7 @@
 //! refresh-token families with rotation and reuse detection, revocation, introspection
 //! (RFC 7662 semantics) and the JWKS. Transport (gRPC, HTTP) sits on top of this.
 
+mod access;
 mod binding;
 pub mod claims;
 pub mod events;
@@ -32,6 +33,7 @@ pub use crate::caller::Caller;
 use crate::context::CallContext;
 use crate::dpop::{DpopError, DpopSettings, DpopValidator};
 use crate::jws;
+pub use access::OperationCallers;
 pub use binding::DpopInput;
 pub use introspect::Introspection;
 
@@ -114,6 +116,8 @@ pub struct TokenSettings {
     /// Requests per second each client may make (GenerateTokens and RefreshTokens); none
     /// when absent.
     pub rate_limit: Option<crate::resilience::RateLimitConfig>,
+    /// Who may introspect, and who may revoke what is not their clients' own.
+    pub callers: OperationCallers,
 }
 
 /// A token request.
@@ -247,24 +251,6 @@ impl TokenService {
     /// The DPoP validator (ValidateDPoP, and proofs presented with token requests).
     pub fn dpop(&self) -> &DpopValidator {
         &self.dpop
-    }
-
-    /// Whether `caller` may act for `client_id`: any caller when the client names none,
-    /// else only one whose certificate is valid for a named caller. Checked before the rate
-    /// limit, so a refused caller spends none of the client's budget. An unknown client
-    /// passes here and is refused by the grant's validation.
-    fn authorize(&self, caller: &Caller, client_id: &str) -> Result<(), TokenError> {
-        let Some(policy) = self.settings.clients.get(client_id) else {
-            return Ok(());
-        };
-        if policy.callers.is_empty() || caller.is_one_of(&policy.callers) {
-            return Ok(());
-        }
-        self.events().count(Event::CallerRefused);
-        tracing::warn!(target: "audit", event = "caller_refused", client_id, caller = %caller, "caller may not act for this client");
-        Err(TokenError::PermissionDenied(format!(
-            "caller {caller} may not act for client `{client_id}`"
-        )))
     }
 
     /// Admits one request of `client_id` under the per-client rate limit. Only registered

@@ -1,10 +1,12 @@
 //! Revocation: of a family (by its current refresh token, or by its id for a caller allowed
-//! to act for its client) and of one access token by its jti. Every instance sharing the
-//! store sees a revocation at once.
+//! to act for its client or an operator) and of one access token (presented whole by its
+//! client's caller, or by its jti alone by an operator). Every instance sharing the store
+//! sees a revocation at once. Who may do what is in `access.rs`.
 
 use super::events::Event;
 use super::refresh::{FamilyId, RefreshToken};
 use super::{Caller, TokenError, TokenService};
+use crate::context::CallContext;
 
 impl TokenService {
     /// Revokes the family of a refresh token, if it is the family's current one; false when
@@ -48,19 +50,21 @@ impl TokenService {
 
     /// Revokes a family by id: its refresh token stops working and its access tokens turn
     /// inactive. The id is public (`fid` in every access token), so when the family's client
-    /// names its callers, only they may revoke it this way.
+    /// names its callers, only they and the operators (`tokens.callers.revoke`) may revoke
+    /// it this way.
     pub async fn revoke_family_as(
         &self,
         caller: &Caller,
         family: &FamilyId,
     ) -> Result<bool, TokenError> {
         // Read the family's client only where a client names callers: elsewhere any caller
-        // may revoke, as before, without the extra read.
-        if self
-            .settings
-            .clients
-            .values()
-            .any(|c| !c.callers.is_empty())
+        // may revoke, without the extra read.
+        if !self.is_operator(caller)
+            && self
+                .settings
+                .clients
+                .values()
+                .any(|c| !c.callers.is_empty())
             && let Some(record) = self.store.get_family(family, self.clock.now()).await?
         {
             self.authorize(caller, &record.client_id)?;
@@ -81,23 +85,57 @@ impl TokenService {
         Ok(revoked)
     }
 
-    /// Denies one access token (by jti) until its expiry.
+    /// Denies one access token (by jti) until its expiry: the embedding application's own
+    /// call, not checked against any caller.
     pub async fn revoke_access_token(&self, jti: &str, exp: u64) -> Result<(), TokenError> {
+        self.deny(&Caller::unidentified(), jti, exp).await
+    }
+
+    async fn deny(&self, caller: &Caller, jti: &str, exp: u64) -> Result<(), TokenError> {
         if jti.is_empty() || jti.len() > 64 {
             return Err(TokenError::InvalidArgument("malformed jti".into()));
         }
         self.store.deny_jti(jti, exp).await?;
         self.events().count(Event::AccessRevoked);
-        tracing::info!(target: "audit", event = "revoke_access", jti, exp);
+        tracing::info!(target: "audit", event = "revoke_access", jti, exp, caller = %caller);
         Ok(())
     }
 
     /// Denies one access token by jti alone, until no token it could name can still be live:
-    /// now + the longest access-token lifetime + the clock skew.
-    pub async fn revoke_jti(&self, jti: &str) -> Result<(), TokenError> {
+    /// now + the longest access-token lifetime + the clock skew. A jti does not say whose
+    /// token it is, so where callers are named this is for operators only.
+    pub async fn revoke_jti_as(&self, caller: &Caller, jti: &str) -> Result<(), TokenError> {
+        self.authorize_revocation_by_jti(caller)?;
         let until = self.clock.now()
             + self.settings.max_access_ttl.as_secs()
             + self.settings.clock_skew.as_secs();
-        self.revoke_access_token(jti, until).await
+        self.deny(caller, jti, until).await
+    }
+
+    /// RFC 7009 revocation of an access token presented whole, by a caller allowed to act
+    /// for the client it was issued to, or an operator: its jti is denied until the token
+    /// expires. False when there is nothing to revoke: a token that does not verify, has
+    /// expired or is already inactive (not an error, RFC 7009 §2.2). The family and its
+    /// refresh token are left alone.
+    pub async fn revoke_access_token_as(
+        &self,
+        ctx: &CallContext,
+        caller: &Caller,
+        token: &str,
+    ) -> Result<bool, TokenError> {
+        let seen = self.inspect(ctx, token, None).await?;
+        let Some(claims) = seen.claims.filter(|_| seen.active) else {
+            tracing::info!(target: "audit", event = "revoke_access", revoked = false, caller = %caller, "not an active access token");
+            return Ok(false);
+        };
+        if !self.is_operator(caller) {
+            self.authorize(caller, &claims.client_id)?;
+        }
+        // Introspection accepts a token up to the skew past its exp: deny it that long too.
+        let until = claims
+            .exp
+            .saturating_add(self.settings.clock_skew.as_secs());
+        self.deny(caller, &claims.jti, until).await?;
+        Ok(true)
     }
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod api_tls;
 pub mod capture;
 pub mod crypto_server;
 pub mod dpop;
