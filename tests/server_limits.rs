@@ -46,6 +46,14 @@ async fn calls_beyond_max_in_flight_are_refused_at_once_while_redis_stalls() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The limit is shown beside the gauge, for an alert before calls are refused.
+    let metrics = service.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "token_service_grpc_in_flight_limit 2"),
+        "{metrics}"
+    );
     let asked = Instant::now();
     let refused = client
         .clone()

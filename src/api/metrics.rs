@@ -89,6 +89,7 @@ pub struct ApiMetricFamilies {
     calls: IntCounterVec,
     overloaded: IntCounter,
     in_flight: IntGauge,
+    in_flight_limit: IntGauge,
     duration: HistogramVec,
     /// Per method in [`METHODS`] order, then the unknown method.
     methods: Arc<[MethodMetrics]>,
@@ -124,11 +125,18 @@ impl ApiMetricFamilies {
             "Token API calls being served now (at most server.limits.max_in_flight)",
         )
         .expect("static metric definition");
+        // The limit beside the gauge, so an alert can warn before calls are refused.
+        let in_flight_limit = IntGauge::new(
+            "token_service_grpc_in_flight_limit",
+            "server.limits.max_in_flight: the most Token API calls served at once",
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
             Box::new(overloaded.clone()),
             Box::new(in_flight.clone()),
+            Box::new(in_flight_limit.clone()),
         ] {
             registry
                 .register(collector)
@@ -146,6 +154,7 @@ impl ApiMetricFamilies {
             calls,
             overloaded,
             in_flight,
+            in_flight_limit,
             duration,
             methods,
         }
@@ -159,6 +168,11 @@ impl ApiMetricFamilies {
     /// The gauge of calls admitted and not yet answered (see [`super::overload`]).
     pub fn in_flight(&self) -> &IntGauge {
         &self.in_flight
+    }
+
+    /// The gauge of the in-flight limit (see [`super::overload`]).
+    pub fn in_flight_limit(&self) -> &IntGauge {
+        &self.in_flight_limit
     }
 
     /// Calls of `method` that ended with `code` (for tests and `doctor`).

@@ -42,13 +42,17 @@ pub struct Shed<S> {
 }
 
 impl<S> Shed<S> {
-    /// `inner`, serving at most `max_in_flight` calls at once; the calls in flight and the
-    /// refusals are shown in `metrics` (`token_service_grpc_in_flight`,
-    /// `token_service_grpc_overloaded_total`).
+    /// `inner`, serving at most `max_in_flight` calls at once; the limit, the calls in
+    /// flight and the refusals are shown in `metrics` (`token_service_grpc_in_flight_limit`,
+    /// `token_service_grpc_in_flight`, `token_service_grpc_overloaded_total`).
     pub fn new(inner: S, max_in_flight: usize, metrics: &ApiMetricFamilies) -> Self {
+        let max_in_flight = max_in_flight.min(Semaphore::MAX_PERMITS);
+        metrics
+            .in_flight_limit()
+            .set(i64::try_from(max_in_flight).unwrap_or(i64::MAX));
         Self {
             inner,
-            permits: Arc::new(Semaphore::new(max_in_flight.min(Semaphore::MAX_PERMITS))),
+            permits: Arc::new(Semaphore::new(max_in_flight)),
             refused: metrics.overloaded().clone(),
             in_flight: metrics.in_flight().clone(),
         }
