@@ -176,6 +176,17 @@ pub fn routes(chain: &ChainConfig, backends: &BackendsConfig) -> Routes {
 }
 
 /// Reads the files of `[tokens.redis_tls]`; an unreadable one is named with its setting.
+/// The Redis connection settings of `[tokens]`: TLS files read, and the timeouts.
+fn redis_options(
+    tokens: &crate::config::TokensConfig,
+) -> Result<crate::token::store::redis::RedisOptions, ServiceError> {
+    Ok(crate::token::store::redis::RedisOptions {
+        tls: tokens.redis_tls.as_ref().map(read_redis_tls).transpose()?,
+        connect_timeout: tokens.redis_connect_timeout,
+        response_timeout: tokens.redis_response_timeout,
+    })
+}
+
 fn read_redis_tls(
     tls: &crate::config::redis_tls::RedisTlsConfig,
 ) -> Result<crate::token::store::redis::RedisTls, ServiceError> {
@@ -237,8 +248,7 @@ async fn open_store(tokens: &crate::config::TokensConfig) -> Result<Arc<dyn Stor
         }
         (StoreKind::Redis, Some(url)) => {
             warn_if_plaintext(url);
-            let tls = tokens.redis_tls.as_ref().map(read_redis_tls).transpose()?;
-            let store = RedisStore::connect_with(url, tls.as_ref())
+            let store = RedisStore::connect_with(url, &redis_options(tokens)?)
                 .await
                 .map_err(connect_error)?;
             (Arc::new(store), 1)
@@ -246,8 +256,7 @@ async fn open_store(tokens: &crate::config::TokensConfig) -> Result<Arc<dyn Stor
         (StoreKind::RedisCluster, Some(urls)) => {
             let seeds: Vec<String> = urls.split(',').map(|u| u.trim().to_owned()).collect();
             seeds.iter().for_each(|seed| warn_if_plaintext(seed));
-            let tls = tokens.redis_tls.as_ref().map(read_redis_tls).transpose()?;
-            let store = RedisStore::connect_cluster_with(&seeds, tls.as_ref())
+            let store = RedisStore::connect_cluster_with(&seeds, &redis_options(tokens)?)
                 .await
                 .map_err(connect_error)?;
             (Arc::new(store), seeds.len())

@@ -19,7 +19,7 @@ use token_service::metrics::Metrics;
 use token_service::resilience::ResilienceConfig;
 use token_service::token::claims::ClientPolicy;
 use token_service::token::refresh::{FamilyId, RefreshToken};
-use token_service::token::store::redis::RedisStore;
+use token_service::token::store::redis::{RedisOptions, RedisStore};
 use token_service::token::store::{MAX_RETIRED, Rotation, Store, StoreError};
 use token_service::token::{TokenError, TokenRequest, TokenService, TokenSettings};
 
@@ -536,4 +536,58 @@ async fn the_newest_retired_hashes_are_kept_in_redis() {
     };
     let store = RedisStore::connect(&redis.url()).await.unwrap();
     the_newest_retired_hashes_are_kept(&store).await;
+}
+
+/// A Redis that stops answering fails a call as unavailable once
+/// `tokens.redis_response_timeout` has passed (here 300 ms, well under the 2 s default),
+/// and the store carries on when Redis answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_fails_calls_after_the_configured_response_timeout() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let timeout = Duration::from_millis(300);
+    let store = RedisStore::connect_with(
+        &redis.url(),
+        &RedisOptions {
+            response_timeout: timeout,
+            ..RedisOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let family = FamilyId::generate().unwrap();
+    let hash = RefreshToken::generate(family.clone()).unwrap().hash();
+    store
+        .create_family(&family, support::family_record(hash, "web"))
+        .await
+        .unwrap();
+
+    redis.pause();
+    let started = std::time::Instant::now();
+    let stalled = store.get_family(&family, support::unix_now()).await;
+    let waited = started.elapsed();
+    redis.resume();
+    assert!(
+        matches!(stalled, Err(StoreError::Unavailable(_))),
+        "{stalled:?}"
+    );
+    assert!(
+        waited >= timeout && waited < Duration::from_millis(1900),
+        "waited {waited:?}"
+    );
+
+    let started = std::time::Instant::now();
+    loop {
+        match store.get_family(&family, support::unix_now()).await {
+            Ok(found) => {
+                assert!(found.is_some(), "the family outlived the stall");
+                break;
+            }
+            Err(StoreError::Unavailable(_)) if started.elapsed() < Duration::from_secs(20) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("never recovered: {error:?}"),
+        }
+    }
 }

@@ -9,7 +9,7 @@ use support::pki::Pki;
 use support::process::Sandbox;
 use support::redis::RedisServer;
 use token_service::token::refresh::{FamilyId, RefreshToken};
-use token_service::token::store::redis::{RedisStore, RedisTls};
+use token_service::token::store::redis::{RedisOptions, RedisStore, RedisTls};
 use token_service::token::store::{Rotation, Store, StoreError};
 use zeroize::Zeroizing;
 
@@ -68,9 +68,10 @@ async fn the_store_speaks_tls_to_redis_and_proves_itself_with_a_client_certifica
     let Some((pki, redis)) = tls_redis(true) else {
         return;
     };
-    let store = RedisStore::connect_with(&redis.tls_url(), Some(&tls(&pki, true)))
-        .await
-        .unwrap();
+    let store =
+        RedisStore::connect_with(&redis.tls_url(), &RedisOptions::with_tls(tls(&pki, true)))
+            .await
+            .unwrap();
     create_and_rotate(&store).await;
     store.ping().await.unwrap();
 }
@@ -81,12 +82,19 @@ async fn without_the_right_ca_the_client_certificate_or_tls_nothing_connects() {
         return;
     };
     // Redis wants a client certificate.
-    let reason = refused(RedisStore::connect_with(&redis.tls_url(), Some(&tls(&pki, false))).await);
+    let reason = refused(
+        RedisStore::connect_with(&redis.tls_url(), &RedisOptions::with_tls(tls(&pki, false))).await,
+    );
     assert!(reason.starts_with("redis"), "{reason}");
     // A CA that did not sign Redis's certificate.
     let stranger = Pki::new();
-    let reason =
-        refused(RedisStore::connect_with(&redis.tls_url(), Some(&tls(&stranger, false))).await);
+    let reason = refused(
+        RedisStore::connect_with(
+            &redis.tls_url(),
+            &RedisOptions::with_tls(tls(&stranger, false)),
+        )
+        .await,
+    );
     assert!(
         reason.to_ascii_lowercase().contains("certificate"),
         "names the certificate: {reason}"
@@ -94,7 +102,9 @@ async fn without_the_right_ca_the_client_certificate_or_tls_nothing_connects() {
     // Plaintext to a TLS port.
     refused(RedisStore::connect(&redis.url()).await);
     // TLS material with a plaintext URL is refused before connecting.
-    let reason = refused(RedisStore::connect_with(&redis.url(), Some(&tls(&pki, true))).await);
+    let reason = refused(
+        RedisStore::connect_with(&redis.url(), &RedisOptions::with_tls(tls(&pki, true))).await,
+    );
     assert!(reason.contains("rediss://"), "{reason}");
 }
 
@@ -178,7 +188,7 @@ async fn the_store_speaks_tls_to_every_node_of_a_cluster() {
     };
     let seeds = cluster.seeds();
     assert!(seeds.iter().all(|s| s.starts_with("rediss://")));
-    let store = RedisStore::connect_cluster_with(&seeds, Some(&tls(&pki, true)))
+    let store = RedisStore::connect_cluster_with(&seeds, &RedisOptions::with_tls(tls(&pki, true)))
         .await
         .unwrap();
     for _ in 0..12 {
@@ -190,6 +200,8 @@ async fn the_store_speaks_tls_to_every_node_of_a_cluster() {
         cluster.key_count() >= 12,
         "families stored across the masters"
     );
-    let reason = refused(RedisStore::connect_cluster_with(&seeds, Some(&tls(&pki, false))).await);
+    let reason = refused(
+        RedisStore::connect_cluster_with(&seeds, &RedisOptions::with_tls(tls(&pki, false))).await,
+    );
     assert!(reason.starts_with("redis"), "{reason}");
 }

@@ -191,6 +191,13 @@ pub struct TokensConfig {
     /// optional client certificate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_tls: Option<redis_tls::RedisTlsConfig>,
+    /// The longest a connection attempt to Redis may take.
+    #[serde(with = "humantime_serde")]
+    pub redis_connect_timeout: Duration,
+    /// The longest a Redis command waits for its answer before the call fails as
+    /// UNAVAILABLE: what a call waits on a Redis that stopped answering.
+    #[serde(with = "humantime_serde")]
+    pub redis_response_timeout: Duration,
     /// Capacity of the in-memory store (families, and denied jtis).
     pub memory_capacity: usize,
     /// Registered clients by id.
@@ -216,6 +223,8 @@ impl Default for TokensConfig {
             store: StoreKind::Memory,
             redis_url: None,
             redis_tls: None,
+            redis_connect_timeout: crate::token::store::redis::DEFAULT_TIMEOUT,
+            redis_response_timeout: crate::token::store::redis::DEFAULT_TIMEOUT,
             memory_capacity: crate::token::store::memory::DEFAULT_CAPACITY,
             clients: std::collections::BTreeMap::new(),
             rate_limit: None,

@@ -297,6 +297,43 @@ fn redis_store_settings() {
         "tokens.redis_url",
         "redis://",
     );
+    // Timeouts: 2 s by default, settable, and bounded.
+    assert_eq!(config.tokens.redis_response_timeout, Duration::from_secs(2));
+    assert_eq!(config.tokens.redis_connect_timeout, Duration::from_secs(2));
+    let with = |line: &str| DEFAULT_TOML.replace("[tokens]", &format!("[tokens]\n{line}"));
+    let tuned = load_str(&with("redis_response_timeout = \"250ms\""), &env).unwrap();
+    assert_eq!(
+        tuned.tokens.redis_response_timeout,
+        Duration::from_millis(250)
+    );
+    assert_eq!(
+        Config::parse(
+            &tuned
+                .to_redacted_toml()
+                .unwrap()
+                .replace("<redacted>", "redis://h:1")
+        )
+        .unwrap()
+        .tokens
+        .redis_response_timeout,
+        Duration::from_millis(250)
+    );
+    for (line, setting) in [
+        (
+            "redis_response_timeout = \"0s\"",
+            "tokens.redis_response_timeout",
+        ),
+        (
+            "redis_response_timeout = \"5m\"",
+            "tokens.redis_response_timeout",
+        ),
+        (
+            "redis_connect_timeout = \"1ms\"",
+            "tokens.redis_connect_timeout",
+        ),
+    ] {
+        expect_setting(load_str(&with(line), &env), setting, "from 10ms to 60s");
+    }
 }
 
 fn with_crypto_service(table: &str) -> String {

@@ -148,6 +148,24 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    for (setting, timeout) in [
+        ("tokens.redis_connect_timeout", tokens.redis_connect_timeout),
+        (
+            "tokens.redis_response_timeout",
+            tokens.redis_response_timeout,
+        ),
+    ] {
+        // A call waits this long on a Redis that stopped answering: a minute is already
+        // far past any gRPC deadline a caller would set.
+        if timeout < std::time::Duration::from_millis(10)
+            || timeout > std::time::Duration::from_secs(60)
+        {
+            return Err(ConfigError::invalid(
+                setting,
+                "expected a duration from 10ms to 60s",
+            ));
+        }
+    }
     if tokens
         .rate_limit
         .as_ref()

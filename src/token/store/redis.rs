@@ -10,6 +10,8 @@
 //! Creating a family decides nothing and is a MULTI/EXEC transaction instead (cheaper for
 //! Redis; see `create_in_transaction`), or the `CREATE` script when a cluster's slot moved.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
@@ -129,6 +131,41 @@ impl RedisTls {
     }
 }
 
+/// How the store reaches Redis: over TLS or not, and how long it waits.
+#[derive(Debug)]
+pub struct RedisOptions {
+    /// TLS for `rediss://` URLs: the CA to trust and an optional client certificate.
+    pub tls: Option<RedisTls>,
+    /// The longest a connection attempt may take.
+    pub connect_timeout: Duration,
+    /// The longest a command waits for its answer before it fails as unavailable: what
+    /// a call waits on a Redis that stopped answering (`tokens.redis_response_timeout`).
+    pub response_timeout: Duration,
+}
+
+/// The default connect and response timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            connect_timeout: DEFAULT_TIMEOUT,
+            response_timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+impl RedisOptions {
+    /// The default timeouts, over TLS with `tls`.
+    pub fn with_tls(tls: RedisTls) -> Self {
+        Self {
+            tls: Some(tls),
+            ..Self::default()
+        }
+    }
+}
+
 impl std::fmt::Debug for RedisTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisTls")
@@ -184,20 +221,20 @@ impl RedisStore {
     /// Connects to `url` (`redis://host:port/db`). The connection reconnects by itself after
     /// an outage; calls made meanwhile fail as unavailable.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        Self::connect_with(url, None).await
+        Self::connect_with(url, &RedisOptions::default()).await
     }
 
-    /// Connects to `url`; with `tls`, over TLS (the URL must be `rediss://`) trusting only
-    /// its CA and presenting its client certificate, if any.
-    pub async fn connect_with(url: &str, tls: Option<&RedisTls>) -> Result<Self, StoreError> {
-        let client = match tls {
+    /// Connects to `url` with `options`; with TLS, the URL must be `rediss://`, and only
+    /// servers with a certificate from its CA are trusted.
+    pub async fn connect_with(url: &str, options: &RedisOptions) -> Result<Self, StoreError> {
+        let client = match &options.tls {
             Some(tls) => redis::Client::build_with_tls(url, tls.certificates()),
             None => redis::Client::open(url),
         }
         .map_err(|e| StoreError::Unavailable(format!("redis URL: {e}")))?;
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout))
             .set_number_of_retries(2)
             .set_max_delay(std::time::Duration::from_millis(500));
         let connection = client
@@ -210,20 +247,20 @@ impl RedisStore {
     /// Connects to a Redis Cluster through any of `seeds` (`redis://host:port`). Slot moves
     /// and failovers are followed by the client; calls during a failover fail as unavailable.
     pub async fn connect_cluster(seeds: &[String]) -> Result<Self, StoreError> {
-        Self::connect_cluster_with(seeds, None).await
+        Self::connect_cluster_with(seeds, &RedisOptions::default()).await
     }
 
-    /// As [`RedisStore::connect_cluster`]; with `tls`, every node over TLS (`rediss://`
-    /// seeds).
+    /// As [`RedisStore::connect_cluster`], with `options`; with TLS, every node over TLS
+    /// (`rediss://` seeds).
     pub async fn connect_cluster_with(
         seeds: &[String],
-        tls: Option<&RedisTls>,
+        options: &RedisOptions,
     ) -> Result<Self, StoreError> {
         let mut builder = redis::cluster::ClusterClient::builder(seeds.iter().map(String::as_str))
-            .connection_timeout(std::time::Duration::from_secs(2))
-            .response_timeout(std::time::Duration::from_secs(2))
+            .connection_timeout(options.connect_timeout)
+            .response_timeout(options.response_timeout)
             .retries(3);
-        if let Some(tls) = tls {
+        if let Some(tls) = &options.tls {
             builder = builder.certs(tls.certificates());
         }
         let client = builder
