@@ -100,6 +100,7 @@ fn main() {
             )]),
             rate_limit: None,
             callers: Default::default(),
+            data_keys: Default::default(),
         },
         KeyRef::new("token", "signing").unwrap(),
         KeyRef::new("token-cache", "aes").unwrap(),

@@ -315,6 +315,7 @@ impl Service {
                     clients: config.tokens.clients.clone(),
                     rate_limit: config.tokens.rate_limit.clone(),
                     callers: config.tokens.callers.clone(),
+                    data_keys: config.tokens.data_keys,
                 },
                 signing_key.clone(),
                 encryption_key.clone(),

@@ -590,6 +590,7 @@ token_test!(
                     )]),
                     rate_limit: None,
                     callers: Default::default(),
+                    data_keys: Default::default(),
                 },
                 signing,
                 encryption,

@@ -5,8 +5,8 @@
 //! - its key stays in the JWKS during the outage (read at start-up; nothing fetched the JWKS
 //!   before), so tokens it signed keep verifying and introspecting as active;
 //! - new tokens come from the fallback, under a key also published;
-//! - a family sealed by the Crypto Service cannot be refreshed while it is down
-//!   (UNAVAILABLE, the refresh token left usable) and refreshes once it is back.
+//! - families are sealed under a data key the Crypto Service wrapped once, and the running
+//!   service keeps that key: a family it sealed before the outage refreshes during it.
 
 mod support;
 
@@ -20,7 +20,6 @@ use token_service::api::proto::token_service_client::TokenServiceClient;
 use token_service::api::proto::{
     GenerateTokensRequest, IntrospectTokenRequest, RefreshTokensRequest, TokenResponse,
 };
-use tonic::Code;
 use tonic::transport::Channel;
 
 async fn generate(grpc: &mut TokenServiceClient<Channel>) -> TokenResponse {
@@ -108,6 +107,13 @@ breaker = {{ failure_threshold = 2, open_duration = "1s" }}
 
     let by_primary = generate(&mut grpc).await;
     let primary_kid = token_kid(&by_primary.access_token);
+    for _ in 0..3 {
+        generate(&mut grpc).await;
+    }
+    // Four families, one data key: the Crypto Service sealed once.
+    let sealed_remotely = "token_service_backend_requests_total{backend=\"crypto_service\",operation=\"encrypt\",outcome=\"ok\"} 1";
+    let metrics = service.metrics().await;
+    assert!(metrics.lines().any(|l| l == sealed_remotely), "{metrics}");
 
     // Nothing has fetched the JWKS yet, and the backend's own metadata cache has expired:
     // what the JWKS shows during the outage was read at start-up.
@@ -131,11 +137,12 @@ breaker = {{ failure_threshold = 2, open_duration = "1s" }}
         .await
         .expect("a family sealed by the fallback refreshes during the outage");
 
-    // The primary sealed this family: only it can open it.
-    let refused = refresh(&mut grpc, &by_primary.refresh_token)
+    // The Crypto Service wrapped this family's data key, and the service holds the key:
+    // the family refreshes during the outage.
+    let refreshed = refresh(&mut grpc, &by_primary.refresh_token)
         .await
-        .unwrap_err();
-    assert_eq!(refused.code(), Code::Unavailable, "{refused}");
+        .expect("a family sealed before the outage refreshes during it");
+    assert!(is_active(&mut grpc, &refreshed.access_token).await);
 
     crypto.restart();
     let mut back = None;
@@ -148,10 +155,9 @@ breaker = {{ failure_threshold = 2, open_duration = "1s" }}
         }
     }
     assert!(back.is_some(), "signing returns to the Crypto Service");
-    // The refused refresh consumed nothing.
-    let refreshed = refresh(&mut grpc, &by_primary.refresh_token)
+    let refreshed = refresh(&mut grpc, &refreshed.refresh_token)
         .await
-        .expect("the primary's family refreshes once it is back");
+        .expect("and once it is back");
     assert!(is_active(&mut grpc, &refreshed.access_token).await);
     let log = service.settled_log();
     assert!(

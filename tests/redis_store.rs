@@ -60,6 +60,7 @@ async fn instance_with_store(keys: &Path, store: Arc<dyn Store>) -> Arc<TokenSer
         clock_skew: Duration::from_secs(60),
         rate_limit: None,
         callers: Default::default(),
+        data_keys: Default::default(),
         clients: BTreeMap::from([(
             "web".to_owned(),
             ClientPolicy {

@@ -45,6 +45,7 @@ fn settings() -> TokenSettings {
         clock_skew: Duration::from_secs(60),
         rate_limit: None,
         callers: Default::default(),
+        data_keys: Default::default(),
         clients: BTreeMap::from([
             (
                 "web".to_owned(),

@@ -210,6 +210,9 @@ pub struct TokensConfig {
     /// operators that may revoke any family or jti (`revoke`). Needs mTLS.
     #[serde(skip_serializing_if = "crate::token::OperationCallers::is_empty")]
     pub callers: crate::token::OperationCallers,
+    /// `[tokens.data_keys]`: how long a data key seals family grants (`rotate_after`) and
+    /// how long an unwrapped one is kept in memory (`cache_for`).
+    pub data_keys: crate::token::seal::DataKeySettings,
 }
 
 impl Default for TokensConfig {
@@ -229,6 +232,7 @@ impl Default for TokensConfig {
             clients: std::collections::BTreeMap::new(),
             rate_limit: None,
             callers: crate::token::OperationCallers::default(),
+            data_keys: crate::token::seal::DataKeySettings::default(),
         }
     }
 }

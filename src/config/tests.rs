@@ -336,6 +336,47 @@ fn redis_store_settings() {
     }
 }
 
+#[test]
+fn data_keys_rotate_hourly_are_kept_a_week_and_are_bounded() {
+    let config = load_str(DEFAULT_TOML, &no_env()).unwrap();
+    assert_eq!(
+        config.tokens.data_keys.rotate_after,
+        Duration::from_secs(3600)
+    );
+    assert_eq!(
+        config.tokens.data_keys.cache_for,
+        Duration::from_secs(7 * 86_400)
+    );
+    let with = |table: &str| format!("{DEFAULT_TOML}\n[tokens.data_keys]\n{table}\n");
+    let tuned = load_str(
+        &with("rotate_after = \"10m\"\ncache_for = \"0s\""),
+        &no_env(),
+    )
+    .unwrap();
+    assert_eq!(
+        tuned.tokens.data_keys.rotate_after,
+        Duration::from_secs(600)
+    );
+    assert_eq!(tuned.tokens.data_keys.cache_for, Duration::ZERO);
+    assert_eq!(
+        Config::parse(&tuned.to_redacted_toml().unwrap()).unwrap(),
+        tuned
+    );
+    for (table, setting) in [
+        ("rotate_after = \"0s\"", "tokens.data_keys.rotate_after"),
+        ("rotate_after = \"8d\"", "tokens.data_keys.rotate_after"),
+        ("cache_for = \"31d\"", "tokens.data_keys.cache_for"),
+    ] {
+        expect_setting(
+            load_str(&with(table), &no_env()),
+            setting,
+            "expected a duration",
+        );
+    }
+    let unknown = load_str(&with("rotate = \"1h\""), &no_env());
+    assert!(unknown.is_err_and(|e| e.to_string().contains("rotate")));
+}
+
 fn with_crypto_service(table: &str) -> String {
     DEFAULT_TOML
         .replace(

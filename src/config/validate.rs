@@ -148,6 +148,21 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    let data_keys = &tokens.data_keys;
+    if data_keys.rotate_after < std::time::Duration::from_secs(1)
+        || data_keys.rotate_after > std::time::Duration::from_secs(7 * 24 * 3600)
+    {
+        return Err(ConfigError::invalid(
+            "tokens.data_keys.rotate_after",
+            "expected a duration from 1s to 7d",
+        ));
+    }
+    if data_keys.cache_for > std::time::Duration::from_secs(30 * 24 * 3600) {
+        return Err(ConfigError::invalid(
+            "tokens.data_keys.cache_for",
+            "expected a duration up to 30d (0s keeps only the data key sealing now)",
+        ));
+    }
     for (setting, timeout) in [
         ("tokens.redis_connect_timeout", tokens.redis_connect_timeout),
         (

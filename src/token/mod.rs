@@ -9,6 +9,7 @@ pub mod events;
 mod introspect;
 pub mod refresh;
 mod revoke;
+pub mod seal;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -118,6 +119,8 @@ pub struct TokenSettings {
     pub rate_limit: Option<crate::resilience::RateLimitConfig>,
     /// Who may introspect, and who may revoke what is not their clients' own.
     pub callers: OperationCallers,
+    /// How long data keys seal family grants and are kept in memory.
+    pub data_keys: seal::DataKeySettings,
 }
 
 /// A token request.
@@ -193,7 +196,8 @@ pub struct TokenService {
     store: Arc<dyn Store>,
     settings: TokenSettings,
     signing_key: KeyRef,
-    encryption_key: KeyRef,
+    /// Seals family grants under data keys wrapped with the encryption key.
+    sealer: seal::Sealer,
     clock: Arc<dyn Clock>,
     dpop: DpopValidator,
     limiters:
@@ -224,12 +228,18 @@ impl TokenService {
             clock.clone(),
             chain.metrics().clone(),
         );
+        let sealer = seal::Sealer::new(
+            chain.clone(),
+            encryption_key,
+            clock.clone(),
+            settings.data_keys,
+        );
         Self {
             chain,
             store,
             settings,
             signing_key,
-            encryption_key,
+            sealer,
             clock,
             dpop,
             limiters: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -375,13 +385,8 @@ impl TokenService {
         })
         .map_err(|_| TokenError::Internal)?;
         let data = self
-            .chain
-            .encrypt(
-                ctx,
-                &self.encryption_key,
-                &stored,
-                family.as_str().as_bytes(),
-            )
+            .sealer
+            .seal(ctx, &stored, family.as_str().as_bytes())
             .await?;
         let refresh = RefreshToken::generate(family.clone())?;
         let record = FamilyRecord {
@@ -449,8 +454,8 @@ impl TokenService {
             Some(record) => record,
         };
         let stored = self
-            .chain
-            .decrypt(ctx, &record.data, family.as_str().as_bytes())
+            .sealer
+            .open(ctx, &record.data, family.as_str().as_bytes())
             .await?;
         let StoredGrant {
             grant,

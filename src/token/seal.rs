@@ -1,0 +1,341 @@
+//! Sealing family grants under data keys (envelope encryption with data-key caching).
+//!
+//! A family's grant used to be sealed by the chain's encrypt operation itself: one remote
+//! call per issuance and one per refresh when the Crypto Service is first for encryption,
+//! and no refresh at all of the families it sealed while it is down. Here a random 256-bit
+//! data key seals grants locally with AES-256-GCM; the data key itself is sealed
+//! ("wrapped") by the chain once, and the wrapped key travels inside every grant it sealed,
+//! so any instance can open the grant by unwrapping it (through the backend that wrapped it,
+//! as the envelope's `kid` says). Unwrapped keys are kept in memory:
+//!
+//! - a data key seals new grants for [`DataKeySettings::rotate_after`] (and at most
+//!   [`MAX_SEALS_PER_KEY`] of them, far below the 2^32 random-nonce limit of NIST SP 800-38D);
+//! - an unwrapped data key is kept for [`DataKeySettings::cache_for`], so a running
+//!   instance opens the grants of every key it has seen without the backend that wrapped it:
+//!   refreshes go on through an outage of the Crypto Service. An instance started during
+//!   the outage has seen no key and cannot open older grants until the service is back.
+//!
+//! What this trades: a data key lives in process memory for `cache_for`, and an instance
+//! keeps opening grants for that long after the wrapping key has been disabled. `cache_for
+//! = "0s"` keeps only the key that seals now.
+//!
+//! Format: `dk1~<wrapped key>~<BASE64URL(nonce)>~<BASE64URL(ciphertext || tag)>`, the
+//! wrapped key being the chain's compact envelope as it is (base64url and dots, never `~`),
+//! with the GCM AAD `dk1~<wrapped key>~` followed by the caller's AAD (the family id).
+//! Grants sealed before data keys (a chain envelope, `eyJ...`) still open through the chain.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::digest::{SHA256, digest};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use zeroize::Zeroizing;
+
+use crate::backends::chain::Chain;
+use crate::backends::clock::Clock;
+use crate::backends::envelope::{MAX_ENVELOPE_LEN, TAG_LEN};
+use crate::backends::error::{BackendError, Rejection};
+use crate::backends::types::KeyRef;
+use crate::context::CallContext;
+
+/// The prefix of a grant sealed under a data key.
+const PREFIX: &str = "dk1~";
+/// Separates the parts of a sealed grant.
+const SEPARATOR: char = '~';
+/// The AAD of a data key's own sealing: a wrapped data key opens as nothing else.
+const WRAP_AAD: &[u8] = b"token-service data key v1";
+/// Grants one data key seals at most (2^28): with random 96-bit nonces the chance of a
+/// repeated nonce stays below 2^-40.
+pub const MAX_SEALS_PER_KEY: u64 = 1 << 28;
+/// Unwrapped data keys kept at most; beyond it, those closest to expiry go first.
+pub const MAX_CACHED_KEYS: usize = 16_384;
+
+/// How long data keys seal and are remembered (`[tokens.data_keys]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataKeySettings {
+    /// How long one data key seals new grants before the next is made (default 1 h).
+    #[serde(with = "humantime_serde")]
+    pub rotate_after: Duration,
+    /// How long an unwrapped data key is kept to open grants (default 7 days, the default
+    /// refresh-token lifetime); zero keeps only the one that seals now.
+    #[serde(with = "humantime_serde")]
+    pub cache_for: Duration,
+}
+
+impl Default for DataKeySettings {
+    fn default() -> Self {
+        Self {
+            rotate_after: Duration::from_secs(3600),
+            cache_for: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// An unwrapped data key.
+struct DataKey {
+    key: LessSafeKey,
+    /// Its wrapped form (the chain's envelope), as it appears in grants.
+    wrapped: String,
+    /// When it was made or unwrapped (clock seconds).
+    made_at: u64,
+    /// Grants sealed with it so far.
+    seals: std::sync::atomic::AtomicU64,
+}
+
+/// Identifies a data key by its wrapped form.
+type KeyId = [u8; 32];
+
+fn key_id(wrapped: &str) -> KeyId {
+    let mut id = [0u8; 32];
+    id.copy_from_slice(digest(&SHA256, wrapped.as_bytes()).as_ref());
+    id
+}
+
+/// Seals and opens grants under cached data keys wrapped by the chain.
+pub struct Sealer {
+    chain: Arc<Chain>,
+    wrapping_key: KeyRef,
+    clock: Arc<dyn Clock>,
+    settings: DataKeySettings,
+    /// The key sealing now.
+    current: Mutex<Option<Arc<DataKey>>>,
+    /// One wrap at a time: a rotation under load makes one data key, not one per caller.
+    rotating: tokio::sync::Mutex<()>,
+    /// Unwrapped keys by id, with when they are forgotten.
+    opened: Mutex<HashMap<KeyId, (Arc<DataKey>, u64)>>,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealer")
+            .field("wrapping_key", &self.wrapping_key)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sealer {
+    /// Seals under data keys wrapped by `chain` with `wrapping_key`.
+    pub fn new(
+        chain: Arc<Chain>,
+        wrapping_key: KeyRef,
+        clock: Arc<dyn Clock>,
+        settings: DataKeySettings,
+    ) -> Self {
+        Self {
+            chain,
+            wrapping_key,
+            clock,
+            settings,
+            current: Mutex::new(None),
+            rotating: tokio::sync::Mutex::new(()),
+            opened: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Seals `plaintext` bound to `aad` under the current data key (made and wrapped
+    /// first when there is none, or it is old or used up).
+    pub async fn seal(
+        &self,
+        ctx: &CallContext,
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<String, BackendError> {
+        let key = self.sealing_key(ctx).await?;
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce)
+            .map_err(|_| BackendError::unavailable("data-keys", "system RNG failed"))?;
+        let header = format!("{PREFIX}{}{SEPARATOR}", key.wrapped);
+        let mut in_out = Zeroizing::new(plaintext.to_vec());
+        key.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(gcm_aad(&header, aad)),
+                &mut *in_out,
+            )
+            .map_err(|_| BackendError::invalid_input("plaintext too long for AES-GCM"))?;
+        Ok(format!(
+            "{header}{}{SEPARATOR}{}",
+            B64.encode(nonce),
+            B64.encode(in_out.as_slice())
+        ))
+    }
+
+    /// Opens what [`Sealer::seal`] made (or a chain envelope from before data keys),
+    /// checking `aad`. The data key is unwrapped through the chain only when it is not in
+    /// memory. Any mismatch is [`BackendError::DecryptionFailed`].
+    pub async fn open(
+        &self,
+        ctx: &CallContext,
+        sealed: &str,
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+        let Some(rest) = sealed.strip_prefix(PREFIX) else {
+            return self.chain.decrypt(ctx, sealed, aad).await;
+        };
+        if sealed.len() > MAX_ENVELOPE_LEN {
+            return Err(malformed("sealed grant too long"));
+        }
+        let mut parts = rest.split(SEPARATOR);
+        let (Some(wrapped), Some(nonce_b64), Some(body_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed("expected dk1~<wrapped key>~<nonce>~<ciphertext>"));
+        };
+        let nonce: [u8; NONCE_LEN] = B64
+            .decode(nonce_b64)
+            .ok()
+            .and_then(|n| n.try_into().ok())
+            .ok_or_else(|| malformed("nonce"))?;
+        let body = B64.decode(body_b64).map_err(|_| malformed("ciphertext"))?;
+        if body.len() < TAG_LEN {
+            return Err(malformed("ciphertext shorter than its tag"));
+        }
+        let key = self.opening_key(ctx, wrapped).await?;
+        let header = format!("{PREFIX}{wrapped}{SEPARATOR}");
+        let mut in_out = Zeroizing::new(body);
+        let len = key
+            .key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(gcm_aad(&header, aad)),
+                &mut in_out,
+            )
+            .map_err(|_| BackendError::DecryptionFailed)?
+            .len();
+        in_out.truncate(len);
+        Ok(in_out)
+    }
+
+    /// The current data key, or a new one when it is missing, old or used up.
+    async fn sealing_key(&self, ctx: &CallContext) -> Result<Arc<DataKey>, BackendError> {
+        if let Some(key) = self.usable_current() {
+            return Ok(key);
+        }
+        let _rotating = self.rotating.lock().await;
+        // Another caller may have made one while this one waited.
+        if let Some(key) = self.usable_current() {
+            return Ok(key);
+        }
+        let mut raw = Zeroizing::new([0u8; 32]);
+        aws_lc_rs::rand::fill(raw.as_mut())
+            .map_err(|_| BackendError::unavailable("data-keys", "system RNG failed"))?;
+        let wrapped = self
+            .chain
+            .encrypt(ctx, &self.wrapping_key, raw.as_ref(), WRAP_AAD)
+            .await?;
+        let key = Arc::new(DataKey {
+            key: aes_key(raw.as_ref())?,
+            wrapped,
+            made_at: self.clock.now(),
+            seals: std::sync::atomic::AtomicU64::new(0),
+        });
+        self.remember(&key);
+        *lock(&self.current) = Some(key.clone());
+        tracing::info!(wrapping_key = %self.wrapping_key, "new data key for sealing token families");
+        self.usable_current()
+            .ok_or_else(|| BackendError::unavailable("data-keys", "a fresh data key was refused"))
+    }
+
+    /// The current key, counting one more seal, if it is neither old nor used up.
+    fn usable_current(&self) -> Option<Arc<DataKey>> {
+        let current = lock(&self.current);
+        let key = current.as_ref()?;
+        let age = self.clock.now().saturating_sub(key.made_at);
+        if age >= self.settings.rotate_after.as_secs() {
+            return None;
+        }
+        let seals = key.seals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (seals < MAX_SEALS_PER_KEY).then(|| key.clone())
+    }
+
+    /// The key `wrapped` holds: from memory, or unwrapped through the chain and kept.
+    async fn opening_key(
+        &self,
+        ctx: &CallContext,
+        wrapped: &str,
+    ) -> Result<Arc<DataKey>, BackendError> {
+        let id = key_id(wrapped);
+        let now = self.clock.now();
+        if let Some((key, _)) = lock(&self.opened)
+            .get(&id)
+            .filter(|(_, forget_at)| *forget_at > now)
+        {
+            return Ok(key.clone());
+        }
+        // The current key is usable even with nothing kept (`cache_for` zero).
+        if let Some(key) = lock(&self.current)
+            .as_ref()
+            .filter(|key| key.wrapped == wrapped)
+        {
+            return Ok(key.clone());
+        }
+        let raw = self.chain.decrypt(ctx, wrapped, WRAP_AAD).await?;
+        let key = Arc::new(DataKey {
+            key: aes_key(&raw)?,
+            wrapped: wrapped.to_owned(),
+            made_at: now,
+            // Never seals: only the key made here does.
+            seals: std::sync::atomic::AtomicU64::new(MAX_SEALS_PER_KEY),
+        });
+        self.remember(&key);
+        Ok(key)
+    }
+
+    /// Keeps `key` for `cache_for`, dropping expired keys, and the soonest to expire when
+    /// the cache is full.
+    fn remember(&self, key: &Arc<DataKey>) {
+        let ttl = self.settings.cache_for.as_secs();
+        if ttl == 0 {
+            return;
+        }
+        let now = self.clock.now();
+        let mut opened = lock(&self.opened);
+        if opened.len() >= MAX_CACHED_KEYS {
+            opened.retain(|_, (_, forget_at)| *forget_at > now);
+        }
+        if opened.len() >= MAX_CACHED_KEYS
+            && let Some(soonest) = opened
+                .iter()
+                .min_by_key(|(_, (_, forget_at))| *forget_at)
+                .map(|(id, _)| *id)
+        {
+            opened.remove(&soonest);
+        }
+        opened.insert(key_id(&key.wrapped), (key.clone(), now.saturating_add(ttl)));
+    }
+
+    /// Unwrapped data keys kept now (for tests and metrics).
+    pub fn cached_keys(&self) -> usize {
+        lock(&self.opened).len()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded maps hold no invariant a panic could break halfway.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn aes_key(raw: &[u8]) -> Result<LessSafeKey, BackendError> {
+    if raw.len() != 32 {
+        return Err(BackendError::DecryptionFailed);
+    }
+    UnboundKey::new(&AES_256_GCM, raw)
+        .map(LessSafeKey::new)
+        .map_err(|_| BackendError::DecryptionFailed)
+}
+
+fn gcm_aad(header: &str, aad: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(header.len() + aad.len());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(aad);
+    out
+}
+
+fn malformed(detail: &str) -> BackendError {
+    BackendError::Rejected(Rejection::MalformedEnvelope(detail.to_owned()))
+}
