@@ -13,6 +13,7 @@ pub mod pki;
 pub mod process;
 pub mod redis;
 pub mod softhsm;
+pub mod token_fixture;
 pub mod vectors;
 
 /// jsonwebtoken's name for one of our signing algorithms.
