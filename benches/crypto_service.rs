@@ -1,6 +1,7 @@
 //! Sign through the Crypto Service client over loopback gRPC vs the reference server's own
 //! in-process chain (the same software key), in the same run: rate and p50/p99 latency at
-//! concurrency 1 and 16, and the overhead per call.
+//! concurrency 1 and 16, the overhead per call, and what checking each returned signature
+//! (`verify_signatures`) costs against a client that does not.
 //!
 //! Run: `cargo bench --bench crypto_service` (ROUND_SECONDS=2 by default).
 
@@ -63,6 +64,12 @@ fn main() {
             .unwrap(),
         );
         client.sign(&key, MESSAGE).await.unwrap();
+        // The same client without the local check of each returned signature: the
+        // difference is what `verify_signatures` costs.
+        let mut options = CryptoServiceOptions::new(format!("http://{addr}"));
+        options.verify_signatures = false;
+        let unchecked = Arc::new(CryptoServiceBackend::connect(options).unwrap());
+        unchecked.sign(&key, MESSAGE).await.unwrap();
         if quick {
             println!("crypto_service: smoke run (figures are not measurements; use `cargo bench`)");
         }
@@ -88,16 +95,29 @@ fn main() {
                 }
             })
             .await;
-            for (path, f) in [("server chain, in process", &local), ("client over loopback gRPC", &remote)] {
+            let (c, k) = (unchecked.clone(), key.clone());
+            let remote_unchecked = measure(concurrency, round, move || {
+                let (c, k) = (c.clone(), k.clone());
+                async move {
+                    c.sign(&k, MESSAGE).await.unwrap();
+                }
+            })
+            .await;
+            for (path, f) in [
+                ("server chain, in process", &local),
+                ("client over loopback gRPC", &remote),
+                ("client, signatures unchecked", &remote_unchecked),
+            ] {
                 println!(
                     "{path:<28} {concurrency:>5} {:>10.0} {:>9.1} {:>9.1}",
                     f.rate, f.p50_us, f.p99_us
                 );
             }
             println!(
-                "overhead at concurrency {concurrency}: p50 +{:.1} us per call; rate {:.2} of in-process",
+                "overhead at concurrency {concurrency}: p50 +{:.1} us per call; rate {:.2} of in-process; checking signatures: rate {:.2} of unchecked",
                 remote.p50_us - local.p50_us,
-                remote.rate / local.rate
+                remote.rate / local.rate,
+                remote.rate / remote_unchecked.rate
             );
         }
     });

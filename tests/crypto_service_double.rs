@@ -32,6 +32,10 @@ enum Mode {
     WrongAlgorithm,
     StaleVersion,
     TruncatedSignature,
+    /// A signature of the right length with one bit flipped.
+    CorruptSignature,
+    /// A valid signature by the key, over another message.
+    SignatureOfAnotherMessage,
     Deprecated,
     /// ListPublicKeys hands out another key's JWK under the listed kid.
     ForeignPublicKey,
@@ -92,7 +96,11 @@ impl CryptoService for Double {
     ) -> Result<Response<pb::SignResponse>, Status> {
         self.counts.signs.fetch_add(1, Ordering::SeqCst);
         let r = request.into_inner();
-        let signature = answer(self.keys.sign(&signing_key(), &r.message).await)?;
+        let message = match self.mode {
+            Mode::SignatureOfAnotherMessage => b"another message".to_vec(),
+            _ => r.message.clone(),
+        };
+        let signature = answer(self.keys.sign(&signing_key(), &message).await)?;
         let mut reply = pb::SignResponse {
             key_id: r.key_id,
             key_version: signature.key_version,
@@ -106,6 +114,7 @@ impl CryptoService for Double {
             Mode::TruncatedSignature => {
                 reply.signature.pop();
             }
+            Mode::CorruptSignature => reply.signature[10] ^= 1,
             _ => {}
         }
         Ok(Response::new(reply))
@@ -239,9 +248,16 @@ struct Setup {
 }
 
 async fn setup(mode: Mode) -> Setup {
+    setup_checking(mode, true).await
+}
+
+/// [`setup`], with the client checking returned signatures or not.
+async fn setup_checking(mode: Mode, verify_signatures: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (address, counts) = start_double(mode, dir.path()).await;
-    let remote = CryptoServiceBackend::connect(CryptoServiceOptions::new(address)).unwrap();
+    let mut options = CryptoServiceOptions::new(address);
+    options.verify_signatures = verify_signatures;
+    let remote = CryptoServiceBackend::connect(options).unwrap();
     let local =
         SoftwareBackend::open(&dir.path().join("local"), SoftwareOptions::default()).unwrap();
     local
@@ -319,6 +335,8 @@ async fn a_misbehaving_service_is_a_security_error_without_fallback() {
         (Mode::WrongAlgorithm, 1),
         (Mode::StaleVersion, 1),
         (Mode::TruncatedSignature, 1),
+        (Mode::CorruptSignature, 1),
+        (Mode::SignatureOfAnotherMessage, 1),
         // Caught when the metadata is fetched, before any Sign.
         (Mode::ForeignPublicKey, 0),
     ] {
@@ -344,6 +362,16 @@ async fn a_misbehaving_service_is_a_security_error_without_fallback() {
             "{mode:?}: a security log line\n{}",
             log.text()
         );
+    }
+}
+
+/// The check that catches a signature which does not verify is the client's own: with
+/// `verify_signatures = false` the corrupt signature goes through as the service's.
+#[tokio::test]
+async fn unchecked_signatures_are_taken_as_they_come() {
+    for mode in [Mode::CorruptSignature, Mode::SignatureOfAnotherMessage] {
+        let s = setup_checking(mode, false).await;
+        assert_eq!(s.sign().await.unwrap(), NAME, "{mode:?}");
     }
 }
 

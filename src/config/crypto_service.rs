@@ -38,6 +38,10 @@ pub struct CryptoServiceConfig {
     /// Serve encrypt and decrypt (env `CRYPTO_ENCRYPTION_ENABLED`).
     #[serde(default = "yes")]
     pub encryption_enabled: bool,
+    /// Check every signature the service returns against the version's public key before
+    /// using it (a signature that does not verify is a security error, never a token).
+    #[serde(default = "yes")]
+    pub verify_signatures: bool,
     /// TLS towards the service; mTLS with `cert_file` and `key_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClientTlsConfig>,
@@ -118,6 +122,7 @@ impl CryptoServiceConfig {
             metadata_ttl: self.metadata_ttl,
             signing_enabled: self.signing_enabled,
             encryption_enabled: self.encryption_enabled,
+            verify_signatures: self.verify_signatures,
         }
     }
 }

@@ -3,21 +3,85 @@
 
 use std::sync::Arc;
 
+use aws_lc_rs::signature::ParsedPublicKey;
+
 use super::request::{correlation_id, outbound};
 use super::wire::{key_id, metadata_from_wire};
 use super::{CryptoServiceBackend, NAME, violation};
 use crate::api::crypto_proto as pb;
 use crate::backends::error::{BackendError, Rejection};
-use crate::backends::jwk::PublicJwk;
+use crate::backends::jwk::{PublicJwk, verify_with};
 use crate::backends::types::{KeyMetadata, KeyRef, KeyState, Operation};
 
 /// A key's versions and public keys as last fetched.
-#[derive(Debug)]
 pub(super) struct CachedKey {
     pub(super) versions: Vec<KeyMetadata>,
+    /// Each signing version's public key, parsed once per fetch: every signature the
+    /// service returns is checked against it.
+    verifiers: Vec<(u32, ParsedPublicKey)>,
+}
+
+impl std::fmt::Debug for CachedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedKey")
+            .field("versions", &self.versions)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CachedKey {
+    /// The versions, with their public keys parsed into verifiers; a public key that does
+    /// not parse for its version's algorithm is a violation.
+    pub(super) fn new(ring: &KeyRef, versions: Vec<KeyMetadata>) -> Result<Self, BackendError> {
+        let verifiers = versions
+            .iter()
+            .filter_map(|m| m.public_jwk.as_ref().map(|jwk| (m, jwk)))
+            .map(|(m, jwk)| {
+                jwk.verifier(m.algorithm)
+                    .map(|verifier| (m.version, verifier))
+                    .map_err(|e| {
+                        violation(format!(
+                            "public key of {ring} version {} is unusable: {e}",
+                            m.version
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            versions,
+            verifiers,
+        })
+    }
+
+    /// Checks that `signature` over `message` verifies with `version`'s public key: a
+    /// service that answers otherwise is misbehaving (a fault, or another key), and the
+    /// signature must not reach a token.
+    pub(super) fn check_signature(
+        &self,
+        ring: &KeyRef,
+        version: u32,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), BackendError> {
+        let verifier = self
+            .verifiers
+            .iter()
+            .find(|(v, _)| *v == version)
+            .map(|(_, verifier)| verifier)
+            .ok_or_else(|| {
+                violation(format!(
+                    "no public key for {} version {version}: cannot check its signature",
+                    ring.ring()
+                ))
+            })?;
+        verify_with(verifier, message, signature).map_err(|_| {
+            violation(format!(
+                "signature from {} version {version} does not verify with its public key",
+                ring.ring()
+            ))
+        })
+    }
+
     pub(super) fn active(&self) -> Option<&KeyMetadata> {
         self.versions
             .iter()
@@ -62,7 +126,7 @@ impl CryptoServiceBackend {
         if versions.first().is_some_and(|m| m.algorithm.is_signing()) {
             self.attach_public_keys(&ring, &mut versions).await?;
         }
-        Ok(CachedKey { versions })
+        CachedKey::new(&ring, versions)
     }
 
     /// Fetches the public keys and attaches each to its version, checking that every JWK's

@@ -52,12 +52,15 @@ pub struct CryptoServiceOptions {
     pub signing_enabled: bool,
     /// Serve encrypt (and decrypt); false takes the backend out of the encrypt chain.
     pub encryption_enabled: bool,
+    /// Check each signature the service returns against the version's public key (parsed
+    /// once per metadata fetch) before using it.
+    pub verify_signatures: bool,
 }
 
 impl CryptoServiceOptions {
     /// Plaintext options for `address` with the documented defaults: connect and call
     /// timeouts 2 s, keepalive every 30 s (10 s to answer), metadata cached 30 s, signing
-    /// and encryption both enabled.
+    /// and encryption both enabled, signatures checked.
     pub fn new(address: impl Into<String>) -> Self {
         Self {
             channel: ChannelOptions {
@@ -71,6 +74,7 @@ impl CryptoServiceOptions {
             metadata_ttl: DEFAULT_METADATA_TTL,
             signing_enabled: true,
             encryption_enabled: true,
+            verify_signatures: true,
         }
     }
 }
@@ -94,6 +98,8 @@ pub struct CryptoServiceBackend {
     cache: RemoteCache<CachedKey>,
     address: String,
     tls: bool,
+    /// Whether each returned signature is checked against its public key.
+    verify_signatures: bool,
 }
 
 impl std::fmt::Debug for CryptoServiceBackend {
@@ -101,6 +107,7 @@ impl std::fmt::Debug for CryptoServiceBackend {
         f.debug_struct("CryptoServiceBackend")
             .field("address", &self.address)
             .field("metadata_ttl", &self.cache.ttl())
+            .field("verify_signatures", &self.verify_signatures)
             .finish_non_exhaustive()
     }
 }
@@ -135,6 +142,7 @@ impl CryptoServiceBackend {
             cache: RemoteCache::new(options.metadata_ttl),
             tls: options.channel.tls.is_some(),
             address: options.channel.address,
+            verify_signatures: options.verify_signatures,
         })
     }
 
@@ -172,7 +180,7 @@ impl Backend for CryptoServiceBackend {
     }
 
     async fn sign(&self, key: &KeyRef, message: &[u8]) -> Result<Signature, BackendError> {
-        let (_, expected) = self.producing(key, Operation::Sign).await?;
+        let (cached, expected) = self.producing(key, Operation::Sign).await?;
         expected.algorithm.check_signs(&key.ring())?;
         let mut client = self.client.clone();
         let answer = client
@@ -224,6 +232,16 @@ impl Backend for CryptoServiceBackend {
                     version.version
                 )));
             }
+        }
+        if self.verify_signatures {
+            // The version that answered may be newer than the one expected, after a rotation
+            // on the server: its key is in the refreshed metadata.
+            let cached = if version.version == expected.version {
+                cached
+            } else {
+                self.metadata(key, false).await?
+            };
+            cached.check_signature(key, version.version, message, &answer.signature)?;
         }
         Ok(Signature {
             bytes: answer.signature,

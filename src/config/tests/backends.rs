@@ -147,8 +147,24 @@ fn crypto_service_settings_and_defaults() {
     let remote = config.backends.crypto_service.unwrap();
     assert_eq!(remote.metadata_ttl, Duration::from_secs(30));
     // The brief's outbound limit, unless the table says otherwise.
-    assert_eq!(remote.resilience.rate_limit.unwrap().per_second, 1000);
+    assert_eq!(
+        remote.resilience.rate_limit.as_ref().unwrap().per_second,
+        1000
+    );
     assert!(remote.signing_enabled && remote.encryption_enabled);
+    // Returned signatures are checked unless the table says otherwise.
+    assert!(remote.verify_signatures && remote.options().verify_signatures);
+    let unchecked = load_str(
+        &with_crypto_service("address = \"http://127.0.0.1:50061\"\nverify_signatures = false\n"),
+        &no_env(),
+    )
+    .unwrap();
+    let remote = unchecked.backends.crypto_service.clone().unwrap();
+    assert!(!remote.options().verify_signatures);
+    assert_eq!(
+        Config::parse(&unchecked.to_redacted_toml().unwrap()).unwrap(),
+        unchecked
+    );
 }
 
 #[test]
