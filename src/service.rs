@@ -175,7 +175,6 @@ pub fn routes(chain: &ChainConfig, backends: &BackendsConfig) -> Routes {
     }
 }
 
-/// Reads the files of `[tokens.redis_tls]`; an unreadable one is named with its setting.
 /// The Redis connection settings of `[tokens]`: TLS files read, and the timeouts.
 fn redis_options(
     tokens: &crate::config::TokensConfig,
@@ -187,6 +186,7 @@ fn redis_options(
     })
 }
 
+/// Reads the files of `[tokens.redis_tls]`; an unreadable one is named with its setting.
 fn read_redis_tls(
     tls: &crate::config::redis_tls::RedisTlsConfig,
 ) -> Result<crate::token::store::redis::RedisTls, ServiceError> {
