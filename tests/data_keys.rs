@@ -118,19 +118,37 @@ async fn a_running_instance_opens_its_grants_through_an_outage_of_the_wrapping_s
         sealed.push((family, grant, envelope));
     }
     assert_eq!(remote_encrypts(&metrics), 1, "one data key for 50 grants");
-    // Another instance opens them after one unwrap by the service, then from memory.
-    let other = sealer(&chain, &clock, DataKeySettings::default());
-    for (family, grant, envelope) in &sealed {
-        let opened = other.open(&ctx, envelope, family.as_bytes()).await.unwrap();
-        assert_eq!(opened.as_slice(), grant.as_bytes());
+    // Another instance, just started, opens all 50 at once: they wait for one unwrap by
+    // the service, then come from memory.
+    let other = Arc::new(sealer(&chain, &clock, DataKeySettings::default()));
+    let opens: Vec<_> = sealed
+        .iter()
+        .cloned()
+        .map(|(family, grant, envelope)| {
+            let other = other.clone();
+            tokio::spawn(async move {
+                let opened = other
+                    .open(&CallContext::new(), &envelope, family.as_bytes())
+                    .await
+                    .unwrap();
+                assert_eq!(opened.as_slice(), grant.as_bytes());
+            })
+        })
+        .collect();
+    for open in opens {
+        open.await.unwrap();
     }
-    assert_eq!(remote_decrypts(&metrics), 1, "one unwrap for 50 grants");
+    assert_eq!(
+        remote_decrypts(&metrics),
+        1,
+        "one unwrap for 50 concurrent opens"
+    );
 
     // The service goes away: the instances that hold the key still open the grants; one
     // started now has never seen it and cannot, until the service is back.
     server.kill();
     let (family, grant, envelope) = &sealed[7];
-    for instance in [&running, &other] {
+    for instance in [&running, &*other] {
         let opened = instance
             .open(&ctx, envelope, family.as_bytes())
             .await

@@ -107,6 +107,9 @@ pub struct Sealer {
     rotating: tokio::sync::Mutex<()>,
     /// Unwrapped keys by id, with when they are forgotten.
     opened: Mutex<HashMap<KeyId, (Arc<DataKey>, u64)>>,
+    /// Unwraps under way, by key id: the first opens of one key (a new instance under
+    /// load) wait for one unwrap instead of each asking the backend.
+    unwrapping: Mutex<HashMap<KeyId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -134,6 +137,7 @@ impl Sealer {
             current: Mutex::new(None),
             rotating: tokio::sync::Mutex::new(()),
             opened: Mutex::new(HashMap::new()),
+            unwrapping: Mutex::new(HashMap::new()),
         }
     }
 
@@ -253,32 +257,51 @@ impl Sealer {
         (seals < MAX_SEALS_PER_KEY).then(|| key.clone())
     }
 
-    /// The key `wrapped` holds: from memory, or unwrapped through the chain and kept.
+    /// The key `wrapped` holds: from memory, or unwrapped through the chain (once, however
+    /// many callers ask at the same time) and kept.
     async fn opening_key(
         &self,
         ctx: &CallContext,
         wrapped: &str,
     ) -> Result<Arc<DataKey>, BackendError> {
         let id = key_id(wrapped);
+        if let Some(key) = self.known(&id, wrapped) {
+            return Ok(key);
+        }
+        let gate = lock(&self.unwrapping).entry(id).or_default().clone();
+        let _turn = gate.lock().await;
+        // Another caller may have unwrapped it while this one waited.
+        if let Some(key) = self.known(&id, wrapped) {
+            return Ok(key);
+        }
+        let unwrapped = self.unwrap(ctx, wrapped).await;
+        lock(&self.unwrapping).remove(&id);
+        unwrapped
+    }
+
+    /// The key `wrapped` holds, if it is kept or is the one sealing now (usable even with
+    /// nothing kept, `cache_for` zero).
+    fn known(&self, id: &KeyId, wrapped: &str) -> Option<Arc<DataKey>> {
         let now = self.clock.now();
         if let Some((key, _)) = lock(&self.opened)
-            .get(&id)
+            .get(id)
             .filter(|(_, forget_at)| *forget_at > now)
         {
-            return Ok(key.clone());
+            return Some(key.clone());
         }
-        // The current key is usable even with nothing kept (`cache_for` zero).
-        if let Some(key) = lock(&self.current)
+        lock(&self.current)
             .as_ref()
             .filter(|key| key.wrapped == wrapped)
-        {
-            return Ok(key.clone());
-        }
+            .cloned()
+    }
+
+    /// Unwraps `wrapped` through the chain (routed by its envelope's `kid`) and keeps it.
+    async fn unwrap(&self, ctx: &CallContext, wrapped: &str) -> Result<Arc<DataKey>, BackendError> {
         let raw = self.chain.decrypt(ctx, wrapped, WRAP_AAD).await?;
         let key = Arc::new(DataKey {
             key: aes_key(&raw)?,
             wrapped: wrapped.to_owned(),
-            made_at: now,
+            made_at: self.clock.now(),
             // Never seals: only the key made here does.
             seals: std::sync::atomic::AtomicU64::new(MAX_SEALS_PER_KEY),
         });
