@@ -5,12 +5,13 @@
 
 mod support;
 
+use support::grpc::{is_active, refresh};
 use support::process::{Sandbox, ServiceProcess, http_get};
 use support::token_request;
 use token_service::api::proto::token_service_client::TokenServiceClient;
 use token_service::api::proto::{
-    GenerateTokensRequest, GetJwksRequest, IntrospectTokenRequest, RefreshTokensRequest,
-    RevokeTokenRequest, ValidateDPoPRequest, revoke_token_request::Target,
+    GenerateTokensRequest, GetJwksRequest, IntrospectTokenRequest, RevokeTokenRequest,
+    ValidateDPoPRequest, revoke_token_request::Target,
 };
 use tonic::Code;
 
@@ -80,19 +81,8 @@ async fn the_token_api_end_to_end_over_grpc() {
         assert_eq!(seen.sub.is_empty(), !active, "no claims when inactive");
     }
 
-    let second = client
-        .refresh_tokens(RefreshTokensRequest {
-            refresh_token: first.refresh_token.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let reuse = client
-        .refresh_tokens(RefreshTokensRequest {
-            refresh_token: first.refresh_token.clone(),
-            ..Default::default()
-        })
+    let second = refresh(&mut client, &first.refresh_token).await.unwrap();
+    let reuse = refresh(&mut client, &first.refresh_token)
         .await
         .unwrap_err();
     assert_eq!(reuse.code(), Code::Unauthenticated);
@@ -149,17 +139,7 @@ async fn the_token_api_end_to_end_over_grpc() {
         .unwrap()
         .into_inner();
     assert!(revoked.revoked);
-    assert!(
-        !client
-            .introspect_token(IntrospectTokenRequest {
-                token: third.access_token,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .active
-    );
+    assert!(!is_active(&mut client, &third.access_token).await);
 
     // Bad input: a clear status and reason each.
     for (request, code, needle) in [
@@ -209,13 +189,7 @@ async fn the_token_api_end_to_end_over_grpc() {
             "unknown",
         ),
     ] {
-        let error = client
-            .refresh_tokens(RefreshTokensRequest {
-                refresh_token: token.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
+        let error = refresh(&mut client, token).await.unwrap_err();
         assert_eq!(error.code(), code, "{token}");
         assert!(error.message().contains(needle), "{}", error.message());
     }

@@ -5,11 +5,12 @@
 
 mod support;
 
+use support::grpc::{is_active, refresh};
 use support::process::{Sandbox, ServiceProcess, http_get};
 use support::token_request;
 use token_service::api::proto::token_service_client::TokenServiceClient;
 use token_service::api::proto::{
-    IntrospectTokenRequest, RefreshTokensRequest, RevokeTokenRequest, revoke_token_request::Target,
+    RefreshTokensRequest, RevokeTokenRequest, revoke_token_request::Target,
 };
 use tonic::Code;
 
@@ -73,15 +74,10 @@ async fn revocation_is_shared(sandbox: Sandbox, url: String) {
         .await
         .unwrap()
         .into_inner();
-    let seen = to_b
-        .introspect_token(IntrospectTokenRequest {
-            token: issued.access_token.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(seen.active, "B sees A's token");
+    assert!(
+        is_active(&mut to_b, &issued.access_token).await,
+        "B sees A's token"
+    );
     let revoked = to_a
         .revoke_token(RevokeTokenRequest {
             target: Some(Target::RefreshToken(issued.refresh_token.clone())),
@@ -90,22 +86,11 @@ async fn revocation_is_shared(sandbox: Sandbox, url: String) {
         .unwrap()
         .into_inner();
     assert!(revoked.revoked);
-    let seen = to_b
-        .introspect_token(IntrospectTokenRequest {
-            token: issued.access_token,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!seen.active, "B sees A's revocation at once");
-    let refused = to_b
-        .refresh_tokens(RefreshTokensRequest {
-            refresh_token: issued.refresh_token,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    assert!(
+        !is_active(&mut to_b, &issued.access_token).await,
+        "B sees A's revocation at once"
+    );
+    let refused = refresh(&mut to_b, &issued.refresh_token).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
     drop((to_a, to_b));
     tokio::task::spawn_blocking(move || {
@@ -182,34 +167,13 @@ async fn family_flow_and_race(grpc: std::net::SocketAddr) {
         .await
         .unwrap()
         .into_inner();
-    let second = client
-        .refresh_tokens(RefreshTokensRequest {
-            refresh_token: first.refresh_token.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let reuse = client
-        .refresh_tokens(RefreshTokensRequest {
-            refresh_token: first.refresh_token.clone(),
-            ..Default::default()
-        })
+    let second = refresh(&mut client, &first.refresh_token).await.unwrap();
+    let reuse = refresh(&mut client, &first.refresh_token)
         .await
         .unwrap_err();
     assert_eq!(reuse.code(), Code::Unauthenticated);
     for token in [first.access_token, second.access_token] {
-        assert!(
-            !client
-                .introspect_token(IntrospectTokenRequest {
-                    token,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .active
-        );
+        assert!(!is_active(&mut client, &token).await);
     }
     let raced = client
         .generate_tokens(token_request("bob"))

@@ -13,13 +13,12 @@ mod support;
 use std::time::Duration;
 
 use support::crypto_server::{CryptoServerProcess, config as crypto_config};
+use support::grpc::{is_active, refresh};
 use support::pki::Pki;
 use support::process::{Sandbox, ServiceProcess, http_get};
 use support::{token_kid, verifies_with};
 use token_service::api::proto::token_service_client::TokenServiceClient;
-use token_service::api::proto::{
-    GenerateTokensRequest, IntrospectTokenRequest, RefreshTokensRequest, TokenResponse,
-};
+use token_service::api::proto::{GenerateTokensRequest, TokenResponse};
 use tonic::transport::Channel;
 
 async fn generate(grpc: &mut TokenServiceClient<Channel>) -> TokenResponse {
@@ -32,29 +31,6 @@ async fn generate(grpc: &mut TokenServiceClient<Channel>) -> TokenResponse {
     .await
     .expect("a token, from the primary or the fallback")
     .into_inner()
-}
-
-async fn refresh(
-    grpc: &mut TokenServiceClient<Channel>,
-    token: &str,
-) -> Result<TokenResponse, tonic::Status> {
-    grpc.refresh_tokens(RefreshTokensRequest {
-        refresh_token: token.to_owned(),
-        dpop: None,
-    })
-    .await
-    .map(tonic::Response::into_inner)
-}
-
-async fn is_active(grpc: &mut TokenServiceClient<Channel>, token: &str) -> bool {
-    grpc.introspect_token(IntrospectTokenRequest {
-        token: token.to_owned(),
-        audience: String::new(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .active
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

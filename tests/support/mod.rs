@@ -8,6 +8,7 @@ pub mod capture;
 pub mod crypto_server;
 pub mod dpop;
 pub mod fault;
+pub mod grpc;
 pub mod kms;
 pub mod pki;
 pub mod process;
