@@ -108,12 +108,15 @@ impl TokenService {
     /// Whether any client, or the operators' list, names callers: then identities matter
     /// and what cannot be checked against a client is for operators only.
     pub(super) fn names_any_caller(&self) -> bool {
-        !self.settings.callers.revoke.is_empty()
-            || self
-                .settings
-                .clients
-                .values()
-                .any(|c| !c.callers.is_empty())
+        !self.settings.callers.revoke.is_empty() || self.clients_name_callers()
+    }
+
+    /// Whether any client names the callers that may act for it.
+    pub(super) fn clients_name_callers(&self) -> bool {
+        self.settings
+            .clients
+            .values()
+            .any(|c| !c.callers.is_empty())
     }
 
     /// Counts, logs and returns the refusal of `caller` for `operation`.

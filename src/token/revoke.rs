@@ -60,11 +60,7 @@ impl TokenService {
         // Read the family's client only where a client names callers: elsewhere any caller
         // may revoke, without the extra read.
         if !self.is_operator(caller)
-            && self
-                .settings
-                .clients
-                .values()
-                .any(|c| !c.callers.is_empty())
+            && self.clients_name_callers()
             && let Some(record) = self.store.get_family(family, self.clock.now()).await?
         {
             self.authorize(caller, &record.client_id)?;

@@ -78,12 +78,29 @@ impl Default for DataKeySettings {
 /// An unwrapped data key.
 struct DataKey {
     key: LessSafeKey,
-    /// Its wrapped form (the chain's envelope), as it appears in grants.
-    wrapped: String,
+    /// `dk1~<wrapped key>~`: what starts every grant it seals and opens their GCM AAD,
+    /// built once rather than per grant.
+    header: String,
     /// When it was made or unwrapped (clock seconds).
     made_at: u64,
     /// Grants sealed with it so far.
     seals: std::sync::atomic::AtomicU64,
+}
+
+impl DataKey {
+    fn new(key: LessSafeKey, wrapped: &str, made_at: u64, seals: u64) -> Self {
+        Self {
+            key,
+            header: format!("{PREFIX}{wrapped}{SEPARATOR}"),
+            made_at,
+            seals: std::sync::atomic::AtomicU64::new(seals),
+        }
+    }
+
+    /// Its wrapped form (the chain's envelope), as it appears in grants.
+    fn wrapped(&self) -> &str {
+        &self.header[PREFIX.len()..self.header.len() - SEPARATOR.len_utf8()]
+    }
 }
 
 /// Identifies a data key by its wrapped form.
@@ -153,12 +170,12 @@ impl Sealer {
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce)
             .map_err(|_| BackendError::unavailable("data-keys", "system RNG failed"))?;
-        let header = format!("{PREFIX}{}{SEPARATOR}", key.wrapped);
+        let header = &key.header;
         let mut in_out = Zeroizing::new(plaintext.to_vec());
         key.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(gcm_aad(&header, aad)),
+                Aad::from(gcm_aad(header, aad)),
                 &mut *in_out,
             )
             .map_err(|_| BackendError::invalid_input("plaintext too long for AES-GCM"))?;
@@ -200,13 +217,13 @@ impl Sealer {
             return Err(malformed("ciphertext shorter than its tag"));
         }
         let key = self.opening_key(ctx, wrapped).await?;
-        let header = format!("{PREFIX}{wrapped}{SEPARATOR}");
+        let header = &sealed[..PREFIX.len() + wrapped.len() + SEPARATOR.len_utf8()];
         let mut in_out = Zeroizing::new(body);
         let len = key
             .key
             .open_in_place(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(gcm_aad(&header, aad)),
+                Aad::from(gcm_aad(header, aad)),
                 &mut in_out,
             )
             .map_err(|_| BackendError::DecryptionFailed)?
@@ -232,12 +249,12 @@ impl Sealer {
             .chain
             .encrypt(ctx, &self.wrapping_key, raw.as_ref(), WRAP_AAD)
             .await?;
-        let key = Arc::new(DataKey {
-            key: aes_key(raw.as_ref())?,
-            wrapped,
-            made_at: self.clock.now(),
-            seals: std::sync::atomic::AtomicU64::new(0),
-        });
+        let key = Arc::new(DataKey::new(
+            aes_key(raw.as_ref())?,
+            &wrapped,
+            self.clock.now(),
+            0,
+        ));
         self.remember(&key);
         *lock(&self.current) = Some(key.clone());
         tracing::info!(wrapping_key = %self.wrapping_key, "new data key for sealing token families");
@@ -291,20 +308,20 @@ impl Sealer {
         }
         lock(&self.current)
             .as_ref()
-            .filter(|key| key.wrapped == wrapped)
+            .filter(|key| key.wrapped() == wrapped)
             .cloned()
     }
 
     /// Unwraps `wrapped` through the chain (routed by its envelope's `kid`) and keeps it.
     async fn unwrap(&self, ctx: &CallContext, wrapped: &str) -> Result<Arc<DataKey>, BackendError> {
         let raw = self.chain.decrypt(ctx, wrapped, WRAP_AAD).await?;
-        let key = Arc::new(DataKey {
-            key: aes_key(&raw)?,
-            wrapped: wrapped.to_owned(),
-            made_at: self.clock.now(),
-            // Never seals: only the key made here does.
-            seals: std::sync::atomic::AtomicU64::new(MAX_SEALS_PER_KEY),
-        });
+        // Counted as used up: it never seals, only a key made here does.
+        let key = Arc::new(DataKey::new(
+            aes_key(&raw)?,
+            wrapped,
+            self.clock.now(),
+            MAX_SEALS_PER_KEY,
+        ));
         self.remember(&key);
         Ok(key)
     }
@@ -329,7 +346,10 @@ impl Sealer {
         {
             opened.remove(&soonest);
         }
-        opened.insert(key_id(&key.wrapped), (key.clone(), now.saturating_add(ttl)));
+        opened.insert(
+            key_id(key.wrapped()),
+            (key.clone(), now.saturating_add(ttl)),
+        );
     }
 
     /// Unwrapped data keys kept now (for tests and metrics).

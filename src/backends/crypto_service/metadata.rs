@@ -58,7 +58,7 @@ impl CachedKey {
     /// signature must not reach a token.
     pub(super) fn check_signature(
         &self,
-        ring: &KeyRef,
+        key: &KeyRef,
         version: u32,
         message: &[u8],
         signature: &[u8],
@@ -71,13 +71,13 @@ impl CachedKey {
             .ok_or_else(|| {
                 violation(format!(
                     "no public key for {} version {version}: cannot check its signature",
-                    ring.ring()
+                    key.ring()
                 ))
             })?;
         verify_with(verifier, message, signature).map_err(|_| {
             violation(format!(
                 "signature from {} version {version} does not verify with its public key",
-                ring.ring()
+                key.ring()
             ))
         })
     }
