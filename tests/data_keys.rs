@@ -256,6 +256,7 @@ async fn data_keys_rotate_and_are_forgotten_on_time_and_tampering_is_refused() {
     clock.advance(601);
     let refused = sealer.open(&ctx, &first, b"f1").await.unwrap_err();
     assert_eq!(refused.class(), ErrorClass::Unavailable, "{refused:?}");
+    assert_eq!(sealer.cached_keys(), 0, "forgotten keys leave memory");
     server.restart();
 
     // A grant sealed by the chain itself, before data keys, still opens.

@@ -15,9 +15,10 @@
 //!   refreshes go on through an outage of the Crypto Service. An instance started during
 //!   the outage has seen no key and cannot open older grants until the service is back.
 //!
-//! What this trades: a data key lives in process memory for `cache_for`, and an instance
-//! keeps opening grants for that long after the wrapping key has been disabled. `cache_for
-//! = "0s"` keeps only the key that seals now.
+//! What this trades: a data key lives in process memory for `cache_for` (it is dropped at
+//! the first open or the first new data key after that), and an instance keeps opening
+//! grants for that long after the wrapping key has been disabled. `cache_for = "0s"` keeps
+//! only the key that seals now.
 //!
 //! Format: `dk1~<wrapped key>~<BASE64URL(nonce)>~<BASE64URL(ciphertext || tag)>`, the
 //! wrapped key being the chain's compact envelope as it is (base64url and dots, never `~`),
@@ -123,7 +124,7 @@ pub struct Sealer {
     /// One wrap at a time: a rotation under load makes one data key, not one per caller.
     rotating: tokio::sync::Mutex<()>,
     /// Unwrapped keys by id, with when they are forgotten.
-    opened: Mutex<HashMap<KeyId, (Arc<DataKey>, u64)>>,
+    opened: Mutex<KeptKeys>,
     /// Unwraps under way, by key id: the first opens of one key (a new instance under
     /// load) wait for one unwrap instead of each asking the backend.
     unwrapping: Mutex<HashMap<KeyId, Arc<tokio::sync::Mutex<()>>>>,
@@ -153,7 +154,7 @@ impl Sealer {
             settings,
             current: Mutex::new(None),
             rotating: tokio::sync::Mutex::new(()),
-            opened: Mutex::new(HashMap::new()),
+            opened: Mutex::new(KeptKeys::default()),
             unwrapping: Mutex::new(HashMap::new()),
         }
     }
@@ -300,11 +301,8 @@ impl Sealer {
     /// nothing kept, `cache_for` zero).
     fn known(&self, id: &KeyId, wrapped: &str) -> Option<Arc<DataKey>> {
         let now = self.clock.now();
-        if let Some((key, _)) = lock(&self.opened)
-            .get(id)
-            .filter(|(_, forget_at)| *forget_at > now)
-        {
-            return Some(key.clone());
+        if let Some(key) = lock(&self.opened).get(id, now) {
+            return Some(key);
         }
         lock(&self.current)
             .as_ref()
@@ -334,27 +332,56 @@ impl Sealer {
             return;
         }
         let now = self.clock.now();
-        let mut opened = lock(&self.opened);
-        if opened.len() >= MAX_CACHED_KEYS {
-            opened.retain(|_, (_, forget_at)| *forget_at > now);
-        }
-        if opened.len() >= MAX_CACHED_KEYS
-            && let Some(soonest) = opened
-                .iter()
-                .min_by_key(|(_, (_, forget_at))| *forget_at)
-                .map(|(id, _)| *id)
-        {
-            opened.remove(&soonest);
-        }
-        opened.insert(
-            key_id(key.wrapped()),
-            (key.clone(), now.saturating_add(ttl)),
-        );
+        lock(&self.opened).insert(key, now, now.saturating_add(ttl));
     }
 
     /// Unwrapped data keys kept now (for tests and metrics).
     pub fn cached_keys(&self) -> usize {
-        lock(&self.opened).len()
+        lock(&self.opened).keys.len()
+    }
+}
+
+/// Unwrapped data keys with when each is forgotten. Keys past their time are dropped (and
+/// with them the key material) at the first lookup or insertion after it, not only when
+/// the map is full: `cache_for` bounds how long a key stays in memory, not just its use.
+#[derive(Default)]
+struct KeptKeys {
+    keys: HashMap<KeyId, (Arc<DataKey>, u64)>,
+    /// The earliest time a kept key is forgotten; None when none is kept.
+    next_expiry: Option<u64>,
+}
+
+impl KeptKeys {
+    /// The key `id` names, unless forgotten by `now`.
+    fn get(&mut self, id: &KeyId, now: u64) -> Option<Arc<DataKey>> {
+        self.forget_expired(now);
+        self.keys.get(id).map(|(key, _)| key.clone())
+    }
+
+    /// Keeps `key` until `forget_at`; when full, the soonest to be forgotten goes first.
+    fn insert(&mut self, key: &Arc<DataKey>, now: u64, forget_at: u64) {
+        self.forget_expired(now);
+        if self.keys.len() >= MAX_CACHED_KEYS
+            && let Some(soonest) = self
+                .keys
+                .iter()
+                .min_by_key(|(_, (_, forget_at))| *forget_at)
+                .map(|(id, _)| *id)
+        {
+            self.keys.remove(&soonest);
+        }
+        self.keys
+            .insert(key_id(key.wrapped()), (key.clone(), forget_at));
+        self.next_expiry = Some(self.next_expiry.map_or(forget_at, |t| t.min(forget_at)));
+    }
+
+    /// Drops every key forgotten by `now`: a scan only when one is due.
+    fn forget_expired(&mut self, now: u64) {
+        if self.next_expiry.is_none_or(|due| due > now) {
+            return;
+        }
+        self.keys.retain(|_, (_, forget_at)| *forget_at > now);
+        self.next_expiry = self.keys.values().map(|(_, forget_at)| *forget_at).min();
     }
 }
 
@@ -381,4 +408,56 @@ fn gcm_aad(header: &str, aad: &[u8]) -> Vec<u8> {
 
 fn malformed(detail: &str) -> BackendError {
     BackendError::Rejected(Rejection::MalformedEnvelope(detail.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data_key(wrapped: &str) -> Arc<DataKey> {
+        Arc::new(DataKey::new(aes_key(&[7u8; 32]).unwrap(), wrapped, 0, 0))
+    }
+
+    #[test]
+    fn kept_keys_are_dropped_from_memory_once_forgotten_not_only_unused() {
+        let mut kept = KeptKeys::default();
+        let (early, late) = (data_key("early"), data_key("late"));
+        kept.insert(&early, 0, 100);
+        kept.insert(&late, 0, 200);
+        assert!(kept.get(&key_id("early"), 99).is_some());
+        assert_eq!(kept.next_expiry, Some(100));
+
+        // Looking up another key at 100 drops the one forgotten at 100 (and its material:
+        // this map held the last reference).
+        assert!(kept.get(&key_id("late"), 100).is_some());
+        assert_eq!(kept.keys.len(), 1);
+        assert_eq!(Arc::strong_count(&early), 1);
+        assert_eq!(kept.next_expiry, Some(200));
+
+        // A new key's insertion drops the expired ones too.
+        kept.insert(&data_key("new"), 250, 300);
+        assert_eq!(kept.keys.len(), 1);
+        assert!(kept.get(&key_id("late"), 250).is_none());
+        assert_eq!(kept.next_expiry, Some(300));
+        assert!(kept.get(&key_id("new"), 300).is_none());
+        assert!(kept.keys.is_empty());
+        assert_eq!(kept.next_expiry, None);
+    }
+
+    #[test]
+    fn a_full_cache_makes_room_by_dropping_the_key_closest_to_its_end() {
+        let mut kept = KeptKeys::default();
+        for i in 0..MAX_CACHED_KEYS {
+            let forget_at = 1_000 + u64::try_from(i).unwrap();
+            kept.insert(&data_key(&format!("k{i}")), 0, forget_at);
+        }
+        kept.insert(&data_key("newest"), 0, 5_000);
+        assert_eq!(kept.keys.len(), MAX_CACHED_KEYS);
+        assert!(
+            kept.get(&key_id("k0"), 0).is_none(),
+            "the soonest to go went"
+        );
+        assert!(kept.get(&key_id("k1"), 0).is_some());
+        assert!(kept.get(&key_id("newest"), 0).is_some());
+    }
 }
