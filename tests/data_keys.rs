@@ -143,6 +143,8 @@ async fn a_running_instance_opens_its_grants_through_an_outage_of_the_wrapping_s
         1,
         "one unwrap for 50 concurrent opens"
     );
+    let (made, unwrapped, _) = metrics.tokens().data_key_counts();
+    assert_eq!((made, unwrapped), (1, 1), "counted by origin");
 
     // The service goes away: the instances that hold the key still open the grants; one
     // started now has never seen it and cannot, until the service is back.
@@ -222,6 +224,7 @@ async fn data_keys_rotate_and_are_forgotten_on_time_and_tampering_is_refused() {
     let key_of = |sealed: &str| sealed.split('~').nth(1).unwrap().to_owned();
     assert_ne!(key_of(&first), key_of(&second));
     assert_eq!(sealer.cached_keys(), 2);
+    assert_eq!(metrics.tokens().data_key_counts(), (2, 0, 2));
 
     // Bound to its family, whole, and well-formed: anything else is refused, nothing opens.
     assert_eq!(
@@ -257,6 +260,11 @@ async fn data_keys_rotate_and_are_forgotten_on_time_and_tampering_is_refused() {
     let refused = sealer.open(&ctx, &first, b"f1").await.unwrap_err();
     assert_eq!(refused.class(), ErrorClass::Unavailable, "{refused:?}");
     assert_eq!(sealer.cached_keys(), 0, "forgotten keys leave memory");
+    assert_eq!(
+        metrics.tokens().data_key_counts().2,
+        0,
+        "and the gauge says so"
+    );
     server.restart();
 
     // A grant sealed by the chain itself, before data keys, still opens.

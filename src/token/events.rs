@@ -2,9 +2,13 @@
 //! event. Counters: `token_service_tokens_issued_total{client_id,grant}` (grant `new` or
 //! `refresh`; client ids are the registered ones, so the label stays bounded) and
 //! `token_service_token_events_total{event}` (see [`Event`]). A rise in `reuse_detected` is
-//! the signal of stolen refresh tokens.
+//! the signal of stolen refresh tokens. Data keys (see [`super::seal`]):
+//! `token_service_data_keys_total{origin}` (`made`: a new key wrapped for sealing;
+//! `unwrapped`: a key opened through the chain because it was not in memory) and
+//! `token_service_data_keys_held` (unwrapped keys in memory now). A rise in `unwrapped`
+//! means instances are asking the wrapping backend again, e.g. after restarts.
 
-use prometheus::{IntCounter, IntCounterVec, Opts};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 
 use super::claims::AccessClaims;
 use super::refresh::FamilyId;
@@ -70,6 +74,9 @@ pub struct TokenEventFamilies {
     issued: IntCounterVec,
     /// Per [`Event`], in [`Event::ALL`] order.
     events: [IntCounter; 5],
+    data_keys_made: IntCounter,
+    data_keys_unwrapped: IntCounter,
+    data_keys_held: IntGauge,
 }
 
 impl TokenEventFamilies {
@@ -91,9 +98,24 @@ impl TokenEventFamilies {
             &["event"],
         )
         .expect("static metric definition");
+        let data_keys = IntCounterVec::new(
+            Opts::new(
+                "token_service_data_keys_total",
+                "Data keys sealing token families, by origin: made (wrapped for sealing), unwrapped (opened through the chain)",
+            ),
+            &["origin"],
+        )
+        .expect("static metric definition");
+        let data_keys_held = IntGauge::new(
+            "token_service_data_keys_held",
+            "Unwrapped data keys held in memory to open token families",
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(issued.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(events.clone()),
+            Box::new(data_keys.clone()),
+            Box::new(data_keys_held.clone()),
         ] {
             registry
                 .register(collector)
@@ -102,7 +124,35 @@ impl TokenEventFamilies {
         Self {
             issued,
             events: Event::ALL.map(|e| events.with_label_values(&[e.as_str()])),
+            data_keys_made: data_keys.with_label_values(&["made"]),
+            data_keys_unwrapped: data_keys.with_label_values(&["unwrapped"]),
+            data_keys_held,
         }
+    }
+
+    /// Counts a data key made (and wrapped) for sealing.
+    pub(super) fn data_key_made(&self) {
+        self.data_keys_made.inc();
+    }
+
+    /// Counts a data key unwrapped through the chain.
+    pub(super) fn data_key_unwrapped(&self) {
+        self.data_keys_unwrapped.inc();
+    }
+
+    /// Sets how many unwrapped data keys are held.
+    pub(super) fn data_keys_held(&self, held: usize) {
+        self.data_keys_held
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
+    /// Data keys (made, unwrapped) so far, and held now (for tests).
+    pub fn data_key_counts(&self) -> (u64, u64, i64) {
+        (
+            self.data_keys_made.get(),
+            self.data_keys_unwrapped.get(),
+            self.data_keys_held.get(),
+        )
     }
 
     /// Counts `event`.

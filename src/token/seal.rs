@@ -257,6 +257,7 @@ impl Sealer {
             0,
         ));
         self.remember(&key);
+        self.events().data_key_made();
         *lock(&self.current) = Some(key.clone());
         tracing::info!(wrapping_key = %self.wrapping_key, "new data key for sealing token families");
         self.usable_current()
@@ -301,8 +302,14 @@ impl Sealer {
     /// nothing kept, `cache_for` zero).
     fn known(&self, id: &KeyId, wrapped: &str) -> Option<Arc<DataKey>> {
         let now = self.clock.now();
-        if let Some(key) = lock(&self.opened).get(id, now) {
-            return Some(key);
+        let kept = {
+            let mut opened = lock(&self.opened);
+            let kept = opened.get(id, now);
+            self.events().data_keys_held(opened.keys.len());
+            kept
+        };
+        if kept.is_some() {
+            return kept;
         }
         lock(&self.current)
             .as_ref()
@@ -321,6 +328,7 @@ impl Sealer {
             MAX_SEALS_PER_KEY,
         ));
         self.remember(&key);
+        self.events().data_key_unwrapped();
         Ok(key)
     }
 
@@ -332,7 +340,14 @@ impl Sealer {
             return;
         }
         let now = self.clock.now();
-        lock(&self.opened).insert(key, now, now.saturating_add(ttl));
+        let mut opened = lock(&self.opened);
+        opened.insert(key, now, now.saturating_add(ttl));
+        self.events().data_keys_held(opened.keys.len());
+    }
+
+    /// Where data keys are counted (the chain's metrics registry).
+    fn events(&self) -> &super::events::TokenEventFamilies {
+        self.chain.metrics().tokens()
     }
 
     /// Unwrapped data keys kept now (for tests and metrics).
