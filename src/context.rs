@@ -31,10 +31,6 @@ pub struct TraceContext {
     state: Option<String>,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn parse_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
     if text.len() != 2 * N || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
@@ -115,15 +111,15 @@ impl TraceContext {
 
     /// The trace id, 32 lowercase hex digits.
     pub fn trace_id(&self) -> String {
-        hex(&self.trace_id)
+        hex::encode(self.trace_id)
     }
 
     /// The `traceparent` for an outbound call: same trace, a fresh span id.
     pub fn outbound_traceparent(&self) -> String {
         format!(
             "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&random::<8>()),
+            hex::encode(self.trace_id),
+            hex::encode(random::<8>()),
             self.flags & 1
         )
     }
@@ -182,7 +178,7 @@ impl CallContext {
             // A failure of the OS RNG leaves the prefix at zeros: ids stay unique within
             // the process, which is all a correlation id needs.
             let _ = aws_lc_rs::rand::fill(&mut bytes);
-            bytes.iter().map(|b| format!("{b:02x}")).collect()
+            hex::encode(bytes)
         });
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         Self(Arc::new(Inner {

@@ -259,7 +259,6 @@ mod tests {
         let m = Material::parse(Algorithm::A256Gcm, &bytes).unwrap();
         let shown = format!("{m:?}");
         assert!(shown.contains("<redacted>"));
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        assert!(!shown.contains(&hex));
+        assert!(!shown.contains(&hex::encode(&bytes)));
     }
 }
