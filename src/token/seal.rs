@@ -350,7 +350,7 @@ impl Sealer {
         self.chain.metrics().tokens()
     }
 
-    /// Unwrapped data keys kept now (for tests and metrics).
+    /// Unwrapped data keys kept now (for tests; `token_service_data_keys_held` shows it).
     pub fn cached_keys(&self) -> usize {
         lock(&self.opened).keys.len()
     }
