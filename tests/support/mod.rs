@@ -10,6 +10,7 @@ pub mod dpop;
 pub mod fault;
 pub mod grpc;
 pub mod kms;
+pub mod pkcs11_backend;
 pub mod pki;
 pub mod process;
 pub mod redis;
