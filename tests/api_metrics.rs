@@ -7,6 +7,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
+use support::grpc::issues_again;
 use support::process::Sandbox;
 use support::token_request;
 use token_service::api::proto::token_service_client::TokenServiceClient;
@@ -189,15 +190,10 @@ async fn a_redis_outage_shows_in_the_store_and_api_metrics() {
         .unwrap_err();
     assert_eq!(error.code(), Code::Unavailable);
     redis.restart();
-    let mut recovered = false;
-    for _ in 0..50 {
-        if client.generate_tokens(token_request("carol")).await.is_ok() {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(recovered, "no recovery after Redis returned");
+    assert!(
+        issues_again(&mut client, "carol").await,
+        "no recovery after Redis returned"
+    );
 
     let text = service.metrics().await;
     let store = |outcome| {

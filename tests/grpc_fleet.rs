@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::grpc::{is_active, refresh};
+use support::grpc::{is_active, issues_again, refresh};
 use support::process::{Sandbox, ServiceProcess, http_get};
 use support::token_request;
 use token_service::api::proto::token_service_client::TokenServiceClient;
@@ -138,15 +138,10 @@ async fn redis_down_is_unavailable_and_not_ready_then_recovers() {
     assert_eq!(status, 503, "{body}");
 
     redis.restart();
-    let mut recovered = false;
-    for _ in 0..50 {
-        if client.generate_tokens(token_request("carol")).await.is_ok() {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(recovered, "no recovery after Redis returned");
+    assert!(
+        issues_again(&mut client, "carol").await,
+        "no recovery after Redis returned"
+    );
     let (status, _) = tokio::task::spawn_blocking(move || http_get(admin, "/admin/v1/readyz"))
         .await
         .unwrap();

@@ -369,18 +369,47 @@ impl Envelope {
     /// about which: that detail would be an oracle.
     pub fn open(&self, key: &LessSafeKey, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackendError> {
         let parts = self.gcm_parts(aad)?;
-        let mut in_out = Zeroizing::new(parts.sealed);
-        let len = key
-            .open_in_place(
-                Nonce::assume_unique_for_key(parts.nonce),
-                Aad::from(parts.aad),
-                &mut in_out,
-            )
-            .map_err(|_| BackendError::DecryptionFailed)?
-            .len();
-        in_out.truncate(len);
-        Ok(in_out)
+        gcm_open(key, parts.nonce, &parts.aad, parts.sealed)
     }
+}
+
+/// AES-GCM-encrypts `plaintext` under `key` with `nonce` and `aad`: ciphertext followed by
+/// the tag. The plaintext is copied into a buffer that is zeroized if sealing fails.
+pub fn gcm_seal(
+    key: &LessSafeKey,
+    nonce: [u8; NONCE_LEN],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+    let mut in_out = Zeroizing::new(plaintext.to_vec());
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut *in_out,
+    )
+    .map_err(|_| BackendError::invalid_input("plaintext too long for AES-GCM"))?;
+    Ok(in_out)
+}
+
+/// Authenticates and decrypts `sealed` (ciphertext followed by the tag) in place. Any
+/// mismatch is [`BackendError::DecryptionFailed`], with no detail about which.
+pub fn gcm_open(
+    key: &LessSafeKey,
+    nonce: [u8; NONCE_LEN],
+    aad: &[u8],
+    sealed: Vec<u8>,
+) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+    let mut in_out = Zeroizing::new(sealed);
+    let len = key
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut in_out,
+        )
+        .map_err(|_| BackendError::DecryptionFailed)?
+        .len();
+    in_out.truncate(len);
+    Ok(in_out)
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::aead::{AES_256_GCM, LessSafeKey, NONCE_LEN, UnboundKey};
 use aws_lc_rs::digest::{SHA256, digest};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -37,7 +37,7 @@ use zeroize::Zeroizing;
 
 use crate::backends::chain::Chain;
 use crate::backends::clock::Clock;
-use crate::backends::envelope::{MAX_ENVELOPE_LEN, TAG_LEN};
+use crate::backends::envelope::{Envelope, MAX_ENVELOPE_LEN, TAG_LEN, gcm_open, gcm_seal};
 use crate::backends::error::{BackendError, Rejection};
 use crate::backends::types::KeyRef;
 use crate::context::CallContext;
@@ -168,22 +168,13 @@ impl Sealer {
         aad: &[u8],
     ) -> Result<String, BackendError> {
         let key = self.sealing_key(ctx).await?;
-        let mut nonce = [0u8; NONCE_LEN];
-        aws_lc_rs::rand::fill(&mut nonce)
-            .map_err(|_| BackendError::unavailable("data-keys", "system RNG failed"))?;
+        let nonce = Envelope::fresh_nonce("data-keys")?;
         let header = &key.header;
-        let mut in_out = Zeroizing::new(plaintext.to_vec());
-        key.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(gcm_aad(header, aad)),
-                &mut *in_out,
-            )
-            .map_err(|_| BackendError::invalid_input("plaintext too long for AES-GCM"))?;
+        let sealed = gcm_seal(&key.key, nonce, &gcm_aad(header, aad), plaintext)?;
         Ok(format!(
             "{header}{}{SEPARATOR}{}",
             B64.encode(nonce),
-            B64.encode(in_out.as_slice())
+            B64.encode(sealed.as_slice())
         ))
     }
 
@@ -219,18 +210,7 @@ impl Sealer {
         }
         let key = self.opening_key(ctx, wrapped).await?;
         let header = &sealed[..PREFIX.len() + wrapped.len() + SEPARATOR.len_utf8()];
-        let mut in_out = Zeroizing::new(body);
-        let len = key
-            .key
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(gcm_aad(header, aad)),
-                &mut in_out,
-            )
-            .map_err(|_| BackendError::DecryptionFailed)?
-            .len();
-        in_out.truncate(len);
-        Ok(in_out)
+        gcm_open(&key.key, nonce, &gcm_aad(header, aad), body)
     }
 
     /// The current data key, or a new one when it is missing, old or used up.

@@ -30,3 +30,19 @@ pub async fn is_active(client: &mut TokenServiceClient<Channel>, token: &str) ->
         .into_inner()
         .active
 }
+
+/// Whether GenerateTokens for `subject` succeeds again within about 5 s (50 tries, 100 ms
+/// apart): the service's recovery after a dependency came back.
+pub async fn issues_again(client: &mut TokenServiceClient<Channel>, subject: &str) -> bool {
+    for _ in 0..50 {
+        if client
+            .generate_tokens(super::token_request(subject))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::aead::{AES_256_GCM, LessSafeKey, UnboundKey};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeySpec, EncryptionAlgorithmSpec};
 use zeroize::Zeroizing;
@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use super::error::classify;
 use super::sealed::{self, Sealed};
 use super::{AwsKmsBackend, NAME, check_answered_by, violation};
-use crate::backends::envelope::{Envelope, EnvelopeKid};
+use crate::backends::envelope::{Envelope, EnvelopeKid, gcm_open, gcm_seal};
 use crate::backends::error::BackendError;
 use crate::backends::types::{Algorithm, KeyRef, Operation};
 
@@ -109,15 +109,8 @@ impl AwsKmsBackend {
                     violation("GenerateDataKey answered a key that is not 256 bits")
                 })?);
             let nonce = Envelope::fresh_nonce(NAME)?;
-            let mut in_out = Zeroizing::new(plaintext.to_vec());
-            sealing
-                .seal_in_place_append_tag(
-                    Nonce::assume_unique_for_key(nonce),
-                    Aad::from(data_key_aad(&kid, aad)),
-                    &mut *in_out,
-                )
-                .map_err(|_| BackendError::invalid_input("plaintext too long for AES-GCM"))?;
-            Sealed::data_key(encrypted_key.as_ref(), &nonce, &in_out)?
+            let sealed = gcm_seal(&sealing, nonce, &data_key_aad(&kid, aad), plaintext)?;
+            Sealed::data_key(encrypted_key.as_ref(), &nonce, &sealed)?
         };
         Envelope::remote(&kid, &body)
     }
@@ -177,17 +170,12 @@ impl AwsKmsBackend {
                     UnboundKey::new(&AES_256_GCM, &opened)
                         .map_err(|_| BackendError::DecryptionFailed)?,
                 );
-                let mut in_out = Zeroizing::new(ciphertext_and_tag.to_vec());
-                let len = opening
-                    .open_in_place(
-                        Nonce::assume_unique_for_key(nonce),
-                        Aad::from(data_key_aad(kid, aad)),
-                        &mut in_out,
-                    )
-                    .map_err(|_| BackendError::DecryptionFailed)?
-                    .len();
-                in_out.truncate(len);
-                Ok(in_out)
+                gcm_open(
+                    &opening,
+                    nonce,
+                    &data_key_aad(kid, aad),
+                    ciphertext_and_tag.to_vec(),
+                )
             }
         }
     }
