@@ -405,6 +405,17 @@ impl Service {
         }
     }
 
+    /// Sweeps data keys past their time out of memory on a timer: lookups and new keys
+    /// sweep too, but an idle instance makes neither.
+    async fn forget_data_keys_on_time(self) {
+        let mut ticks = tokio::time::interval(self.tokens.data_key_sweep_interval());
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.tokens.forget_expired_data_keys();
+        }
+    }
+
     /// Serves the gRPC API, the public HTTP endpoint and the admin endpoint until SIGTERM
     /// or SIGINT; then stops accepting, lets in-flight calls finish, and returns.
     pub async fn serve(&self) -> Result<(), ServiceError> {
@@ -507,6 +518,7 @@ impl Service {
             .keys
             .rotation_interval
             .map(|every| tokio::spawn(self.clone().rotate_every(every)));
+        let sweeper = tokio::spawn(self.clone().forget_data_keys_on_time());
         let stopper = tokio::spawn(async move {
             shutdown_signal().await;
             let _ = stop.send(true);
@@ -523,6 +535,7 @@ impl Service {
             }
         };
         stopper.abort();
+        sweeper.abort();
         if let Some(rotation) = rotation {
             rotation.abort();
         }

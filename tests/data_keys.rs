@@ -86,6 +86,17 @@ fn sealer(chain: &Arc<Chain>, clock: &ManualClock, settings: DataKeySettings) ->
     )
 }
 
+/// Seals once the restarted Crypto Service answers again.
+async fn seal_when_up(sealer: &Sealer, ctx: &CallContext, plaintext: &[u8], aad: &[u8]) -> String {
+    for _ in 0..100 {
+        if let Ok(sealed) = sealer.seal(ctx, plaintext, aad).await {
+            return sealed;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the Crypto Service did not come back");
+}
+
 fn remote_encrypts(metrics: &Metrics) -> u64 {
     metrics.request_count(NAME, Operation::Encrypt, Outcome::Ok)
 }
@@ -254,11 +265,14 @@ async fn data_keys_rotate_and_are_forgotten_on_time_and_tampering_is_refused() {
         );
     }
 
-    // Past `cache_for` a key is forgotten: opening needs the service again.
+    // Past `cache_for` a key is forgotten: opening needs the service again. So is the key
+    // that sealed last, which no longer seals either.
     server.kill();
     clock.advance(601);
-    let refused = sealer.open(&ctx, &first, b"f1").await.unwrap_err();
-    assert_eq!(refused.class(), ErrorClass::Unavailable, "{refused:?}");
+    for (sealed, family) in [(&first, b"f1"), (&second, b"f2")] {
+        let refused = sealer.open(&ctx, sealed, family).await.unwrap_err();
+        assert_eq!(refused.class(), ErrorClass::Unavailable, "{refused:?}");
+    }
     assert_eq!(sealer.cached_keys(), 0, "forgotten keys leave memory");
     assert_eq!(
         metrics.tokens().data_key_counts().2,
@@ -266,6 +280,20 @@ async fn data_keys_rotate_and_are_forgotten_on_time_and_tampering_is_refused() {
         "and the gauge says so"
     );
     server.restart();
+
+    // Without a lookup or a new key, the sweep a serving instance runs on a timer drops them.
+    let third = seal_when_up(&sealer, &ctx, b"three", b"f3").await;
+    assert_eq!(sealer.cached_keys(), 1);
+    assert_eq!(metrics.tokens().data_key_counts().2, 1);
+    clock.advance(600);
+    sealer.forget_expired();
+    assert_eq!(sealer.cached_keys(), 0, "swept while idle");
+    assert_eq!(metrics.tokens().data_key_counts().2, 0);
+    assert_eq!(
+        sealer.open(&ctx, &third, b"f3").await.unwrap().as_slice(),
+        b"three",
+        "unwrapped again through the service"
+    );
 
     // A grant sealed by the chain itself, before data keys, still opens.
     let mut legacy = None;

@@ -265,25 +265,7 @@ fn the_client_subcommand_issues_introspects_and_revokes() {
     let sandbox = Sandbox::new("");
     let service = ServiceProcess::start(Some(&sandbox.config_path()), sandbox.dir.path());
     let address = format!("http://{}", service.grpc);
-    let generated = sandbox.run(
-        &[
-            "client",
-            "--address",
-            &address,
-            "generate",
-            "--subject",
-            "alice",
-            "--scope",
-            "read",
-        ],
-        None,
-    );
-    assert!(
-        generated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&generated.stderr)
-    );
-    let tokens: serde_json::Value = serde_json::from_slice(&generated.stdout).unwrap();
+    let tokens = sandbox.generate_token(&service);
     let access = tokens["access_token"].as_str().unwrap();
     let seen = sandbox.run(
         &["client", "--address", &address, "introspect", access],

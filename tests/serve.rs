@@ -182,3 +182,41 @@ fn scheduled_rotation_rotates_the_signing_key() {
     service.wait_for_log("scheduled_rotation");
     assert_eq!(service.terminate().code(), Some(0));
 }
+
+/// Data keys leave the memory of an instance that makes no more calls: nothing looks a key
+/// up or makes a new one, so only the service's own sweep can drop it once `cache_for` and
+/// `rotate_after` (here 3 s each, swept every second) are past.
+#[test]
+fn an_idle_instance_drops_its_data_keys_on_time() {
+    let sandbox = Sandbox::new("");
+    let text = std::fs::read_to_string(sandbox.config_path())
+        .unwrap()
+        .replace(
+            "[tokens.clients.demo]",
+            "[tokens.data_keys]\nrotate_after = \"3s\"\ncache_for = \"3s\"\n\n[tokens.clients.demo]",
+        );
+    sandbox.write_config(&text);
+    let service = sandbox.serve();
+    sandbox.generate_token(&service);
+    let held = || {
+        let (_, metrics) = http_get(service.admin, "/metrics");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("token_service_data_keys_held "))
+            .map(|v| v.trim().to_owned())
+    };
+    assert_eq!(held().as_deref(), Some("1"), "the grant's data key is held");
+    let mut dropped = false;
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if held().as_deref() == Some("0") {
+            dropped = true;
+            break;
+        }
+    }
+    assert!(
+        dropped,
+        "the data key was still held 10 s after it was made"
+    );
+    assert_eq!(service.terminate().code(), Some(0));
+}

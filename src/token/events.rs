@@ -5,8 +5,9 @@
 //! the signal of stolen refresh tokens. Data keys (see [`super::seal`]):
 //! `token_service_data_keys_total{origin}` (`made`: a new key wrapped for sealing;
 //! `unwrapped`: a key opened through the chain because it was not in memory) and
-//! `token_service_data_keys_held` (unwrapped keys in memory now). A rise in `unwrapped`
-//! means instances are asking the wrapping backend again, e.g. after restarts.
+//! `token_service_data_keys_held` (data keys in memory now, the one sealing included). A
+//! rise in `unwrapped` means instances are asking the wrapping backend again, e.g. after
+//! restarts.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 
@@ -108,7 +109,7 @@ impl TokenEventFamilies {
         .expect("static metric definition");
         let data_keys_held = IntGauge::new(
             "token_service_data_keys_held",
-            "Unwrapped data keys held in memory to open token families",
+            "Data keys held in memory to seal and open token families",
         )
         .expect("static metric definition");
         for collector in [

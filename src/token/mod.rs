@@ -258,6 +258,16 @@ impl TokenService {
         self
     }
 
+    /// Drops data keys past their time from memory (see [`seal::Sealer::forget_expired`]).
+    pub fn forget_expired_data_keys(&self) {
+        self.sealer.forget_expired();
+    }
+
+    /// How often a serving instance calls [`TokenService::forget_expired_data_keys`].
+    pub fn data_key_sweep_interval(&self) -> std::time::Duration {
+        self.settings.data_keys.sweep_interval()
+    }
+
     /// The DPoP validator (ValidateDPoP, and proofs presented with token requests).
     pub fn dpop(&self) -> &DpopValidator {
         &self.dpop

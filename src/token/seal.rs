@@ -15,10 +15,12 @@
 //!   refreshes go on through an outage of the Crypto Service. An instance started during
 //!   the outage has seen no key and cannot open older grants until the service is back.
 //!
-//! What this trades: a data key lives in process memory for `cache_for` (it is dropped at
-//! the first open or the first new data key after that), and an instance keeps opening
+//! What this trades: a data key lives in process memory for `cache_for` (the key sealing
+//! now, for the longer of `rotate_after` and `cache_for`), and an instance keeps opening
 //! grants for that long after the wrapping key has been disabled. `cache_for = "0s"` keeps
-//! only the key that seals now.
+//! only the key that seals now. Keys past their time are dropped at the next open or new
+//! data key, and by [`Sealer::forget_expired`], which a serving instance calls every
+//! [`DataKeySettings::sweep_interval`] so that an idle one forgets too.
 //!
 //! Format: `dk1~<wrapped key>~<BASE64URL(nonce)>~<BASE64URL(ciphertext || tag)>`, the
 //! wrapped key being the chain's compact envelope as it is (base64url and dots, never `~`),
@@ -67,6 +69,26 @@ pub struct DataKeySettings {
     pub cache_for: Duration,
 }
 
+impl DataKeySettings {
+    /// How often a serving instance sweeps data keys past their time: a tenth of the
+    /// shortest time a key is kept (`cache_for`, or `rotate_after` when nothing is kept),
+    /// between 1 s and 60 s. A key leaves an idle instance's memory that much late at most.
+    pub fn sweep_interval(&self) -> Duration {
+        let kept_for = if self.cache_for.is_zero() {
+            self.rotate_after
+        } else {
+            self.cache_for
+        };
+        (kept_for / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+
+    /// How long the key sealing now stays in memory after it was made: it seals for
+    /// `rotate_after` and is kept for `cache_for`.
+    fn current_kept_for(&self) -> u64 {
+        self.rotate_after.max(self.cache_for).as_secs()
+    }
+}
+
 impl Default for DataKeySettings {
     fn default() -> Self {
         Self {
@@ -82,6 +104,8 @@ struct DataKey {
     /// `dk1~<wrapped key>~`: what starts every grant it seals and opens their GCM AAD,
     /// built once rather than per grant.
     header: String,
+    /// Its id ([`key_id`] of its wrapped form), computed once.
+    id: KeyId,
     /// When it was made or unwrapped (clock seconds).
     made_at: u64,
     /// Grants sealed with it so far.
@@ -93,6 +117,7 @@ impl DataKey {
         Self {
             key,
             header: format!("{PREFIX}{wrapped}{SEPARATOR}"),
+            id: key_id(wrapped),
             made_at,
             seals: std::sync::atomic::AtomicU64::new(seals),
         }
@@ -239,6 +264,7 @@ impl Sealer {
         self.remember(&key);
         self.events().data_key_made();
         *lock(&self.current) = Some(key.clone());
+        self.forget_expired();
         tracing::info!(wrapping_key = %self.wrapping_key, "new data key for sealing token families");
         self.usable_current()
             .ok_or_else(|| BackendError::unavailable("data-keys", "a fresh data key was refused"))
@@ -279,22 +305,48 @@ impl Sealer {
     }
 
     /// The key `wrapped` holds, if it is kept or is the one sealing now (usable even with
-    /// nothing kept, `cache_for` zero).
+    /// nothing kept, `cache_for` zero), and not past its time.
     fn known(&self, id: &KeyId, wrapped: &str) -> Option<Arc<DataKey>> {
         let now = self.clock.now();
-        let kept = {
-            let mut opened = lock(&self.opened);
-            let kept = opened.get(id, now);
-            self.events().data_keys_held(opened.keys.len());
-            kept
-        };
-        if kept.is_some() {
-            return kept;
-        }
-        lock(&self.current)
+        let mut opened = lock(&self.opened);
+        let mut current = lock(&self.current);
+        self.forget_expired_locked(&mut opened, &mut current, now);
+        opened.get(id, now).or_else(|| {
+            current
+                .as_ref()
+                .filter(|key| key.wrapped() == wrapped)
+                .cloned()
+        })
+    }
+
+    /// Drops every data key past its time from memory: kept keys after `cache_for`, and the
+    /// key sealing now once it neither seals nor is kept. Lookups and new keys do this too;
+    /// a serving instance also calls it every [`DataKeySettings::sweep_interval`], so that
+    /// key material leaves an idle instance on time.
+    pub fn forget_expired(&self) {
+        let now = self.clock.now();
+        let mut opened = lock(&self.opened);
+        let mut current = lock(&self.current);
+        self.forget_expired_locked(&mut opened, &mut current, now);
+    }
+
+    /// [`Sealer::forget_expired`] under the locks (taken in this order everywhere: `opened`,
+    /// then `current`); sets the gauge of keys held.
+    fn forget_expired_locked(
+        &self,
+        opened: &mut KeptKeys,
+        current: &mut Option<Arc<DataKey>>,
+        now: u64,
+    ) {
+        opened.forget_expired(now);
+        let kept_for = self.settings.current_kept_for();
+        if current
             .as_ref()
-            .filter(|key| key.wrapped() == wrapped)
-            .cloned()
+            .is_some_and(|key| now.saturating_sub(key.made_at) >= kept_for)
+        {
+            *current = None;
+        }
+        self.events().data_keys_held(held(opened, current));
     }
 
     /// Unwraps `wrapped` through the chain (routed by its envelope's `kid`) and keeps it.
@@ -316,13 +368,13 @@ impl Sealer {
     /// the cache is full.
     fn remember(&self, key: &Arc<DataKey>) {
         let ttl = self.settings.cache_for.as_secs();
-        if ttl == 0 {
-            return;
-        }
         let now = self.clock.now();
         let mut opened = lock(&self.opened);
-        opened.insert(key, now, now.saturating_add(ttl));
-        self.events().data_keys_held(opened.keys.len());
+        if ttl > 0 {
+            opened.insert(key, now, now.saturating_add(ttl));
+        }
+        let mut current = lock(&self.current);
+        self.forget_expired_locked(&mut opened, &mut current, now);
     }
 
     /// Where data keys are counted (the chain's metrics registry).
@@ -330,9 +382,11 @@ impl Sealer {
         self.chain.metrics().tokens()
     }
 
-    /// Unwrapped data keys kept now (for tests; `token_service_data_keys_held` shows it).
+    /// Data keys in memory now: those kept to open grants and the one sealing now (for
+    /// tests; `token_service_data_keys_held` shows it).
     pub fn cached_keys(&self) -> usize {
-        lock(&self.opened).keys.len()
+        let opened = lock(&self.opened);
+        held(&opened, &lock(&self.current))
     }
 }
 
@@ -365,8 +419,7 @@ impl KeptKeys {
         {
             self.keys.remove(&soonest);
         }
-        self.keys
-            .insert(key_id(key.wrapped()), (key.clone(), forget_at));
+        self.keys.insert(key.id, (key.clone(), forget_at));
         self.next_expiry = Some(self.next_expiry.map_or(forget_at, |t| t.min(forget_at)));
     }
 
@@ -378,6 +431,14 @@ impl KeptKeys {
         self.keys.retain(|_, (_, forget_at)| *forget_at > now);
         self.next_expiry = self.keys.values().map(|(_, forget_at)| *forget_at).min();
     }
+}
+
+/// Data keys in memory: those kept, and the one sealing now if it is not kept as well.
+fn held(opened: &KeptKeys, current: &Option<Arc<DataKey>>) -> usize {
+    let sealing_only = current
+        .as_ref()
+        .is_some_and(|key| !opened.keys.contains_key(&key.id));
+    opened.keys.len() + usize::from(sealing_only)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -437,6 +498,24 @@ mod tests {
         assert!(kept.get(&key_id("new"), 300).is_none());
         assert!(kept.keys.is_empty());
         assert_eq!(kept.next_expiry, None);
+    }
+
+    #[test]
+    fn the_idle_sweep_runs_at_a_tenth_of_the_shortest_keeping_between_1_s_and_60_s() {
+        let settings = |rotate_after: u64, cache_for: u64| DataKeySettings {
+            rotate_after: Duration::from_secs(rotate_after),
+            cache_for: Duration::from_secs(cache_for),
+        };
+        assert_eq!(
+            DataKeySettings::default().sweep_interval(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            settings(3600, 100).sweep_interval(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(settings(3600, 3).sweep_interval(), Duration::from_secs(1));
+        assert_eq!(settings(50, 0).sweep_interval(), Duration::from_secs(5));
     }
 
     #[test]

@@ -93,6 +93,30 @@ impl Sandbox {
         self.run_with_env(args, stdin, &[])
     }
 
+    /// A token for `alice` (scope `read`) from `service`, as `client generate` prints it.
+    pub fn generate_token(&self, service: &ServiceProcess) -> serde_json::Value {
+        let address = format!("http://{}", service.grpc);
+        let generated = self.run(
+            &[
+                "client",
+                "--address",
+                &address,
+                "generate",
+                "--subject",
+                "alice",
+                "--scope",
+                "read",
+            ],
+            None,
+        );
+        assert!(
+            generated.status.success(),
+            "{}",
+            String::from_utf8_lossy(&generated.stderr)
+        );
+        serde_json::from_slice(&generated.stdout).expect("client generate prints JSON")
+    }
+
     pub fn run_with_env(
         &self,
         args: &[&str],
