@@ -1,7 +1,9 @@
 //! PKCS#11 sign rate through the backend (session pool, `block_in_place`) vs a raw cryptoki
 //! loop with one session per thread on the same key and mechanism, in the same run, with 1
-//! and 2 concurrent workers, against SoftHSM and (when built) kryoptic; then verify through
-//! the backend, locally (public key read once from the token) vs on the token.
+//! and 2 concurrent workers, against SoftHSM and (when built) kryoptic, and the backend
+//! without its check of each signature (`unchecked`; `checked/` is the rate with the check
+//! over the rate without); then verify through the backend, locally (public key read once
+//! from the token) vs on the token.
 //!
 //! Both tokens read their configuration file at `C_Initialize`, so the bench makes a token in
 //! a temporary directory and re-runs itself with that configuration, once per token. The
@@ -200,13 +202,14 @@ fn verify_rate(
     })
 }
 
-fn options(module: &Path, verify_on_token: bool) -> Pkcs11Options {
+fn options(module: &Path, verify_on_token: bool, verify_signatures: bool) -> Pkcs11Options {
     Pkcs11Options {
         module: module.to_path_buf(),
         token: TokenSelector::Label(LABEL.into()),
         pin: Secret::new(PIN.into()),
         max_sessions: 2,
         verify_on_token,
+        verify_signatures,
         retention: Duration::from_secs(86400),
         rsa_bits: RsaBits::B2048,
         refresh_interval: Duration::from_secs(1),
@@ -234,7 +237,9 @@ fn child(token: &Token) {
     let module = token.module.as_path();
     // The backend's module handle is initialised; a second context on the same library
     // shares that state (C_Initialize answers "already initialised").
-    let backend = Arc::new(Pkcs11Backend::open(options(module, false)).unwrap());
+    let backend = Arc::new(Pkcs11Backend::open(options(module, false, true)).unwrap());
+    // The same backend without the check of each signature against the published key.
+    let unchecked = Arc::new(Pkcs11Backend::open(options(module, false, false)).unwrap());
     let pkcs11 = Pkcs11::new(module).unwrap();
     let _ = pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
     if quick {
@@ -248,8 +253,8 @@ fn child(token: &Token) {
         round.as_secs_f64()
     );
     println!(
-        "{:<6} {:>8} {:>11} {:>11} {:>9}",
-        "alg", "workers", "raw", "backend", "ratio"
+        "{:<6} {:>8} {:>11} {:>11} {:>9} {:>11} {:>9}",
+        "alg", "workers", "raw", "backend", "ratio", "unchecked", "checked/"
     );
     for algorithm in [Algorithm::Es256, Algorithm::Ps256] {
         let key = KeyRef::new("bench", &algorithm.as_str().to_ascii_lowercase()).unwrap();
@@ -262,25 +267,31 @@ fn child(token: &Token) {
         // than the differences being measured.
         let (mut raw, mut ours) = ([vec![], vec![]], [vec![], vec![]]);
         let (mut ratio, mut raw_scaling, mut our_scaling) = ([vec![], vec![]], vec![], vec![]);
+        let (mut bare, mut check_cost) = ([vec![], vec![]], [vec![], vec![]]);
         for _ in 0..rounds {
             for (i, workers) in [1usize, 2].into_iter().enumerate() {
                 let r = raw_rate(&pkcs11, &label, algorithm, workers, round);
                 let b = backend_rate(&runtime, &backend, &key, workers, false, round);
+                let u = backend_rate(&runtime, &unchecked, &key, workers, false, round);
                 raw[i].push(r);
                 ours[i].push(b);
                 ratio[i].push(b / r);
+                bare[i].push(u);
+                check_cost[i].push(b / u);
             }
             raw_scaling.push(raw[1][raw[1].len() - 1] / raw[0][raw[0].len() - 1]);
             our_scaling.push(ours[1][ours[1].len() - 1] / ours[0][ours[0].len() - 1]);
         }
         for (i, workers) in [1usize, 2].into_iter().enumerate() {
             println!(
-                "{:<6} {:>8} {:>11.0} {:>11.0} {:>9.3}",
+                "{:<6} {:>8} {:>11.0} {:>11.0} {:>9.3} {:>11.0} {:>9.3}",
                 algorithm.as_str(),
                 workers,
                 median(raw[i].clone()),
                 median(ours[i].clone()),
-                median(ratio[i].clone())
+                median(ratio[i].clone()),
+                median(bare[i].clone()),
+                median(check_cost[i].clone())
             );
         }
         println!(
@@ -303,7 +314,7 @@ fn child(token: &Token) {
 
     // Verify: the same ES256 key, through a backend verifying locally and one verifying on
     // the token.
-    let on_token = Pkcs11Backend::open(options(module, true)).unwrap();
+    let on_token = Pkcs11Backend::open(options(module, true, true)).unwrap();
     let key = KeyRef::new("bench", "es256").unwrap();
     let signature = runtime.block_on(backend.sign(&key, MESSAGE)).unwrap();
     let (mut local, mut on_token_rates) = (Vec::new(), Vec::new());

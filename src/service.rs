@@ -125,6 +125,7 @@ pub async fn open_backends(
             pin,
             max_sessions: pkcs11.max_sessions,
             verify_on_token: pkcs11.verify == VerifyMode::Token,
+            verify_signatures: pkcs11.verify_signatures,
             retention: pkcs11.retention,
             rsa_bits: pkcs11.rsa_bits,
             refresh_interval: pkcs11.refresh_interval,

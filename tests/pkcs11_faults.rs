@@ -1,19 +1,20 @@
 //! The PKCS#11 backend when things go wrong, on real tokens (SoftHSM and kryoptic, each
 //! test with a token of its own): the module finalised underneath, start-up errors, an
-//! ambiguous label, a changed PIN, and the fallback while the HSM is down.
+//! ambiguous label, a private key swapped under its label, a changed PIN, and the fallback
+//! while the HSM is down.
 
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::pkcs11_backend::{key, options, runtime};
+use support::pkcs11_backend::{generate_p256_pair, key, options, runtime, user_session};
 use support::softhsm::LABEL;
 use token_service::backends::chain::{Chain, Routes};
 use token_service::backends::pkcs11::token::TokenSelector;
 use token_service::backends::pkcs11::{Pkcs11Backend, Pkcs11Options};
 use token_service::backends::software::{SoftwareBackend, SoftwareOptions};
-use token_service::backends::{Algorithm, Backend, BackendError, KeyRef, Operation};
+use token_service::backends::{Algorithm, Backend, BackendError, ErrorClass, KeyRef, Operation};
 use token_service::context::CallContext;
 use token_service::metrics::{Metrics, Outcome};
 use token_service::resilience::{ResilienceConfig, RetryConfig};
@@ -134,42 +135,9 @@ token_test!(a_label_matching_two_objects_is_a_clear_error, |token| {
         let k = key("signing");
         hsm.generate_key(&k, Algorithm::Es256).await.unwrap();
         // Someone else puts a second private key with the same label on the token.
-        let pkcs11 = cryptoki::context::Pkcs11::new(&token.module).unwrap();
-        let slot = pkcs11.get_slots_with_token().unwrap()[0];
-        let session = pkcs11.open_rw_session(slot).unwrap();
-        session
-            .login(
-                cryptoki::session::UserType::User,
-                Some(&cryptoki::types::AuthPin::new(support::softhsm::PIN.into())),
-            )
-            .or_else(|e| {
-                if e.to_string().contains("already") {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
-            .unwrap();
-        use cryptoki::object::Attribute;
-        let label = b"ts/token/signing/1".to_vec();
-        session
-            .generate_key_pair(
-                &cryptoki::mechanism::Mechanism::EccKeyPairGen,
-                &[
-                    Attribute::Token(true),
-                    Attribute::EcParams(vec![
-                        0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
-                    ]),
-                    Attribute::Label(label.clone()),
-                ],
-                &[
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::Sign(true),
-                    Attribute::Label(label),
-                ],
-            )
-            .unwrap();
+        let session = user_session(&token);
+        let label = b"ts/token/signing/1";
+        generate_p256_pair(&session, label, label);
         drop(session);
         // A fresh backend (no cached handle) must refuse to guess.
         let fresh = Pkcs11Backend::open(options(&token)).unwrap();
@@ -180,6 +148,101 @@ token_test!(a_label_matching_two_objects_is_a_clear_error, |token| {
         );
     });
 });
+
+token_test!(
+    a_private_key_swapped_under_its_label_is_a_security_error_not_a_token,
+    |token| {
+        use cryptoki::object::{Attribute, ObjectClass};
+        runtime().block_on(async {
+            let hsm = Pkcs11Backend::open(options(&token)).unwrap();
+            let k = key("signing");
+            hsm.generate_key(&k, Algorithm::Es256).await.unwrap();
+            hsm.sign(&k, b"before").await.unwrap();
+            // The private object under the version's label is swapped for another key's;
+            // its public object, which the JWKS publishes, stays.
+            let session = user_session(&token);
+            let label = b"ts/token/signing/1".to_vec();
+            let original = session
+                .find_objects(&[
+                    Attribute::Class(ObjectClass::PRIVATE_KEY),
+                    Attribute::Label(label.clone()),
+                ])
+                .unwrap();
+            assert_eq!(original.len(), 1);
+            session.destroy_object(original[0]).unwrap();
+            generate_p256_pair(&session, b"someone-else", &label);
+            drop(session);
+
+            let swapped = Arc::new(Pkcs11Backend::open(options(&token)).unwrap());
+            let refused = swapped.sign(&k, b"after").await.unwrap_err();
+            assert_eq!(refused.class(), ErrorClass::Security, "{refused}");
+            assert!(
+                refused
+                    .to_string()
+                    .contains("does not verify under its published key"),
+                "{refused}"
+            );
+
+            // In a chain, a security error is no outage: it is refused, counted, and not
+            // passed to the next backend, whose key would sign in its place unnoticed.
+            let dir = tempfile::tempdir().unwrap();
+            let software = Arc::new(
+                SoftwareBackend::open(&dir.path().join("k"), SoftwareOptions::default()).unwrap(),
+            );
+            let chain = Chain::new(
+                vec![
+                    (swapped as Arc<dyn Backend>, ResilienceConfig::default()),
+                    (software as Arc<dyn Backend>, ResilienceConfig::default()),
+                ],
+                &Routes {
+                    sign: vec!["pkcs11".into(), "software".into()],
+                    verify: vec![],
+                    encrypt: vec![],
+                },
+                true,
+                Metrics::new(),
+            )
+            .unwrap();
+            let ctx = CallContext::new();
+            chain
+                .ensure_key(&ctx, chain.sign_backends(), &k, Algorithm::Es256)
+                .await
+                .unwrap();
+            let refused = chain.sign(&ctx, &k, b"after").await.unwrap_err();
+            assert_eq!(refused.class(), ErrorClass::Security, "{refused}");
+            let metrics = chain.metrics();
+            assert_eq!(
+                metrics.request_count("pkcs11", Operation::Sign, Outcome::Security),
+                1
+            );
+            assert_eq!(
+                metrics.fallback_count(Operation::Sign, "pkcs11", "software"),
+                0
+            );
+
+            // Unchecked (`verify_signatures = false`), the token's signature is returned as
+            // it is, and does not verify.
+            let unchecked = Pkcs11Backend::open(Pkcs11Options {
+                verify_signatures: false,
+                ..options(&token)
+            })
+            .unwrap();
+            let signed = unchecked.sign(&k, b"after").await.unwrap();
+            let verified = unchecked
+                .verify(token_service::backends::VerifyRequest {
+                    key: token_service::backends::VerificationKey::Managed {
+                        key: &k,
+                        kid: Some(&signed.kid),
+                    },
+                    algorithm: Algorithm::Es256,
+                    message: b"after",
+                    signature: &signed.bytes,
+                })
+                .await;
+            assert_eq!(verified, Err(BackendError::VerificationFailed));
+        });
+    }
+);
 
 token_test!(
     a_changed_pin_stops_logins_instead_of_locking_the_token,

@@ -33,14 +33,14 @@ pub struct CryptoServiceConfig {
     #[serde(default = "default_metadata_ttl", with = "humantime_serde")]
     pub metadata_ttl: Duration,
     /// Serve sign and verify (env `CRYPTO_SIGNING_ENABLED`).
-    #[serde(default = "yes")]
+    #[serde(default = "super::yes")]
     pub signing_enabled: bool,
     /// Serve encrypt and decrypt (env `CRYPTO_ENCRYPTION_ENABLED`).
-    #[serde(default = "yes")]
+    #[serde(default = "super::yes")]
     pub encryption_enabled: bool,
     /// Check every signature the service returns against the version's public key before
     /// using it (a signature that does not verify is a security error, never a token).
-    #[serde(default = "yes")]
+    #[serde(default = "super::yes")]
     pub verify_signatures: bool,
     /// TLS towards the service; mTLS with `cert_file` and `key_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,10 +65,6 @@ pub struct ClientTlsConfig {
     /// Name expected in the server certificate (defaults to the address's host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain_name: Option<String>,
-}
-
-fn yes() -> bool {
-    true
 }
 
 fn default_connect_timeout() -> Duration {
@@ -139,7 +135,7 @@ pub struct CryptoServerConfig {
     #[serde(default)]
     pub logging: LoggingConfig,
     /// Whether a call may fall back to the next backend of its chain.
-    #[serde(default = "yes")]
+    #[serde(default = "super::yes")]
     pub fallback_enabled: bool,
     /// Backends per operation; the first of the sign (or encrypt) chain holds the keys the
     /// service manages.

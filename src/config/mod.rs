@@ -431,6 +431,11 @@ pub struct SoftwareConfig {
     pub resilience: ResilienceConfig,
 }
 
+/// `true`, for switches that are on unless configured off.
+pub(crate) fn yes() -> bool {
+    true
+}
+
 pub(crate) fn default_retention() -> Duration {
     Duration::from_secs(24 * 3600)
 }

@@ -48,6 +48,10 @@ pub struct Pkcs11Config {
     /// Where signatures with the token's keys are verified.
     #[serde(default)]
     pub verify: VerifyMode,
+    /// Check every signature the token makes against the version's public key before
+    /// using it (a signature that does not verify is a security error, never a token).
+    #[serde(default = "super::yes")]
+    pub verify_signatures: bool,
     /// How long a rotated-out version still verifies and decrypts.
     #[serde(default = "default_retention", with = "humantime_serde")]
     pub retention: Duration,

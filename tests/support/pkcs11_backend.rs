@@ -19,6 +19,7 @@ pub fn options(token: &Token) -> Pkcs11Options {
         pin: Secret::new(PIN.into()),
         max_sessions: 4,
         verify_on_token: false,
+        verify_signatures: true,
         retention: Duration::from_secs(24 * 3600),
         rsa_bits: RsaBits::B2048,
         refresh_interval: Duration::from_secs(1),
@@ -32,6 +33,49 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// A read-write session on `token`, logged in as the user, for a test that changes the
+/// token behind the backend's back. Opened after the backend (which initialised the module).
+pub fn user_session(token: &Token) -> cryptoki::session::Session {
+    let pkcs11 = cryptoki::context::Pkcs11::new(&token.module).unwrap();
+    let slot = pkcs11.get_slots_with_token().unwrap()[0];
+    let session = pkcs11.open_rw_session(slot).unwrap();
+    // Logins are per token and process: the backend's sessions may have logged in already.
+    if let Err(error) = session.login(
+        cryptoki::session::UserType::User,
+        Some(&cryptoki::types::AuthPin::new(PIN.into())),
+    ) {
+        assert!(error.to_string().contains("already"), "{error}");
+    }
+    session
+}
+
+/// Puts a P-256 key pair on the token the way another application would, its objects
+/// labelled `public_label` and `private_label`.
+pub fn generate_p256_pair(
+    session: &cryptoki::session::Session,
+    public_label: &[u8],
+    private_label: &[u8],
+) {
+    use cryptoki::object::Attribute;
+    const P256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    session
+        .generate_key_pair(
+            &cryptoki::mechanism::Mechanism::EccKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::EcParams(P256.to_vec()),
+                Attribute::Label(public_label.to_vec()),
+            ],
+            &[
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sign(true),
+                Attribute::Label(private_label.to_vec()),
+            ],
+        )
+        .unwrap();
 }
 
 /// A key in the `token` namespace.

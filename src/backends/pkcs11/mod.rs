@@ -9,6 +9,11 @@
 //! - [`ops`]: mechanisms chosen by probing the token.
 //! - [`uri`]: RFC 7512 `pkcs11:` URIs.
 //!
+//! Every signature the token makes is verified with the version's public key before it is
+//! returned (`verify_signatures`, on by default): a token whose private object no longer
+//! matches the key it publishes gets a security error instead of signing tokens that do not
+//! verify.
+//!
 //! Rings are cached in memory, with their public keys parsed once; the cache is re-read
 //! from the token at most once per `refresh_interval`, so a rotation or state change made by
 //! another process is seen without a restart.
@@ -59,6 +64,9 @@ pub struct Pkcs11Options {
     pub max_sessions: usize,
     /// Verify on the token instead of locally with the public key.
     pub verify_on_token: bool,
+    /// Check every signature the token makes against the version's public key before
+    /// returning it (a signature that does not verify is a security error, never a token).
+    pub verify_signatures: bool,
     /// How long a rotated-out version still verifies and decrypts.
     pub retention: Duration,
     /// Modulus size of new RSA keys.
@@ -260,6 +268,34 @@ impl Pkcs11Backend {
             })
             .await
     }
+
+    /// Refuses a signature the token made that does not verify under the public key this
+    /// version publishes: the private object under `label` no longer matches its public
+    /// one (replaced, or damaged), or the computation went wrong (an RSA-CRT fault would
+    /// even leak the key). Either way the token answered what it must not have: a security
+    /// error, as for the Crypto Service, never a token that no one can verify.
+    fn check_signature(
+        &self,
+        view: &cache::VersionView,
+        label: &str,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), BackendError> {
+        let checked = view
+            .verifier
+            .as_ref()
+            .is_some_and(|verifier| jwk::verify_with(verifier, message, signature).is_ok());
+        if checked {
+            return Ok(());
+        }
+        Err(BackendError::security(
+            &self.name,
+            format!(
+                "the signature by `{label}` does not verify under its published key (kid {})",
+                view.kid
+            ),
+        ))
+    }
 }
 
 #[async_trait]
@@ -285,14 +321,17 @@ impl Backend for Pkcs11Backend {
         let view = ring.view(record.version)?;
         let label = version_label(&ring.key, record.version);
         let mechanisms = self.mechanisms.clone();
-        let message = message.to_vec();
+        let (object_label, owned_message) = (label.clone(), message.to_vec());
         let bytes = self
             .pool
             .call(move |session, shared| {
-                let handle = require(session, shared, Kind::Private, &label)?;
-                ops::sign(session, &mechanisms, handle, algorithm, &message)
+                let handle = require(session, shared, Kind::Private, &object_label)?;
+                ops::sign(session, &mechanisms, handle, algorithm, &owned_message)
             })
             .await?;
+        if self.options.verify_signatures {
+            self.check_signature(view, &label, message, &bytes)?;
+        }
         Ok(Signature {
             bytes,
             algorithm,

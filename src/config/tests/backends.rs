@@ -24,8 +24,16 @@ fn pkcs11_settings_resolve_from_fields_or_uri() {
         &no_env(),
     )
     .unwrap();
-    let resolved = config.backends.pkcs11.unwrap().resolve().unwrap();
+    let table = config.backends.pkcs11.unwrap();
+    assert!(table.verify_signatures, "signatures are checked by default");
+    let resolved = table.resolve().unwrap();
     assert_eq!(resolved.module, std::path::PathBuf::from("/m.so"));
+    let unchecked = load_str(
+        &pkcs11("module = \"/m.so\"\ntoken_label = \"t\"\npin = { env = \"P\" }\nverify_signatures = false"),
+        &no_env(),
+    )
+    .unwrap();
+    assert!(!unchecked.backends.pkcs11.unwrap().verify_signatures);
     let config = load_str(
         &pkcs11("uri = \"pkcs11:serial=42?module-path=/m.so&pin-source=env:PIN\""),
         &no_env(),
