@@ -95,7 +95,7 @@ fn main() {
                 ClientPolicy {
                     scopes: vec![],
                     audiences: vec!["api".into()],
-                    callers: Vec::new(),
+                    ..Default::default()
                 },
             )]),
             rate_limit: None,

@@ -404,3 +404,42 @@ async fn a_client_over_its_rate_limit_is_told_when_to_retry() {
         .await
         .unwrap();
 }
+
+/// A client configured with `access_tokens_only` gets an access token over gRPC and no
+/// refresh token; the token introspects as active until it is revoked.
+#[test]
+fn a_client_issued_access_tokens_only_gets_no_refresh_token_over_grpc() {
+    let sandbox = Sandbox::new(
+        "[tokens.clients.m2m]\nscopes = [\"read\"]\naudiences = [\"api\"]\naccess_tokens_only = true",
+    );
+    let service = sandbox.serve();
+    let address = format!("http://{}", service.grpc);
+    let client = |args: &[&str]| {
+        let mut all = vec!["client", "--address", address.as_str()];
+        all.extend_from_slice(args);
+        let out = sandbox.run(&all, None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    let tokens = client(&[
+        "generate",
+        "--subject",
+        "batch-job",
+        "--client-id",
+        "m2m",
+        "--scope",
+        "read",
+    ]);
+    assert!(tokens.get("refresh_token").is_none(), "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let seen = client(&["introspect", &access]);
+    assert_eq!(seen["active"], true, "{seen}");
+    assert_eq!(seen["client_id"], "m2m");
+    client(&["revoke", "--access-token", &access]);
+    assert_eq!(client(&["introspect", &access])["active"], false);
+    assert_eq!(service.terminate().code(), Some(0));
+}

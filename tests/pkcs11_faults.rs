@@ -349,7 +349,7 @@ token_test!(
                         ClientPolicy {
                             scopes: vec![],
                             audiences: vec!["api".into()],
-                            callers: Vec::new(),
+                            ..Default::default()
                         },
                     )]),
                     rate_limit: None,

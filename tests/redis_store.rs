@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::redis::RedisServer;
+use support::token_fixture::WithFamily;
 use token_service::backends::chain::{Chain, Routes};
 use token_service::backends::clock::SystemClock;
 use token_service::backends::software::{SoftwareBackend, SoftwareOptions};
@@ -66,7 +67,7 @@ async fn instance_with_store(keys: &Path, store: Arc<dyn Store>) -> Arc<TokenSer
             ClientPolicy {
                 scopes: vec!["read".into()],
                 audiences: vec!["api".into()],
-                callers: Vec::new(),
+                ..Default::default()
             },
         )]),
     };
@@ -110,8 +111,8 @@ async fn two_instances_share_rotation_reuse_and_revocation() {
             .active
     );
     // Refreshed through B, reused through A: the family is revoked for both.
-    let second = b.refresh(&ctx(), &first.refresh_token).await.unwrap();
-    match a.refresh(&ctx(), &first.refresh_token).await {
+    let second = b.refresh(&ctx(), first.refresh()).await.unwrap();
+    match a.refresh(&ctx(), first.refresh()).await {
         Err(TokenError::Unauthenticated(reason)) => {
             assert!(reason.contains("already used"), "{reason}")
         }
@@ -141,8 +142,8 @@ async fn two_instances_share_rotation_reuse_and_revocation() {
     );
     // And a family revoked through B is dead for A.
     let fourth = a.generate(&ctx(), &request("carol")).await.unwrap();
-    assert!(b.revoke_refresh_token(&fourth.refresh_token).await.unwrap());
-    assert!(a.refresh(&ctx(), &fourth.refresh_token).await.is_err());
+    assert!(b.revoke_refresh_token(fourth.refresh()).await.unwrap());
+    assert!(a.refresh(&ctx(), fourth.refresh()).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +160,7 @@ async fn fifty_concurrent_refreshes_across_instances_exactly_one_wins() {
         .generate(&ctx(), &request("alice"))
         .await
         .unwrap();
-    let token = Arc::new(issued.refresh_token.to_string());
+    let token = Arc::new(issued.refresh().to_string());
     let tasks: Vec<_> = (0..50)
         .map(|i| {
             let (service, token) = (instances[i % 2].clone(), token.clone());
@@ -212,10 +213,7 @@ async fn redis_dying_is_unavailable_and_the_service_recovers_without_a_restart()
     }
     let tokens = recovered.expect("no recovery after Redis came back");
     // The family written after recovery is whole: it refreshes.
-    service
-        .refresh(&ctx(), &tokens.refresh_token)
-        .await
-        .unwrap();
+    service.refresh(&ctx(), tokens.refresh()).await.unwrap();
 }
 
 async fn cluster_instance(keys: &Path, seeds: &[String]) -> Arc<TokenService> {
@@ -240,9 +238,9 @@ async fn redis_cluster_rotation_reuse_and_concurrency() {
             .generate(&ctx(), &request(&format!("user-{i}")))
             .await
             .unwrap();
-        let second = b.refresh(&ctx(), &first.refresh_token).await.unwrap();
+        let second = b.refresh(&ctx(), first.refresh()).await.unwrap();
         assert!(matches!(
-            a.refresh(&ctx(), &first.refresh_token).await,
+            a.refresh(&ctx(), first.refresh()).await,
             Err(TokenError::Unauthenticated(_))
         ));
         assert!(
@@ -253,7 +251,7 @@ async fn redis_cluster_rotation_reuse_and_concurrency() {
         );
     }
     let issued = a.generate(&ctx(), &request("race")).await.unwrap();
-    let token = Arc::new(issued.refresh_token.to_string());
+    let token = Arc::new(issued.refresh().to_string());
     let tasks: Vec<_> = (0..50)
         .map(|i| {
             let (service, token) = (
@@ -309,7 +307,7 @@ async fn a_killed_cluster_master_loses_no_family() {
     for issued in families {
         let started = std::time::Instant::now();
         loop {
-            match service.refresh(&ctx(), &issued.refresh_token).await {
+            match service.refresh(&ctx(), issued.refresh()).await {
                 Ok(_) => break,
                 Err(TokenError::Unavailable(_)) if started.elapsed() < Duration::from_secs(30) => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -344,7 +342,7 @@ async fn stored_keys_expire_with_what_they_guard() {
     let service = instance(&keys.path().join("keys"), &redis.url()).await;
     let issued = service.generate(&ctx(), &request("alice")).await.unwrap();
     let family_ends = (issued.claims.iat + 3_600) as i64;
-    let family = format!("ts:fam:{{{}}}", issued.claims.fid);
+    let family = format!("ts:fam:{{{}}}", issued.fid());
     let retired = format!("{family}:retired");
     let near = |at: i64| (family_ends - 2..=family_ends + 2).contains(&at);
     assert!(near(expire_time(&redis, &family)));
@@ -353,13 +351,13 @@ async fn stored_keys_expire_with_what_they_guard() {
         -2,
         "no retired list before a rotation"
     );
-    let mut token = issued.refresh_token.to_string();
+    let mut token = issued.refresh().to_string();
     for _ in 0..3 {
         token = service
             .refresh(&ctx(), &token)
             .await
             .unwrap()
-            .refresh_token
+            .refresh()
             .to_string();
         assert!(
             near(expire_time(&redis, &family)),
@@ -385,7 +383,7 @@ async fn a_corrupt_stored_hash_fails_closed() {
     let keys = tempfile::tempdir().unwrap();
     let service = instance(&keys.path().join("keys"), &redis.url()).await;
     let issued = service.generate(&ctx(), &request("alice")).await.unwrap();
-    let key = format!("ts:fam:{{{}}}", issued.claims.fid);
+    let key = format!("ts:fam:{{{}}}", issued.fid());
     let output = std::process::Command::new("redis-cli")
         .args([
             "-p",
@@ -399,7 +397,7 @@ async fn a_corrupt_stored_hash_fails_closed() {
         .unwrap();
     assert!(output.status.success());
     for _ in 0..2 {
-        match service.refresh(&ctx(), &issued.refresh_token).await {
+        match service.refresh(&ctx(), issued.refresh()).await {
             Err(TokenError::Unavailable(reason)) => {
                 assert!(reason.contains("corrupt"), "{reason}")
             }

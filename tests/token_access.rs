@@ -6,7 +6,8 @@
 mod support;
 
 use support::token_fixture::{
-    caller_named, ctx, expect_permission_denied, fixture, fixture_with, request, settings,
+    WithFamily, caller_named, ctx, expect_permission_denied, fixture, fixture_with, request,
+    settings,
 };
 use token_service::token::{Caller, OperationCallers, TokenRequest, TokenSettings};
 
@@ -40,24 +41,24 @@ async fn a_client_naming_its_callers_acts_only_for_their_certificates() {
     // Refreshing is acting for the family's client too; a refusal leaves the token usable.
     expect_permission_denied(
         f.service
-            .refresh_as(&ctx(), &stranger, &issued.refresh_token, None)
+            .refresh_as(&ctx(), &stranger, issued.refresh(), None)
             .await,
         &["billing.internal"],
     );
     expect_permission_denied(
-        f.service.refresh(&ctx(), &issued.refresh_token).await,
+        f.service.refresh(&ctx(), issued.refresh()).await,
         &["caller unidentified"],
     );
     let refreshed = f
         .service
-        .refresh_as(&ctx(), &gateway, &issued.refresh_token, None)
+        .refresh_as(&ctx(), &gateway, issued.refresh(), None)
         .await
         .unwrap();
     assert!(f.is_active(&refreshed.access_token).await);
 
     // The family id is public (`fid` in every access token): revoking by it, or by a
     // refresh token, is acting for the client too.
-    let family = token_service::token::refresh::FamilyId::parse(&refreshed.claims.fid).unwrap();
+    let family = token_service::token::refresh::FamilyId::parse(refreshed.fid()).unwrap();
     expect_permission_denied(
         f.service.revoke_family_as(&stranger, &family).await,
         &["billing.internal", "`partner`"],
@@ -68,7 +69,7 @@ async fn a_client_naming_its_callers_acts_only_for_their_certificates() {
     );
     expect_permission_denied(
         f.service
-            .revoke_refresh_token_as(&stranger, &refreshed.refresh_token)
+            .revoke_refresh_token_as(&stranger, refreshed.refresh())
             .await,
         &["billing.internal"],
     );
@@ -86,7 +87,7 @@ async fn a_client_naming_its_callers_acts_only_for_their_certificates() {
             .generate_as(&ctx(), caller, &request())
             .await
             .unwrap();
-        let family = token_service::token::refresh::FamilyId::parse(&web.claims.fid).unwrap();
+        let family = token_service::token::refresh::FamilyId::parse(web.fid()).unwrap();
         assert!(f.service.revoke_family_as(caller, &family).await.unwrap());
     }
 
@@ -195,7 +196,7 @@ async fn resource_servers_introspect_and_operators_revoke_what_clients_cannot() 
     // The family was left alone: its refresh token still rotates.
     let refreshed = f
         .service
-        .refresh_as(&ctx(), &gateway, &issued.refresh_token, None)
+        .refresh_as(&ctx(), &gateway, issued.refresh(), None)
         .await
         .unwrap();
     f.clock.advance(900 + 61);
@@ -233,7 +234,7 @@ async fn resource_servers_introspect_and_operators_revoke_what_clients_cannot() 
         .generate_as(&ctx(), &gateway, &partner)
         .await
         .unwrap();
-    let family = token_service::token::refresh::FamilyId::parse(&second.claims.fid).unwrap();
+    let family = token_service::token::refresh::FamilyId::parse(second.fid()).unwrap();
     expect_permission_denied(
         f.service.revoke_family_as(&orders, &family).await,
         &["orders.internal", "`partner`"],

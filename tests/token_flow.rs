@@ -7,7 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::token_fixture::{ctx, fixture, request};
+use support::token_fixture::{WithFamily, ctx, fixture, request};
 use token_service::backends::{Backend, KeyRef, KeyState};
 use token_service::context::CallContext;
 use token_service::token::{TokenError, TokenRequest};
@@ -35,18 +35,14 @@ async fn issue_introspect_refresh_then_reuse_revokes_the_family() {
     assert_eq!(claims.aud, vec!["api"]);
     assert_eq!(claims.exp, claims.iat + 900);
 
-    let second = f
-        .service
-        .refresh(&ctx(), &first.refresh_token)
-        .await
-        .unwrap();
-    assert_ne!(second.refresh_token.as_str(), first.refresh_token.as_str());
-    assert_eq!(second.claims.fid, first.claims.fid);
+    let second = f.service.refresh(&ctx(), first.refresh()).await.unwrap();
+    assert_ne!(second.refresh(), first.refresh());
+    assert_eq!(second.fid(), first.fid());
     assert!(f.is_active(&second.access_token).await);
 
     // The used token again: reuse → the family is revoked, every access token it issued is
     // inactive, and the newest refresh token is dead too.
-    match f.service.refresh(&ctx(), &first.refresh_token).await {
+    match f.service.refresh(&ctx(), first.refresh()).await {
         Err(TokenError::Unauthenticated(reason)) => {
             assert!(reason.contains("already used"), "{reason}")
         }
@@ -55,7 +51,7 @@ async fn issue_introspect_refresh_then_reuse_revokes_the_family() {
     for token in [&first.access_token, &second.access_token] {
         assert!(!f.is_active(token).await);
     }
-    match f.service.refresh(&ctx(), &second.refresh_token).await {
+    match f.service.refresh(&ctx(), second.refresh()).await {
         Err(TokenError::Unauthenticated(reason)) => assert!(reason.contains("revoked"), "{reason}"),
         other => panic!("{other:?}"),
     }
@@ -65,7 +61,7 @@ async fn issue_introspect_refresh_then_reuse_revokes_the_family() {
 async fn fifty_concurrent_refreshes_with_one_token_exactly_one_wins() {
     let f = fixture().await;
     let issued = f.service.generate(&ctx(), &request()).await.unwrap();
-    let token = Arc::new(issued.refresh_token.to_string());
+    let token = Arc::new(issued.refresh().to_string());
     let tasks: Vec<_> = (0..50)
         .map(|_| {
             let (service, token) = (f.service.clone(), token.clone());
@@ -86,7 +82,7 @@ async fn fifty_concurrent_refreshes_with_one_token_exactly_one_wins() {
     // ends up revoked — the safe reading of 50 presentations of one token.
     let winner = wins.pop().unwrap();
     assert!(matches!(
-        f.service.refresh(&ctx(), &winner.refresh_token).await,
+        f.service.refresh(&ctx(), winner.refresh()).await,
         Err(TokenError::Unauthenticated(_))
     ));
 }
@@ -162,16 +158,12 @@ async fn introspection_checks_time_with_skew_issuer_and_revocation() {
     let issued = f.service.generate(&ctx(), &request()).await.unwrap();
     // The family id is public (`fid` in the access token): a refresh token forged from it,
     // or one already rotated out, revokes nothing.
-    let forged = format!("rt1.{}.{}", issued.claims.fid, "A".repeat(43));
+    let forged = format!("rt1.{}.{}", issued.fid(), "A".repeat(43));
     assert!(!f.service.revoke_refresh_token(&forged).await.unwrap());
-    let rotated = f
-        .service
-        .refresh(&ctx(), &issued.refresh_token)
-        .await
-        .unwrap();
+    let rotated = f.service.refresh(&ctx(), issued.refresh()).await.unwrap();
     assert!(
         !f.service
-            .revoke_refresh_token(&issued.refresh_token)
+            .revoke_refresh_token(issued.refresh())
             .await
             .unwrap()
     );
@@ -182,17 +174,12 @@ async fn introspection_checks_time_with_skew_issuer_and_revocation() {
     let issued = rotated;
     assert!(
         f.service
-            .revoke_refresh_token(&issued.refresh_token)
+            .revoke_refresh_token(issued.refresh())
             .await
             .unwrap()
     );
     assert!(!f.is_active(&issued.access_token).await);
-    assert!(
-        f.service
-            .refresh(&ctx(), &issued.refresh_token)
-            .await
-            .is_err()
-    );
+    assert!(f.service.refresh(&ctx(), issued.refresh()).await.is_err());
 
     // Not ours, tampered, or not an access token: inactive, not an error.
     let mut tampered = f
@@ -276,7 +263,7 @@ async fn bad_input_is_refused_with_a_reason_and_nothing_is_stored() {
         Err(TokenError::Unauthenticated(_))
     ));
     f.clock.advance(604_800);
-    match f.service.refresh(&ctx(), &issued.refresh_token).await {
+    match f.service.refresh(&ctx(), issued.refresh()).await {
         Err(TokenError::Unauthenticated(reason)) => assert!(reason.contains("expired"), "{reason}"),
         other => panic!("{other:?}"),
     }
@@ -291,21 +278,48 @@ async fn a_signing_failure_during_refresh_leaves_the_refresh_token_usable() {
         .set_version_state(&signing, 1, KeyState::Disabled)
         .await
         .unwrap();
-    assert!(
-        f.service
-            .refresh(&ctx(), &issued.refresh_token)
-            .await
-            .is_err()
-    );
+    assert!(f.service.refresh(&ctx(), issued.refresh()).await.is_err());
     f.backend
         .set_version_state(&signing, 1, KeyState::Active)
         .await
         .unwrap();
     // Nothing was rotated: the same refresh token still works, and is not taken for reuse.
-    let refreshed = f
-        .service
-        .refresh(&ctx(), &issued.refresh_token)
+    let refreshed = f.service.refresh(&ctx(), issued.refresh()).await.unwrap();
+    assert!(f.is_active(&refreshed.access_token).await);
+}
+
+/// A client issued access tokens only (a client-credentials client, RFC 6749 §4.4.3): no
+/// refresh token, no family, nothing stored; its token carries no `fid`, introspects as
+/// active, and is revoked by its jti.
+#[tokio::test]
+async fn a_client_issued_access_tokens_only_gets_no_refresh_token_and_nothing_is_stored() {
+    let f = fixture().await;
+    let machine = TokenRequest {
+        client_id: "machine".into(),
+        ..request()
+    };
+    let issued = f.service.generate(&ctx(), &machine).await.unwrap();
+    assert!(issued.refresh_token.is_none());
+    assert_eq!(issued.claims.fid, None);
+    let payload = issued.access_token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(claims.get("fid").is_none(), "{claims}");
+    assert_eq!(claims["client_id"], "machine");
+    assert_eq!(f.store.families(), 0, "nothing is stored");
+
+    assert!(f.is_active(&issued.access_token).await);
+    f.service
+        .revoke_access_token(&issued.claims.jti, issued.claims.exp)
         .await
         .unwrap();
-    assert!(f.is_active(&refreshed.access_token).await);
+    assert!(!f.is_active(&issued.access_token).await, "revoked by jti");
+
+    // The other clients still get families.
+    let web = f.service.generate(&ctx(), &request()).await.unwrap();
+    assert!(!web.refresh().is_empty());
+    assert_eq!(f.store.families(), 1);
 }

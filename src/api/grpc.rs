@@ -106,7 +106,12 @@ fn token_response(issued: IssuedTokens) -> proto::TokenResponse {
     let token_type = issued.token_type();
     proto::TokenResponse {
         access_token: issued.access_token,
-        refresh_token: issued.refresh_token.to_string(),
+        // Empty for a client issued access tokens only.
+        refresh_token: issued
+            .refresh_token
+            .as_ref()
+            .map(|token| token.to_string())
+            .unwrap_or_default(),
         token_type: token_type.into(),
         expires_in: issued.expires_in,
         scope: issued.claims.scope,

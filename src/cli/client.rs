@@ -20,7 +20,8 @@ pub struct ClientArgs {
 
 #[derive(Debug, Subcommand)]
 enum ClientCommand {
-    /// Issue an access token and a refresh token.
+    /// Issue an access token and a refresh token (only the access token for a client with
+    /// `access_tokens_only`).
     Generate {
         /// Subject.
         #[arg(long)]
@@ -68,10 +69,17 @@ enum ClientCommand {
 }
 
 fn print_tokens(r: token_service::api::proto::TokenResponse) -> Result<(), Failure> {
-    print_json(serde_json::json!({
+    let mut tokens = serde_json::json!({
         "access_token": r.access_token, "refresh_token": r.refresh_token,
         "token_type": r.token_type, "expires_in": r.expires_in, "scope": r.scope, "kid": r.kid,
-    }))
+    });
+    // A client issued access tokens only gets no refresh token: none is shown.
+    if r.refresh_token.is_empty()
+        && let Some(fields) = tokens.as_object_mut()
+    {
+        fields.remove("refresh_token");
+    }
+    print_json(tokens)
 }
 
 fn print_json(value: serde_json::Value) -> Result<(), Failure> {

@@ -37,7 +37,9 @@ pub struct AccessClaims {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub scope: String,
     /// The refresh-token family the token belongs to: revoking the family deactivates it.
-    pub fid: String,
+    /// Absent for a client issued access tokens only, which has no families.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fid: Option<String>,
     /// Confirmation (RFC 7800): the DPoP key the token is bound to (RFC 9449 §6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
@@ -71,6 +73,11 @@ pub struct ClientPolicy {
     /// caller the gRPC port admits. Needs `server.tls.client_ca_file`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub callers: Vec<String>,
+    /// Issue this client access tokens only: no refresh token, and nothing stored per token
+    /// (RFC 6749 §4.4.3: a client-credentials grant should get no refresh token). Its
+    /// tokens are revoked by jti. Families issued before the switch keep refreshing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub access_tokens_only: bool,
 }
 
 fn check_identifier(what: &str, value: &str) -> Result<(), TokenError> {
@@ -190,7 +197,7 @@ mod tests {
             ClientPolicy {
                 scopes: vec!["read".into(), "write".into()],
                 audiences: vec!["api".into(), "admin".into()],
-                callers: Vec::new(),
+                ..Default::default()
             },
         )]
         .into()

@@ -188,7 +188,7 @@ impl TokenEventFamilies {
             sub = %claims.sub,
             client_id = %claims.client_id,
             jti = %claims.jti,
-            fid = %claims.fid,
+            fid = claims.fid.as_deref(),
             kid,
             exp = claims.exp,
             caller = %caller,

@@ -90,11 +90,15 @@ impl TokenService {
         if self.store.is_denied(&claims.jti, now).await? {
             return Ok(Introspection::inactive("revoked jti"));
         }
-        let Ok(family) = FamilyId::parse(&claims.fid) else {
-            return Ok(Introspection::inactive("family id"));
-        };
-        if !self.store.family_active(&family, now).await? {
-            return Ok(Introspection::inactive("family revoked"));
+        // A token without a family (its client is issued access tokens only) is revoked by
+        // its jti alone.
+        if let Some(fid) = &claims.fid {
+            let Ok(family) = FamilyId::parse(fid) else {
+                return Ok(Introspection::inactive("family id"));
+            };
+            if !self.store.family_active(&family, now).await? {
+                return Ok(Introspection::inactive("family revoked"));
+            }
         }
         Ok(Introspection {
             active: true,

@@ -144,8 +144,8 @@ pub struct TokenRequest {
 pub struct IssuedTokens {
     /// The access token (JWT).
     pub access_token: String,
-    /// The refresh token. Never log it.
-    pub refresh_token: Zeroizing<String>,
+    /// The refresh token, unless the client is issued access tokens only. Never log it.
+    pub refresh_token: Option<Zeroizing<String>>,
     /// Access-token lifetime in seconds.
     pub expires_in: u64,
     /// The access token's claims.
@@ -313,7 +313,7 @@ impl TokenService {
         &self,
         ctx: &CallContext,
         grant: &Grant,
-        family: &FamilyId,
+        family: Option<&FamilyId>,
         ttl: u64,
         jkt: Option<&str>,
     ) -> Result<(String, AccessClaims, String), TokenError> {
@@ -328,7 +328,7 @@ impl TokenService {
             jti: random_id()?,
             client_id: grant.client_id.clone(),
             scope: grant.scopes.join(" "),
-            fid: family.to_string(),
+            fid: family.map(FamilyId::to_string),
             cnf: jkt.map(|jkt| Confirmation {
                 jkt: jkt.to_owned(),
             }),
@@ -362,7 +362,8 @@ impl TokenService {
     }
 
     /// Issues an access token and starts a refresh-token family, if `caller` may act for
-    /// the requested client.
+    /// the requested client; for a client issued access tokens only, just the access token,
+    /// and nothing is stored.
     pub async fn generate_as(
         &self,
         ctx: &CallContext,
@@ -383,10 +384,28 @@ impl TokenService {
             Some(input) => Some(self.dpop.validate(ctx, input.request()).await?.jkt),
             None => None,
         };
+        if self
+            .settings
+            .clients
+            .get(&grant.client_id)
+            .is_some_and(|policy| policy.access_tokens_only)
+        {
+            let (access_token, claims, kid) = self
+                .sign_access(ctx, &grant, None, ttl, jkt.as_deref())
+                .await?;
+            self.events().issued(Issue::New, caller, &claims, &kid);
+            return Ok(IssuedTokens {
+                access_token,
+                refresh_token: None,
+                expires_in: ttl,
+                claims,
+                kid,
+            });
+        }
         let family = FamilyId::generate()?;
         // Sign first: if the key backends are down, nothing is stored.
         let (access_token, claims, kid) = self
-            .sign_access(ctx, &grant, &family, ttl, jkt.as_deref())
+            .sign_access(ctx, &grant, Some(&family), ttl, jkt.as_deref())
             .await?;
         let stored = serde_json::to_vec(&StoredGrant {
             grant,
@@ -412,7 +431,7 @@ impl TokenService {
         self.events().issued(Issue::New, caller, &claims, &kid);
         Ok(IssuedTokens {
             access_token,
-            refresh_token: refresh.expose(),
+            refresh_token: Some(refresh.expose()),
             expires_in: ttl,
             claims,
             kid,
@@ -477,7 +496,7 @@ impl TokenService {
         // Checked before the rotation: a refused proof leaves the refresh token usable.
         let jkt = binding::refresh_key(&self.dpop, ctx, bound, dpop).await?;
         let (access_token, claims, kid) = self
-            .sign_access(ctx, &grant, &family, access_ttl, jkt.as_deref())
+            .sign_access(ctx, &grant, Some(&family), access_ttl, jkt.as_deref())
             .await?;
         let next = RefreshToken::generate(family.clone())?;
         match self
@@ -489,7 +508,7 @@ impl TokenService {
                 self.events().issued(Issue::Refresh, caller, &claims, &kid);
                 Ok(IssuedTokens {
                     access_token,
-                    refresh_token: next.expose(),
+                    refresh_token: Some(next.expose()),
                     expires_in: access_ttl,
                     claims,
                     kid,

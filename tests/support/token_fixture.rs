@@ -14,7 +14,30 @@ use token_service::metrics::Metrics;
 use token_service::resilience::ResilienceConfig;
 use token_service::token::claims::ClientPolicy;
 use token_service::token::store::memory::MemoryStore;
-use token_service::token::{Caller, TokenError, TokenRequest, TokenService, TokenSettings};
+use token_service::token::{
+    Caller, IssuedTokens, TokenError, TokenRequest, TokenService, TokenSettings,
+};
+
+/// What a test reads of an issuance that started a refresh-token family.
+pub trait WithFamily {
+    /// The refresh token.
+    fn refresh(&self) -> &str;
+    /// The family id the access token carries.
+    fn fid(&self) -> &str;
+}
+
+impl WithFamily for IssuedTokens {
+    fn refresh(&self) -> &str {
+        self.refresh_token
+            .as_ref()
+            .map(|token| token.as_str())
+            .expect("a refresh token")
+    }
+
+    fn fid(&self) -> &str {
+        self.claims.fid.as_deref().expect("a family id")
+    }
+}
 
 /// A Token Service over a software chain and a memory store, on a manual clock.
 pub struct Fixture {
@@ -34,7 +57,8 @@ impl Fixture {
     }
 }
 
-/// Clients `web` (any caller) and `partner` (only `gateway.internal`).
+/// Clients `web` (any caller), `partner` (only `gateway.internal`) and `machine` (access
+/// tokens only).
 pub fn settings() -> TokenSettings {
     TokenSettings {
         issuer: "https://tokens.example".into(),
@@ -51,7 +75,7 @@ pub fn settings() -> TokenSettings {
                 ClientPolicy {
                     scopes: vec!["read".into(), "write".into()],
                     audiences: vec!["api".into()],
-                    callers: Vec::new(),
+                    ..Default::default()
                 },
             ),
             (
@@ -60,6 +84,16 @@ pub fn settings() -> TokenSettings {
                     scopes: vec!["read".into()],
                     audiences: vec!["api".into()],
                     callers: vec!["gateway.internal".into()],
+                    ..Default::default()
+                },
+            ),
+            (
+                "machine".to_owned(),
+                ClientPolicy {
+                    scopes: vec!["read".into()],
+                    audiences: vec!["api".into()],
+                    access_tokens_only: true,
+                    ..Default::default()
                 },
             ),
         ]),
