@@ -441,5 +441,36 @@ fn a_client_issued_access_tokens_only_gets_no_refresh_token_over_grpc() {
     assert_eq!(seen["client_id"], "m2m");
     client(&["revoke", "--access-token", &access]);
     assert_eq!(client(&["introspect", &access])["active"], false);
+
+    // `bench --refresh` for such a client fails every refresh and says why; so does a
+    // bench for a client the service does not know.
+    let bench = |client_id: &str| {
+        let out = sandbox.run(
+            &[
+                "bench",
+                "--address",
+                &address,
+                "--client-id",
+                client_id,
+                "--refresh",
+                "--concurrency",
+                "2",
+                "--duration",
+                "300ms",
+            ],
+            None,
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = bench("m2m");
+    assert!(
+        out.contains("first error: GenerateTokens returned no refresh token (client `m2m`"),
+        "{out}"
+    );
+    let out = bench("nobody");
+    assert!(
+        out.contains("first error: GenerateTokens: InvalidArgument: unknown client `nobody`"),
+        "{out}"
+    );
     assert_eq!(service.terminate().code(), Some(0));
 }

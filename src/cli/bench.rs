@@ -42,6 +42,27 @@ pub struct BenchArgs {
     dpop: bool,
 }
 
+/// Failed calls: how many, and what the first one said (so a run of errors has a reason).
+#[derive(Default)]
+struct Errors {
+    count: AtomicU64,
+    first: std::sync::OnceLock<String>,
+}
+
+impl Errors {
+    fn record(&self, describe: impl FnOnce() -> String) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if self.first.get().is_none() {
+            let _ = self.first.set(describe());
+        }
+    }
+}
+
+/// The gRPC status of a failed call, as the first error shows it.
+fn status_line(call: &str, status: &tonic::Status) -> String {
+    format!("{call}: {:?}: {}", status.code(), status.message())
+}
+
 /// The token endpoint URI the benchmark's proofs name.
 const PROOF_URI: &str = "https://token-service.local/token";
 
@@ -170,7 +191,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     // The load tool's own CPU, to show what share of a shared machine it takes.
     let own_cpu_before = token_service::metrics::process_cpu_seconds();
     let done = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(Errors::default());
     let started = Instant::now();
     let deadline = started + args.duration;
     let tasks: Vec<_> = (0..args.concurrency.max(1))
@@ -203,9 +224,13 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
                         Ok(response) => {
                             latencies.push(begun.elapsed().as_micros() as u64);
                             done.fetch_add(1, Ordering::Relaxed);
-                            if refresh {
+                            let refresh_token = response.into_inner().refresh_token;
+                            if refresh && refresh_token.is_empty() {
+                                errors.record(|| {
+                                    format!("GenerateTokens returned no refresh token (client `{client_id}` is issued access tokens only): --refresh needs a client with refresh tokens")
+                                });
+                            } else if refresh {
                                 let begun = Instant::now();
-                                let refresh_token = response.into_inner().refresh_token;
                                 match client
                                     .refresh_tokens(RefreshTokensRequest {
                                         refresh_token,
@@ -217,14 +242,14 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
                                         latencies.push(begun.elapsed().as_micros() as u64);
                                         done.fetch_add(1, Ordering::Relaxed);
                                     }
-                                    Err(_) => {
-                                        errors.fetch_add(1, Ordering::Relaxed);
+                                    Err(status) => {
+                                        errors.record(|| status_line("RefreshTokens", &status));
                                     }
                                 }
                             }
                         }
-                        Err(_) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
+                        Err(status) => {
+                            errors.record(|| status_line("GenerateTokens", &status));
                         }
                     }
                 }
@@ -267,8 +292,11 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.95),
         percentile(&latencies, 0.99),
-        errors.load(Ordering::Relaxed)
+        errors.count.load(Ordering::Relaxed)
     );
+    if let Some(first) = errors.first.get() {
+        say!("first error: {first}");
+    }
     print_cpu("server CPU", cpu_before, cpu_after, total);
     print_cpu(
         "bench client CPU (same machine)",
