@@ -8,7 +8,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::pkcs11_backend::{generate_p256_pair, key, options, runtime, user_session};
+use support::pkcs11_backend::{
+    generate_p256_pair, key, options, runtime, sign_chain, single_attempt, user_session,
+};
 use support::softhsm::LABEL;
 use token_service::backends::chain::{Chain, Routes};
 use token_service::backends::pkcs11::token::TokenSelector;
@@ -17,7 +19,7 @@ use token_service::backends::software::{SoftwareBackend, SoftwareOptions};
 use token_service::backends::{Algorithm, Backend, BackendError, ErrorClass, KeyRef, Operation};
 use token_service::context::CallContext;
 use token_service::metrics::{Metrics, Outcome};
-use token_service::resilience::{ResilienceConfig, RetryConfig};
+use token_service::resilience::ResilienceConfig;
 use token_service::secret::Secret;
 
 token_test!(recovers_after_the_module_is_finalised_underneath, |token| {
@@ -25,26 +27,7 @@ token_test!(recovers_after_the_module_is_finalised_underneath, |token| {
         let hsm = Arc::new(Pkcs11Backend::open(options(&token)).unwrap());
         let k = key("signing");
         hsm.generate_key(&k, Algorithm::Es256).await.unwrap();
-        let chain = Chain::new(
-            vec![(
-                hsm.clone() as Arc<dyn Backend>,
-                ResilienceConfig {
-                    retry: RetryConfig {
-                        max_attempts: 1,
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
-            )],
-            &Routes {
-                sign: vec!["pkcs11".into()],
-                verify: vec![],
-                encrypt: vec![],
-            },
-            true,
-            Metrics::new(),
-        )
-        .unwrap();
+        let chain = sign_chain(vec![(hsm.clone() as Arc<dyn Backend>, single_attempt())]);
         let ctx = CallContext::new();
         chain.sign(&ctx, &k, b"before").await.unwrap();
 
@@ -179,7 +162,7 @@ token_test!(
             assert!(
                 refused
                     .to_string()
-                    .contains("does not verify under its published key"),
+                    .contains("does not verify with its public key"),
                 "{refused}"
             );
 
@@ -189,20 +172,10 @@ token_test!(
             let software = Arc::new(
                 SoftwareBackend::open(&dir.path().join("k"), SoftwareOptions::default()).unwrap(),
             );
-            let chain = Chain::new(
-                vec![
-                    (swapped as Arc<dyn Backend>, ResilienceConfig::default()),
-                    (software as Arc<dyn Backend>, ResilienceConfig::default()),
-                ],
-                &Routes {
-                    sign: vec!["pkcs11".into(), "software".into()],
-                    verify: vec![],
-                    encrypt: vec![],
-                },
-                true,
-                Metrics::new(),
-            )
-            .unwrap();
+            let chain = sign_chain(vec![
+                (swapped as Arc<dyn Backend>, ResilienceConfig::default()),
+                (software as Arc<dyn Backend>, ResilienceConfig::default()),
+            ]);
             let ctx = CallContext::new();
             chain
                 .ensure_key(&ctx, chain.sign_backends(), &k, Algorithm::Es256)
@@ -301,13 +274,7 @@ token_test!(
             let software = Arc::new(
                 SoftwareBackend::open(&dir.path().join("k"), SoftwareOptions::default()).unwrap(),
             );
-            let once = ResilienceConfig {
-                retry: RetryConfig {
-                    max_attempts: 1,
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
+            let once = single_attempt();
             let chain = Arc::new(
                 Chain::new(
                     vec![

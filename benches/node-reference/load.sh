@@ -1,16 +1,16 @@
 #!/bin/bash
-# Drives a running reference server with autocannon (C=32 connections, D=10 seconds) and
-# prints tokens/s, latency and the server's CPU time per token.
-# usage: load.sh cc   (server.mjs: client_credentials, an access token, nothing stored)
-#        load.sh rt   (server-rt.mjs: a grant, an access token and a refresh token, stored)
+# Drives the running reference (`node server.mjs`) with autocannon (C=32 connections, D=10
+# seconds) and prints tokens/s, latency and the server's CPU time per token.
+# usage: load.sh cc   (client_credentials: an access token, nothing stored)
+#        load.sh rt   (as GenerateTokens: a grant, an access token and a refresh token, stored)
 set -euo pipefail
 case "${1:-cc}" in
-  cc) server=server.mjs; body='grant_type=client_credentials&scope=api' ;;
-  rt) server=server-rt.mjs; body='grant_type=urn%3Abench%3Aissue' ;;
+  cc) body='grant_type=client_credentials&scope=api' ;;
+  rt) body='grant_type=urn%3Abench%3Aissue' ;;
   *) echo "usage: $0 cc|rt" >&2; exit 2 ;;
 esac
-pid=$(pgrep -f "node $server" | head -1)
-[ -n "$pid" ] || { echo "start it first: node $server" >&2; exit 1; }
+pid=$(pgrep -f "node server.mjs" | head -1)
+[ -n "$pid" ] || { echo "start it first: node server.mjs" >&2; exit 1; }
 t0=$(awk '{print $14+$15}' "/proc/$pid/stat")
 out=$(npx autocannon -c "${C:-32}" -d "${D:-10}" -m POST \
   -H 'content-type=application/x-www-form-urlencoded' \

@@ -323,6 +323,31 @@ pub(crate) fn significant_bits(big_endian: &[u8]) -> usize {
     }
 }
 
+/// Why a signature a backend made fails the check against the key it publishes.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OwnSignatureError {
+    /// The version has no public key to check with.
+    #[error("no public key to check it with")]
+    NoPublicKey,
+    /// The signature does not verify with the version's public key.
+    #[error("does not verify with its public key")]
+    Mismatch,
+}
+
+/// Checks a signature a backend made (a remote service, KMS, an HSM) with the public key
+/// it publishes for that version, before the signature may reach a token. A failure is a
+/// fault or another key at work: the caller reports it as a security error.
+pub fn check_own_signature(
+    verifier: Option<&ParsedPublicKey>,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), OwnSignatureError> {
+    let verifier = verifier.ok_or(OwnSignatureError::NoPublicKey)?;
+    verifier
+        .verify_sig(message, signature)
+        .map_err(|_| OwnSignatureError::Mismatch)
+}
+
 /// Verifies `signature` over `message` with a parsed key, mapping failure to
 /// [`BackendError::VerificationFailed`].
 pub fn verify_with(
@@ -396,5 +421,33 @@ mod tests {
         assert_eq!(significant_bits(&[0, 0, 1]), 1);
         assert_eq!(significant_bits(&[0x80, 0]), 16);
         assert_eq!(significant_bits(&[]), 0);
+    }
+
+    #[test]
+    fn a_backends_own_signature_is_checked_with_the_key_it_publishes() {
+        use aws_lc_rs::rand::SystemRandom;
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+        let other = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+        let published = ParsedPublicKey::new(
+            &signature::ECDSA_P256_SHA256_FIXED,
+            pair.public_key().as_ref(),
+        )
+        .unwrap();
+        let rng = SystemRandom::new();
+        let good = pair.sign(&rng, b"m").unwrap();
+        let by_another_key = other.sign(&rng, b"m").unwrap();
+        assert_eq!(
+            check_own_signature(Some(&published), b"m", good.as_ref()),
+            Ok(())
+        );
+        assert_eq!(
+            check_own_signature(Some(&published), b"m", by_another_key.as_ref()),
+            Err(OwnSignatureError::Mismatch)
+        );
+        assert_eq!(
+            check_own_signature(None, b"m", good.as_ref()),
+            Err(OwnSignatureError::NoPublicKey)
+        );
     }
 }

@@ -1,12 +1,16 @@
 //! The PKCS#11 backend as the PKCS#11 tests open it: on a test token (SoftHSM or
 //! kryoptic, see [`super::softhsm`]), with a small session pool and a 1 s key refresh.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use token_service::backends::KeyRef;
+use token_service::backends::chain::{Chain, Routes};
 use token_service::backends::pkcs11::Pkcs11Options;
 use token_service::backends::pkcs11::token::TokenSelector;
 use token_service::backends::software::material::RsaBits;
+use token_service::backends::{Backend, KeyRef};
+use token_service::metrics::Metrics;
+use token_service::resilience::{ResilienceConfig, RetryConfig};
 use token_service::secret::Secret;
 
 use super::softhsm::{LABEL, PIN, Token};
@@ -76,6 +80,28 @@ pub fn generate_p256_pair(
             ],
         )
         .unwrap();
+}
+
+/// Policies that try a backend once: a test sees each failure as it happens.
+pub fn single_attempt() -> ResilienceConfig {
+    ResilienceConfig {
+        retry: RetryConfig {
+            max_attempts: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// A chain that signs with `backends` in the order given; nothing else is routed.
+pub fn sign_chain(backends: Vec<(Arc<dyn Backend>, ResilienceConfig)>) -> Chain {
+    let sign = backends.iter().map(|(b, _)| b.name().to_owned()).collect();
+    let routes = Routes {
+        sign,
+        verify: vec![],
+        encrypt: vec![],
+    };
+    Chain::new(backends, &routes, true, Metrics::new()).unwrap()
 }
 
 /// A key in the `token` namespace.

@@ -9,7 +9,7 @@ use super::error::classify;
 use super::ring::{self, KmsVersion, Ring};
 use super::{AwsKmsBackend, NAME, check_answered_by, der, violation};
 use crate::backends::error::{BackendError, Rejection};
-use crate::backends::jwk::verify_with;
+use crate::backends::jwk::{check_own_signature, verify_with};
 use crate::backends::types::{
     Algorithm, KeyRef, Operation, Signature, VerificationKey, VerifyRequest,
 };
@@ -167,15 +167,9 @@ impl AwsKmsBackend {
                 version.record.version
             )));
         }
-        let verifier = version.verifier.as_ref().ok_or_else(|| {
+        check_own_signature(version.verifier.as_deref(), message, signature).map_err(|why| {
             violation(format!(
-                "no public key for {key} version {}",
-                version.record.version
-            ))
-        })?;
-        verify_with(verifier, message, signature).map_err(|_| {
-            violation(format!(
-                "KMS signature from {key} version {} does not verify with its public key",
+                "KMS signature from {key} version {}: {why}",
                 version.record.version
             ))
         })

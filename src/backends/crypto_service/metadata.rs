@@ -10,7 +10,7 @@ use super::wire::{key_id, metadata_from_wire};
 use super::{CryptoServiceBackend, NAME, violation};
 use crate::api::crypto_proto as pb;
 use crate::backends::error::{BackendError, Rejection};
-use crate::backends::jwk::{PublicJwk, verify_with};
+use crate::backends::jwk::{PublicJwk, check_own_signature};
 use crate::backends::types::{KeyMetadata, KeyRef, KeyState, Operation};
 
 /// A key's versions and public keys as last fetched.
@@ -67,16 +67,10 @@ impl CachedKey {
             .verifiers
             .iter()
             .find(|(v, _)| *v == version)
-            .map(|(_, verifier)| verifier)
-            .ok_or_else(|| {
-                violation(format!(
-                    "no public key for {} version {version}: cannot check its signature",
-                    key.ring()
-                ))
-            })?;
-        verify_with(verifier, message, signature).map_err(|_| {
+            .map(|(_, verifier)| verifier);
+        check_own_signature(verifier, message, signature).map_err(|why| {
             violation(format!(
-                "signature from {} version {version} does not verify with its public key",
+                "signature from {} version {version}: {why}",
                 key.ring()
             ))
         })

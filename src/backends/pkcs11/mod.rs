@@ -268,34 +268,6 @@ impl Pkcs11Backend {
             })
             .await
     }
-
-    /// Refuses a signature the token made that does not verify under the public key this
-    /// version publishes: the private object under `label` no longer matches its public
-    /// one (replaced, or damaged), or the computation went wrong (an RSA-CRT fault would
-    /// even leak the key). Either way the token answered what it must not have: a security
-    /// error, as for the Crypto Service, never a token that no one can verify.
-    fn check_signature(
-        &self,
-        view: &cache::VersionView,
-        label: &str,
-        message: &[u8],
-        signature: &[u8],
-    ) -> Result<(), BackendError> {
-        let checked = view
-            .verifier
-            .as_ref()
-            .is_some_and(|verifier| jwk::verify_with(verifier, message, signature).is_ok());
-        if checked {
-            return Ok(());
-        }
-        Err(BackendError::security(
-            &self.name,
-            format!(
-                "the signature by `{label}` does not verify under its published key (kid {})",
-                view.kid
-            ),
-        ))
-    }
 }
 
 #[async_trait]
@@ -321,16 +293,27 @@ impl Backend for Pkcs11Backend {
         let view = ring.view(record.version)?;
         let label = version_label(&ring.key, record.version);
         let mechanisms = self.mechanisms.clone();
-        let (object_label, owned_message) = (label.clone(), message.to_vec());
+        let owned_message = message.to_vec();
         let bytes = self
             .pool
             .call(move |session, shared| {
-                let handle = require(session, shared, Kind::Private, &object_label)?;
+                let handle = require(session, shared, Kind::Private, &label)?;
                 ops::sign(session, &mechanisms, handle, algorithm, &owned_message)
             })
             .await?;
+        // A private object swapped or damaged under its label, or a faulty computation (an
+        // RSA-CRT fault would even leak the key), must not sign a token nobody can verify.
         if self.options.verify_signatures {
-            self.check_signature(view, &label, message, &bytes)?;
+            jwk::check_own_signature(view.verifier.as_ref(), message, &bytes).map_err(|why| {
+                BackendError::security(
+                    &self.name,
+                    format!(
+                        "signature by `{}` (kid {}): {why}",
+                        version_label(&ring.key, record.version),
+                        view.kid
+                    ),
+                )
+            })?;
         }
         Ok(Signature {
             bytes,
