@@ -198,7 +198,8 @@ pub struct TokensConfig {
     /// UNAVAILABLE: what a call waits on a Redis that stopped answering.
     #[serde(with = "humantime_serde")]
     pub redis_response_timeout: Duration,
-    /// Capacity of the in-memory store (families, and denied jtis).
+    /// Capacity of the in-memory store: families, and separately denied jtis and DPoP
+    /// proofs seen.
     pub memory_capacity: usize,
     /// Registered clients by id.
     pub clients: std::collections::BTreeMap<String, crate::token::claims::ClientPolicy>,

@@ -181,6 +181,13 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    if tokens.memory_capacity == 0 {
+        // A store that holds nothing refuses every issuance.
+        return Err(ConfigError::invalid(
+            "tokens.memory_capacity",
+            "expected at least 1",
+        ));
+    }
     if tokens
         .rate_limit
         .as_ref()

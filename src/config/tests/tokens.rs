@@ -62,6 +62,20 @@ fn redis_store_settings() {
 }
 
 #[test]
+fn the_memory_store_holds_a_million_entries_unless_set_and_never_none() {
+    let config = load_str(DEFAULT_TOML, &no_env()).unwrap();
+    assert_eq!(config.tokens.memory_capacity, 1_000_000);
+    let with = |line: &str| DEFAULT_TOML.replace("[tokens]", &format!("[tokens]\n{line}"));
+    let small = load_str(&with("memory_capacity = 5000"), &no_env()).unwrap();
+    assert_eq!(small.tokens.memory_capacity, 5000);
+    expect_setting(
+        load_str(&with("memory_capacity = 0"), &no_env()),
+        "tokens.memory_capacity",
+        "at least 1",
+    );
+}
+
+#[test]
 fn data_keys_rotate_hourly_are_kept_a_week_and_are_bounded() {
     let config = load_str(DEFAULT_TOML, &no_env()).unwrap();
     assert_eq!(

@@ -1,30 +1,38 @@
 //! The in-memory store: the embedded default, for one instance. Bounded (a full store
 //! refuses new families rather than evicting live ones) and expiring (expired entries are
-//! swept when space is needed and ignored when read).
+//! ignored when read and removed, earliest first, as new ones arrive: see
+//! [`ExpiringMap`]).
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 
+use super::expiring::{ExpiringMap, Full};
 use super::{FamilyRecord, MAX_RETIRED, Rotation, Store, StoreError};
 use crate::token::refresh::{FamilyId, SecretHash};
 
-/// Default capacity (families, and separately denied jtis).
+/// Default capacity (families, and separately denied jtis and DPoP proofs seen).
 pub const DEFAULT_CAPACITY: usize = 1_000_000;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
-    families: HashMap<FamilyId, FamilyRecord>,
-    denied: HashMap<String, u64>,
-    seen: HashMap<String, u64>,
+    families: ExpiringMap<FamilyId, FamilyRecord>,
+    /// Denied access-token jtis, until the token's expiry.
+    denied: ExpiringMap<String, ()>,
+    /// First uses (DPoP proof jtis), until the proof could no longer be accepted.
+    seen: ExpiringMap<String, ()>,
+}
+
+impl From<Full> for StoreError {
+    fn from(_: Full) -> Self {
+        StoreError::Full
+    }
 }
 
 /// The in-memory store.
 #[derive(Debug)]
 pub struct MemoryStore {
     state: Mutex<State>,
-    capacity: usize,
     clock: fn() -> u64,
 }
 
@@ -33,11 +41,15 @@ fn system_now() -> u64 {
 }
 
 impl MemoryStore {
-    /// A store holding at most `capacity` families and `capacity` denied jtis.
+    /// A store holding at most `capacity` families, `capacity` denied jtis and `capacity`
+    /// DPoP proofs seen.
     pub fn new(capacity: usize) -> Self {
         Self {
-            state: Mutex::new(State::default()),
-            capacity,
+            state: Mutex::new(State {
+                families: ExpiringMap::new(capacity),
+                denied: ExpiringMap::new(capacity),
+                seen: ExpiringMap::new(capacity),
+            }),
             clock: system_now,
         }
     }
@@ -48,7 +60,7 @@ impl MemoryStore {
 }
 
 impl MemoryStore {
-    /// Number of families held (expired ones included until swept).
+    /// Number of families held (expired ones included until newer ones push them out).
     pub fn families(&self) -> usize {
         self.lock().families.len()
     }
@@ -69,22 +81,15 @@ impl Store for MemoryStore {
     ) -> Result<(), StoreError> {
         let now = (self.clock)();
         let mut state = self.lock();
-        if state.families.len() >= self.capacity {
-            state.families.retain(|_, f| f.expires_at > now);
-            if state.families.len() >= self.capacity {
-                return Err(StoreError::Full);
-            }
-        }
-        if let Some(taken) = state
-            .families
-            .get_mut(family)
-            .filter(|f| f.expires_at > now)
-        {
+        if let Some(taken) = state.families.get_mut(family, now) {
             // As the Redis store does (see [`Store::create_family`]).
             taken.revoked = true;
             return Err(StoreError::Exists);
         }
-        state.families.insert(family.clone(), record);
+        let expires_at = record.expires_at;
+        state
+            .families
+            .insert(family.clone(), record, expires_at, now)?;
         Ok(())
     }
 
@@ -93,12 +98,7 @@ impl Store for MemoryStore {
         family: &FamilyId,
         now: u64,
     ) -> Result<Option<FamilyRecord>, StoreError> {
-        Ok(self
-            .lock()
-            .families
-            .get(family)
-            .filter(|f| f.expires_at > now)
-            .cloned())
+        Ok(self.lock().families.get(family, now).cloned())
     }
 
     async fn rotate(
@@ -109,11 +109,7 @@ impl Store for MemoryStore {
         now: u64,
     ) -> Result<Rotation, StoreError> {
         let mut state = self.lock();
-        let Some(record) = state
-            .families
-            .get_mut(family)
-            .filter(|f| f.expires_at > now)
-        else {
+        let Some(record) = state.families.get_mut(family, now) else {
             return Ok(Rotation::Unknown);
         };
         if record.revoked {
@@ -142,11 +138,7 @@ impl Store for MemoryStore {
 
     async fn revoke_family(&self, family: &FamilyId, now: u64) -> Result<bool, StoreError> {
         let mut state = self.lock();
-        match state
-            .families
-            .get_mut(family)
-            .filter(|f| f.expires_at > now)
-        {
+        match state.families.get_mut(family, now) {
             Some(record) if !record.revoked => {
                 record.revoked = true;
                 Ok(true)
@@ -157,53 +149,131 @@ impl Store for MemoryStore {
 
     async fn family_active(&self, family: &FamilyId, now: u64) -> Result<bool, StoreError> {
         let state = self.lock();
-        Ok(state
-            .families
-            .get(family)
-            .is_some_and(|f| !f.revoked && f.expires_at > now))
+        Ok(state.families.get(family, now).is_some_and(|f| !f.revoked))
     }
 
     async fn deny_jti(&self, jti: &str, until: u64) -> Result<(), StoreError> {
         let now = (self.clock)();
         let mut state = self.lock();
-        if state.denied.len() >= self.capacity {
-            state.denied.retain(|_, until| *until > now);
-            if state.denied.len() >= self.capacity {
-                return Err(StoreError::Full);
-            }
+        let key = jti.to_owned();
+        if !state.denied.extend(&key, until, now) {
+            state.denied.insert(key, (), until, now)?;
         }
-        let entry = state.denied.entry(jti.to_owned()).or_insert(until);
-        *entry = (*entry).max(until);
         Ok(())
     }
 
     async fn is_denied(&self, jti: &str, now: u64) -> Result<bool, StoreError> {
-        Ok(self
-            .lock()
-            .denied
-            .get(jti)
-            .is_some_and(|until| *until > now))
+        Ok(self.lock().denied.get(jti, now).is_some())
     }
 
     async fn first_use(&self, key: &str, until: u64, now: u64) -> Result<bool, StoreError> {
         let mut state = self.lock();
-        if let Some(expires) = state.seen.get(key)
-            && *expires > now
-        {
+        if state.seen.get(key, now).is_some() {
             return Ok(false);
         }
-        if state.seen.len() >= self.capacity {
-            state.seen.retain(|_, expires| *expires > now);
-            if state.seen.len() >= self.capacity {
-                // Full of live entries: refusing is safe, forgetting one would allow a replay.
-                return Err(StoreError::Full);
-            }
-        }
-        state.seen.insert(key.to_owned(), until);
+        // Full of live entries: refusing is safe, forgetting one would allow a replay.
+        state.seen.insert(key.to_owned(), (), until, now)?;
         Ok(true)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::token::refresh::RefreshToken;
+
+    /// Test clocks: each test moves its own.
+    static FULL_CLOCK: AtomicU64 = AtomicU64::new(1_000);
+    static DENY_CLOCK: AtomicU64 = AtomicU64::new(1_000);
+
+    fn store(capacity: usize, clock: fn() -> u64) -> MemoryStore {
+        MemoryStore {
+            clock,
+            ..MemoryStore::new(capacity)
+        }
+    }
+
+    fn family(expires_at: u64) -> (FamilyId, SecretHash, FamilyRecord) {
+        let id = FamilyId::generate().unwrap();
+        let current = RefreshToken::generate(id.clone()).unwrap().hash();
+        let record = FamilyRecord {
+            current: current.clone(),
+            retired: Vec::new(),
+            generation: 0,
+            revoked: false,
+            expires_at,
+            client_id: "web".into(),
+            data: "sealed".into(),
+        };
+        (id, current, record)
+    }
+
+    #[tokio::test]
+    async fn a_full_store_refuses_new_families_serves_the_others_and_makes_room_as_they_expire() {
+        let store = store(3, || FULL_CLOCK.load(Ordering::SeqCst));
+        let short = family(1_100);
+        let long = [family(5_000), family(5_000)];
+        for (id, _, record) in [&short, &long[0], &long[1]] {
+            store.create_family(id, record.clone()).await.unwrap();
+        }
+        let (extra, _, extra_record) = family(5_000);
+        assert_eq!(
+            store.create_family(&extra, extra_record.clone()).await,
+            Err(StoreError::Full)
+        );
+        // The families held are untouched and keep rotating.
+        let (id, current, _) = &long[0];
+        let next = RefreshToken::generate(id.clone()).unwrap().hash();
+        assert_eq!(
+            store.rotate(id, current, next, 1_050).await,
+            Ok(Rotation::Rotated)
+        );
+        assert!(store.family_active(&short.0, 1_050).await.unwrap());
+        // Once the short family has expired, its room goes to a new one.
+        FULL_CLOCK.store(1_200, Ordering::SeqCst);
+        store.create_family(&extra, extra_record).await.unwrap();
+        assert_eq!(store.families(), 3);
+        assert!(!store.family_active(&short.0, 1_200).await.unwrap());
+        assert!(store.family_active(&extra, 1_200).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_denial_lasts_until_its_latest_expiry() {
+        let store = store(2, || DENY_CLOCK.load(Ordering::SeqCst));
+        store.deny_jti("a", 1_100).await.unwrap();
+        store.deny_jti("a", 1_500).await.unwrap();
+        store.deny_jti("a", 1_200).await.unwrap();
+        DENY_CLOCK.store(1_300, Ordering::SeqCst);
+        store.deny_jti("b", 2_000).await.unwrap();
+        assert!(store.is_denied("a", 1_300).await.unwrap());
+        assert_eq!(
+            store.deny_jti("c", 2_000).await,
+            Err(StoreError::Full),
+            "two live denials fill a capacity of 2"
+        );
+        DENY_CLOCK.store(1_600, Ordering::SeqCst);
+        store.deny_jti("c", 2_000).await.unwrap();
+        assert!(!store.is_denied("a", 1_600).await.unwrap());
+        assert!(store.is_denied("c", 1_600).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_full_replay_record_still_recognizes_a_replay() {
+        let store = MemoryStore::new(2);
+        assert_eq!(store.first_use("p1", 1_100, 1_000).await, Ok(true));
+        assert_eq!(store.first_use("p2", 1_100, 1_000).await, Ok(true));
+        assert_eq!(store.first_use("p1", 1_100, 1_050).await, Ok(false));
+        assert_eq!(
+            store.first_use("p3", 1_100, 1_050).await,
+            Err(StoreError::Full)
+        );
+        assert_eq!(store.first_use("p3", 1_200, 1_100).await, Ok(true));
+        assert_eq!(store.first_use("p3", 1_200, 1_150).await, Ok(false));
     }
 }

@@ -5,6 +5,7 @@
 //! presented hash and replaces it in one step, so of many concurrent refreshes with one token
 //! exactly one wins.
 
+mod expiring;
 pub mod memory;
 pub mod metered;
 pub mod redis;
