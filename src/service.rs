@@ -212,21 +212,15 @@ fn read_redis_tls(
     ))
 }
 
-/// Warns when a Redis URL is plaintext to another host: the store's contents (refresh-token
-/// hashes, revocations) could be read and changed on the way. Loopback is left quiet.
+/// Warns when a Redis URL is plaintext to another host (loopback is left quiet).
 fn warn_if_plaintext(url: &str) {
-    let Ok(parsed) = url::Url::parse(url) else {
-        return;
-    };
-    let loopback = match parsed.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(name)) => name == "localhost",
-        None => true,
-    };
-    if parsed.scheme() == "redis" && !loopback {
+    if crate::token::store::redis::plaintext_to_another_host(url) {
+        let host = url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
         tracing::warn!(
-            host = %parsed.host_str().unwrap_or_default(),
+            %host,
             "the token store is reached without TLS: refresh-token hashes and revocations cross the network in clear and can be altered; use rediss:// and [tokens.redis_tls]"
         );
     }

@@ -94,7 +94,7 @@ impl From<StoreError> for TokenError {
             StoreError::Unavailable(_) | StoreError::Full => {
                 TokenError::Unavailable(error.to_string())
             }
-            StoreError::Exists => TokenError::Internal,
+            StoreError::Exists | StoreError::Unsafe(_) => TokenError::Internal,
         }
     }
 }

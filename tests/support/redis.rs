@@ -125,6 +125,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// `redis-cli` against this (plaintext) server; its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        redis_cli_with(&[], self.port, args)
+    }
+
     /// `rediss://127.0.0.1:PORT`, for a server started with [`RedisServer::start_tls`].
     pub fn tls_url(&self) -> String {
         format!("rediss://127.0.0.1:{}", self.port)
@@ -412,7 +417,7 @@ impl RedisCluster {
     }
 
     /// `redis-cli` against one node, over TLS for a TLS cluster.
-    fn cli(&self, port: u16, args: &[&str]) -> String {
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
         redis_cli_with(&self.cli_tls, port, args)
     }
 

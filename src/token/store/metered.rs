@@ -31,7 +31,8 @@ const OUTCOMES: [&str; 4] = ["ok", "unavailable", "full", "exists"];
 fn outcome_index<T>(result: &Result<T, StoreError>) -> usize {
     match result {
         Ok(_) => 0,
-        Err(StoreError::Unavailable(_)) => 1,
+        // Unsafe is a connection-time refusal; no call returns it.
+        Err(StoreError::Unavailable(_) | StoreError::Unsafe(_)) => 1,
         Err(StoreError::Full) => 2,
         Err(StoreError::Exists) => 3,
     }

@@ -65,6 +65,10 @@ pub enum StoreError {
     /// A family with this id exists already.
     #[error("family exists")]
     Exists,
+    /// The store is set up so that it could lose entries that must be kept (a Redis that
+    /// may evict keys): refused when connecting, never returned by a call.
+    #[error("token store refused: {0}")]
+    Unsafe(String),
 }
 
 /// Token state storage.

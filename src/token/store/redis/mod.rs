@@ -9,6 +9,11 @@
 //! is atomic: of many instances presenting one refresh token at once, exactly one rotates.
 //! Creating a family decides nothing and is a MULTI/EXEC transaction instead (cheaper for
 //! Redis; see `create_in_transaction`), or the `CREATE` script when a cluster's slot moved.
+//!
+//! A Redis that may evict keys is refused when the store connects (see [`eviction`]).
+
+mod address;
+mod eviction;
 
 use std::time::Duration;
 
@@ -17,6 +22,8 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 use zeroize::Zeroizing;
+
+pub use address::plaintext_to_another_host;
 
 use super::{FamilyRecord, MAX_RETIRED, Rotation, Store, StoreError};
 use crate::token::refresh::{FamilyId, SecretHash};
@@ -241,7 +248,9 @@ impl RedisStore {
             .get_connection_manager_with_config(config)
             .await
             .map_err(unavailable)?;
-        Ok(Self::with(Connection::Single(connection)))
+        let mut connection = Connection::Single(connection);
+        eviction::check(&mut connection).await?;
+        Ok(Self::with(connection))
     }
 
     /// Connects to a Redis Cluster through any of `seeds` (`redis://host:port`). Slot moves
@@ -267,7 +276,9 @@ impl RedisStore {
             .build()
             .map_err(|e| StoreError::Unavailable(format!("redis cluster seeds: {e}")))?;
         let connection = client.get_async_connection().await.map_err(unavailable)?;
-        Ok(Self::with(Connection::Cluster(connection)))
+        let mut connection = Connection::Cluster(connection);
+        eviction::check(&mut connection).await?;
+        Ok(Self::with(connection))
     }
 
     /// Creates a family with a transaction, not a script: issuance is the hottest write,
