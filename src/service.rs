@@ -229,7 +229,10 @@ fn warn_if_plaintext(url: &str) {
 /// Opens the configured token store. Every kind is matched by name: a Redis or Redis Cluster
 /// setting never falls back to the in-memory store, which would leave each instance of a
 /// fleet with state of its own (revocations and rotations unseen by the others).
-async fn open_store(tokens: &crate::config::TokensConfig) -> Result<Arc<dyn Store>, ServiceError> {
+async fn open_store(
+    tokens: &crate::config::TokensConfig,
+    registry: &prometheus::Registry,
+) -> Result<Arc<dyn Store>, ServiceError> {
     let connect_error = |e: crate::token::store::StoreError| ServiceError::Store(e.to_string());
     let (store, nodes): (Arc<dyn Store>, usize) = match (tokens.store, tokens.redis_url.as_deref())
     {
@@ -239,7 +242,12 @@ async fn open_store(tokens: &crate::config::TokensConfig) -> Result<Arc<dyn Stor
                 capacity = tokens.memory_capacity,
                 "token store ready"
             );
-            return Ok(Arc::new(MemoryStore::new(tokens.memory_capacity)));
+            let store = Arc::new(MemoryStore::new(tokens.memory_capacity));
+            if let Err(error) = store.register_metrics(registry) {
+                // Only a second store in one registry (tests): the first one's figures stay.
+                tracing::warn!(%error, "memory store metrics not registered");
+            }
+            return Ok(store);
         }
         (StoreKind::Redis, Some(url)) => {
             warn_if_plaintext(url);
@@ -294,7 +302,7 @@ impl Service {
         .map_err(key_error)?;
         let chain = Arc::new(chain);
         let store: Arc<dyn Store> = Arc::new(crate::token::store::metered::MeteredStore::new(
-            open_store(&config.tokens).await?,
+            open_store(&config.tokens, chain.metrics().registry()).await?,
             chain.metrics().store().clone(),
         ));
         let tokens = Arc::new(

@@ -44,6 +44,12 @@ fn embedded_default_starts_creates_keys_and_is_ready() {
             "{metrics}"
         );
         assert!(metrics.contains("token_service_backend_requests_total{backend=\"software\",operation=\"generate_key\",outcome=\"ok\"} 2"));
+        // The embedded default's store shows how full it is.
+        assert!(
+            metrics.contains("token_service_memory_store_entries{kind=\"families\"} 0"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("token_service_memory_store_capacity 1000000"));
         assert_eq!(http_get(service.admin, "/nope").0, 404);
     });
 }

@@ -3,9 +3,12 @@
 //! ignored when read and removed, earliest first, as new ones arrive: see
 //! [`ExpiringMap`]).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::expiring::{ExpiringMap, Full};
 use super::{FamilyRecord, MAX_RETIRED, Rotation, Store, StoreError};
@@ -33,6 +36,7 @@ impl From<Full> for StoreError {
 #[derive(Debug)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    capacity: usize,
     clock: fn() -> u64,
 }
 
@@ -50,6 +54,7 @@ impl MemoryStore {
                 denied: ExpiringMap::new(capacity),
                 seen: ExpiringMap::new(capacity),
             }),
+            capacity,
             clock: system_now,
         }
     }
@@ -63,6 +68,69 @@ impl MemoryStore {
     /// Number of families held (expired ones included until newer ones push them out).
     pub fn families(&self) -> usize {
         self.lock().families.len()
+    }
+
+    /// Publishes how full the store is in `registry`, read at each scrape:
+    /// `token_service_memory_store_entries{kind}` (families, denied jtis, DPoP proofs seen;
+    /// expired ones not yet removed included) and `token_service_memory_store_capacity`.
+    /// A full store refuses new entries, so this is what shows it coming.
+    pub fn register_metrics(self: &Arc<Self>, registry: &Registry) -> prometheus::Result<()> {
+        let entries = IntGaugeVec::new(
+            Opts::new(
+                "token_service_memory_store_entries",
+                "Entries held by the in-memory token store, by kind (families, denied_jtis, dpop_proofs)",
+            ),
+            &["kind"],
+        )?;
+        let capacity = IntGauge::new(
+            "token_service_memory_store_capacity",
+            "Entries of each kind the in-memory token store holds at most",
+        )?;
+        registry.register(Box::new(FillMetrics {
+            store: Arc::downgrade(self),
+            entries,
+            capacity,
+        }))
+    }
+}
+
+/// The collector behind [`MemoryStore::register_metrics`].
+struct FillMetrics {
+    store: Weak<MemoryStore>,
+    entries: IntGaugeVec,
+    capacity: IntGauge,
+}
+
+impl Collector for FillMetrics {
+    fn desc(&self) -> Vec<&Desc> {
+        self.entries
+            .desc()
+            .into_iter()
+            .chain(self.capacity.desc())
+            .collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        if let Some(store) = self.store.upgrade() {
+            let counts = {
+                let state = store.lock();
+                [
+                    ("families", state.families.len()),
+                    ("denied_jtis", state.denied.len()),
+                    ("dpop_proofs", state.seen.len()),
+                ]
+            };
+            for (kind, count) in counts {
+                self.entries
+                    .with_label_values(&[kind])
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+            self.capacity
+                .set(i64::try_from(store.capacity).unwrap_or(i64::MAX));
+        }
+        let mut families = self.entries.collect();
+        families.extend(self.capacity.collect());
+        families
     }
 }
 
@@ -241,6 +309,45 @@ mod tests {
         assert_eq!(store.families(), 3);
         assert!(!store.family_active(&short.0, 1_200).await.unwrap());
         assert!(store.family_active(&extra, 1_200).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_fill_of_each_kind_and_the_capacity_are_published_at_each_scrape() {
+        let store = Arc::new(MemoryStore::new(10));
+        let registry = Registry::new();
+        store.register_metrics(&registry).unwrap();
+        let (id, _, record) = family(u64::MAX);
+        store.create_family(&id, record).await.unwrap();
+        store.deny_jti("a", u64::MAX).await.unwrap();
+        store.deny_jti("b", u64::MAX).await.unwrap();
+        let gathered = registry.gather();
+        let value = |name: &str, kind: Option<&str>| {
+            gathered
+                .iter()
+                .find(|f| f.name() == name)
+                .and_then(|f| {
+                    f.get_metric().iter().find(|m| {
+                        kind.is_none_or(|kind| m.get_label().iter().any(|l| l.value() == kind))
+                    })
+                })
+                .map(|m| m.get_gauge().get_value())
+        };
+        assert_eq!(
+            value("token_service_memory_store_entries", Some("families")),
+            Some(1.0)
+        );
+        assert_eq!(
+            value("token_service_memory_store_entries", Some("denied_jtis")),
+            Some(2.0)
+        );
+        assert_eq!(
+            value("token_service_memory_store_entries", Some("dpop_proofs")),
+            Some(0.0)
+        );
+        assert_eq!(
+            value("token_service_memory_store_capacity", None),
+            Some(10.0)
+        );
     }
 
     #[tokio::test]
