@@ -109,7 +109,8 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
 
     /// Holds `value` under `key` until `expires_at`, replacing what the key held. Fails
     /// with [`Full`], changing nothing, when `key` is new and every one of `capacity`
-    /// entries is live.
+    /// entries is live. (Replacing a live entry leaves its old mark in the heap until that
+    /// time passes; the store only replaces entries that have expired.)
     pub fn insert(&mut self, key: K, value: V, expires_at: u64, now: u64) -> Result<(), Full> {
         self.remove_expired(now, SWEEP_PER_INSERT);
         if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {

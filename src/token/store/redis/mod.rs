@@ -5,7 +5,8 @@
 //! Keys: `ts:fam:{F}` (hash: current, generation, revoked, expires_at, data, client) and
 //! `ts:fam:{F}:retired` (list of used token hashes, newest first, the newest
 //! [`MAX_RETIRED`] kept), both expiring with the family;
-//! `ts:deny:<jti>` expiring with the access token. Every decision is one Lua script, so it
+//! `ts:deny:<jti>` expiring with the access token; `ts:once:<key>` (DPoP proofs seen)
+//! expiring when the proof could no longer be accepted. Every decision is one Lua script, so it
 //! is atomic: of many instances presenting one refresh token at once, exactly one rotates.
 //! Creating a family decides nothing and is a MULTI/EXEC transaction instead (cheaper for
 //! Redis; see `create_in_transaction`), or the `CREATE` script when a cluster's slot moved.
