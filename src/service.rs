@@ -184,6 +184,7 @@ fn redis_options(
         tls: tokens.redis_tls.as_ref().map(read_redis_tls).transpose()?,
         connect_timeout: tokens.redis_connect_timeout,
         response_timeout: tokens.redis_response_timeout,
+        revocation_replicas: tokens.redis_revocation_replicas,
     })
 }
 

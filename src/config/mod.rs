@@ -198,6 +198,10 @@ pub struct TokensConfig {
     /// UNAVAILABLE: what a call waits on a Redis that stopped answering.
     #[serde(with = "humantime_serde")]
     pub redis_response_timeout: Duration,
+    /// Replicas of the Redis master that must acknowledge each revocation (denied jti,
+    /// revoked family) before it is reported done; 0 waits for none. Replication is
+    /// asynchronous, so without this a revocation just before a failover can be lost.
+    pub redis_revocation_replicas: usize,
     /// Capacity of the in-memory store: families, and separately denied jtis and DPoP
     /// proofs seen.
     pub memory_capacity: usize,
@@ -229,6 +233,7 @@ impl Default for TokensConfig {
             redis_tls: None,
             redis_connect_timeout: crate::token::store::redis::DEFAULT_TIMEOUT,
             redis_response_timeout: crate::token::store::redis::DEFAULT_TIMEOUT,
+            redis_revocation_replicas: 0,
             memory_capacity: crate::token::store::memory::DEFAULT_CAPACITY,
             clients: std::collections::BTreeMap::new(),
             rate_limit: None,

@@ -181,6 +181,12 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    if tokens.redis_revocation_replicas > 16 {
+        return Err(ConfigError::invalid(
+            "tokens.redis_revocation_replicas",
+            "expected 0 to 16 replicas",
+        ));
+    }
     if tokens.memory_capacity == 0 {
         // A store that holds nothing refuses every issuance.
         return Err(ConfigError::invalid(

@@ -156,11 +156,7 @@ impl RedisServer {
 
     fn signal(&self, signal: &str) {
         let child = self.child.as_ref().expect("redis-server is running");
-        let status = std::process::Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill {signal} failed");
+        send_signal(child, signal);
     }
 
     /// Starts it again on the same port (empty, as after a crash without persistence).
@@ -182,6 +178,14 @@ pub struct RedisCluster {
     _dir: tempfile::TempDir,
     /// `redis-cli` arguments for a cluster that speaks only TLS; empty for plaintext.
     cli_tls: Vec<String>,
+}
+
+fn send_signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {signal} failed");
 }
 
 fn redis_cli_with(tls: &[String], port: u16, args: &[&str]) -> String {
@@ -491,6 +495,28 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    /// Stops one node without closing its connections (SIGSTOP), or lets it run again
+    /// (`resume`: SIGCONT).
+    pub fn pause(&self, port: u16, resume: bool) {
+        let (_, child) = self
+            .nodes
+            .iter()
+            .find(|(p, _)| *p == port)
+            .expect("a node on that port");
+        let child = child.as_ref().expect("the node is running");
+        send_signal(child, if resume { "-CONT" } else { "-STOP" });
+    }
+
+    /// The port of a replica of the master on `port`.
+    pub fn replica_of(&self, port: u16) -> u16 {
+        self.cli(port, &["info", "replication"])
+            .lines()
+            .find_map(|l| l.strip_prefix("slave0:"))
+            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("port=")))
+            .and_then(|p| p.trim().parse().ok())
+            .expect("the master has a replica")
     }
 
     /// Kills one node (SIGKILL).

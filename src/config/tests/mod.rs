@@ -165,6 +165,10 @@ fn the_production_and_crypto_service_profiles_load_as_is() {
     let config = load_str(include_str!("../../../config/production.toml"), &no_env()).unwrap();
     assert_eq!(config.chain.sign[0], "crypto_service");
     assert_eq!(
+        config.tokens.redis_revocation_replicas, 1,
+        "production revocations survive a failover"
+    );
+    assert_eq!(
         config.chain.encrypt,
         vec!["crypto_service".to_owned(), "software".to_owned()]
     );

@@ -62,6 +62,20 @@ fn redis_store_settings() {
 }
 
 #[test]
+fn revocations_wait_for_no_replica_unless_asked_and_for_at_most_sixteen() {
+    let config = load_str(DEFAULT_TOML, &no_env()).unwrap();
+    assert_eq!(config.tokens.redis_revocation_replicas, 0);
+    let with = |line: &str| DEFAULT_TOML.replace("[tokens]", &format!("[tokens]\n{line}"));
+    let waiting = load_str(&with("redis_revocation_replicas = 1"), &no_env()).unwrap();
+    assert_eq!(waiting.tokens.redis_revocation_replicas, 1);
+    expect_setting(
+        load_str(&with("redis_revocation_replicas = 17"), &no_env()),
+        "tokens.redis_revocation_replicas",
+        "0 to 16",
+    );
+}
+
+#[test]
 fn the_memory_store_holds_a_million_entries_unless_set_and_never_none() {
     let config = load_str(DEFAULT_TOML, &no_env()).unwrap();
     assert_eq!(config.tokens.memory_capacity, 1_000_000);

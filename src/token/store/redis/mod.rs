@@ -15,6 +15,7 @@
 
 mod address;
 mod eviction;
+mod replication;
 
 use std::time::Duration;
 
@@ -149,6 +150,9 @@ pub struct RedisOptions {
     /// The longest a command waits for its answer before it fails as unavailable: what
     /// a call waits on a Redis that stopped answering (`tokens.redis_response_timeout`).
     pub response_timeout: Duration,
+    /// Replicas that must acknowledge each revocation before it is reported done (0: none
+    /// waited for); see `tokens.redis_revocation_replicas`.
+    pub revocation_replicas: usize,
 }
 
 /// The default connect and response timeout.
@@ -160,6 +164,7 @@ impl Default for RedisOptions {
             tls: None,
             connect_timeout: DEFAULT_TIMEOUT,
             response_timeout: DEFAULT_TIMEOUT,
+            revocation_replicas: 0,
         }
     }
 }
@@ -186,6 +191,9 @@ impl std::fmt::Debug for RedisTls {
 #[derive(Clone)]
 pub struct RedisStore {
     connection: Connection,
+    /// Replicas each revocation waits for (see [`replication`]), and for how long.
+    revocation_replicas: usize,
+    replica_wait: Duration,
     rotate: Script,
     create: Script,
     revoke: Script,
@@ -251,7 +259,7 @@ impl RedisStore {
             .map_err(unavailable)?;
         let mut connection = Connection::Single(connection);
         eviction::check(&mut connection).await?;
-        Ok(Self::with(connection))
+        Ok(Self::with(connection, options))
     }
 
     /// Connects to a Redis Cluster through any of `seeds` (`redis://host:port`). Slot moves
@@ -279,7 +287,7 @@ impl RedisStore {
         let connection = client.get_async_connection().await.map_err(unavailable)?;
         let mut connection = Connection::Cluster(connection);
         eviction::check(&mut connection).await?;
-        Ok(Self::with(connection))
+        Ok(Self::with(connection, options))
     }
 
     /// Creates a family with a transaction, not a script: issuance is the hottest write,
@@ -347,14 +355,29 @@ impl RedisStore {
         Ok(created == 1)
     }
 
-    fn with(connection: Connection) -> Self {
+    fn with(connection: Connection, options: &RedisOptions) -> Self {
         Self {
             connection,
+            revocation_replicas: options.revocation_replicas,
+            // Shorter than the response timeout, so that WAIT answers before the client
+            // gives up on it and the error can say what happened.
+            replica_wait: options.response_timeout * 3 / 4,
             rotate: Script::new(ROTATE),
             create: Script::new(CREATE),
             revoke: Script::new(REVOKE),
             deny: Script::new(DENY),
         }
+    }
+
+    /// After a revocation written under `key`: waits for the replicas asked for.
+    async fn replicated(&self, key: &str) -> Result<(), StoreError> {
+        replication::acknowledged(
+            &self.connection,
+            key,
+            self.revocation_replicas,
+            self.replica_wait,
+        )
+        .await
     }
 }
 
@@ -434,9 +457,10 @@ impl Store for RedisStore {
         next: SecretHash,
         now: u64,
     ) -> Result<Rotation, StoreError> {
+        let key = family_key(family);
         let outcome: String = self
             .rotate
-            .key(family_key(family))
+            .key(&key)
             .key(retired_key(family))
             .arg(presented.as_stored())
             .arg(next.as_stored())
@@ -447,20 +471,31 @@ impl Store for RedisStore {
             .map_err(unavailable)?;
         Ok(match outcome.as_str() {
             "rotated" => Rotation::Rotated,
-            "reused" => Rotation::Reused,
+            "reused" => {
+                // Reuse revoked the family: wait for the replicas as a revocation does, but
+                // report the reuse whatever they answer, so that it is audited and refused.
+                if let Err(error) = self.replicated(&key).await {
+                    tracing::warn!(%error, "family revoked on reuse detection");
+                }
+                Rotation::Reused
+            }
             "revoked" => Rotation::Revoked,
             _ => Rotation::Unknown,
         })
     }
 
     async fn revoke_family(&self, family: &FamilyId, now: u64) -> Result<bool, StoreError> {
+        let key = family_key(family);
         let revoked: i64 = self
             .revoke
-            .key(family_key(family))
+            .key(&key)
             .arg(now)
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(unavailable)?;
+        if revoked == 1 {
+            self.replicated(&key).await?;
+        }
         Ok(revoked == 1)
     }
 
@@ -477,14 +512,15 @@ impl Store for RedisStore {
     }
 
     async fn deny_jti(&self, jti: &str, until: u64) -> Result<(), StoreError> {
+        let key = format!("ts:deny:{jti}");
         // One script on one key: keeps the later expiry if the jti is denied twice.
         self.deny
-            .key(format!("ts:deny:{jti}"))
+            .key(&key)
             .arg(until)
             .invoke_async::<i64>(&mut self.connection.clone())
             .await
-            .map(|_| ())
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        self.replicated(&key).await
     }
 
     async fn is_denied(&self, jti: &str, _now: u64) -> Result<bool, StoreError> {

@@ -1,0 +1,142 @@
+//! With `tokens.redis_revocation_replicas`, a revocation is reported done only once the
+//! master's replicas hold it (WAIT on the connection that wrote it): replication is
+//! asynchronous, and a revocation lost in a failover would let the revoked token through.
+//! A replica that does not answer makes the revocation UNAVAILABLE (retry), while it stays
+//! in force on the master. Real servers: a master with a replica, and a 6-node cluster.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::redis::{RedisCluster, RedisServer};
+use token_service::token::refresh::{FamilyId, RefreshToken};
+use token_service::token::store::redis::{RedisOptions, RedisStore};
+use token_service::token::store::{Rotation, Store, StoreError};
+
+fn options(replicas: usize) -> RedisOptions {
+    RedisOptions {
+        response_timeout: Duration::from_millis(800),
+        revocation_replicas: replicas,
+        ..RedisOptions::default()
+    }
+}
+
+/// Makes `replica` follow `master` and waits until the link is up.
+fn replicate(master: &RedisServer, replica: &RedisServer) {
+    let port = master.port.to_string();
+    assert_eq!(replica.cli(&["REPLICAOF", "127.0.0.1", &port]).trim(), "OK");
+    let started = Instant::now();
+    while !replica
+        .cli(&["INFO", "replication"])
+        .contains("master_link_status:up")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no replication"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn expect_unacknowledged(result: Result<(), StoreError>) {
+    match result {
+        Err(StoreError::Unavailable(message)) => {
+            assert!(message.contains("0 of 1 replicas"), "{message}");
+            assert!(message.contains("failover"), "{message}");
+        }
+        other => panic!("expected an unacknowledged revocation, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_is_done_once_the_replica_holds_it() {
+    let (Some(master), Some(replica)) = (RedisServer::start(), RedisServer::start()) else {
+        return;
+    };
+    replicate(&master, &replica);
+    let store = RedisStore::connect_with(&master.url(), &options(1))
+        .await
+        .unwrap();
+    let until = support::unix_now() + 600;
+
+    // Acknowledged: the replica holds the denial and the revoked family the moment the
+    // call returns.
+    store.deny_jti("jti-1", until).await.unwrap();
+    assert_eq!(replica.cli(&["EXISTS", "ts:deny:jti-1"]).trim(), "1");
+    let family = FamilyId::generate().unwrap();
+    let hash = RefreshToken::generate(family.clone()).unwrap().hash();
+    store
+        .create_family(&family, support::family_record(hash, "web"))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .revoke_family(&family, support::unix_now())
+            .await
+            .unwrap()
+    );
+    let key = format!("ts:fam:{{{family}}}");
+    assert_eq!(replica.cli(&["HGET", &key, "revoked"]).trim(), "1");
+
+    // Reuse detection revokes too, and waits the same way.
+    let reused = FamilyId::generate().unwrap();
+    let first = RefreshToken::generate(reused.clone()).unwrap().hash();
+    let second = RefreshToken::generate(reused.clone()).unwrap().hash();
+    store
+        .create_family(&reused, support::family_record(first.clone(), "web"))
+        .await
+        .unwrap();
+    let now = support::unix_now();
+    assert_eq!(
+        store.rotate(&reused, &first, second.clone(), now).await,
+        Ok(Rotation::Rotated)
+    );
+    let third = RefreshToken::generate(reused.clone()).unwrap().hash();
+    assert_eq!(
+        store.rotate(&reused, &first, third, now).await,
+        Ok(Rotation::Reused)
+    );
+    let key = format!("ts:fam:{{{reused}}}");
+    assert_eq!(replica.cli(&["HGET", &key, "revoked"]).trim(), "1");
+
+    // A replica that does not answer: the revocation is reported unavailable, and is in
+    // force on the master all the same.
+    replica.pause();
+    expect_unacknowledged(store.deny_jti("jti-2", until).await);
+    assert!(store.is_denied("jti-2", support::unix_now()).await.unwrap());
+    // Without the setting, nothing is waited for (the default).
+    let unwaiting = RedisStore::connect_with(&master.url(), &options(0))
+        .await
+        .unwrap();
+    unwaiting.deny_jti("jti-3", until).await.unwrap();
+    replica.resume();
+    // Revoking again once the replica is back succeeds: the retry the error asks for.
+    store.deny_jti("jti-2", until).await.unwrap();
+    assert_eq!(replica.cli(&["EXISTS", "ts:deny:jti-2"]).trim(), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_the_wait_goes_to_the_master_holding_the_revocation() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let store = RedisStore::connect_cluster_with(&cluster.seeds(), &options(1))
+        .await
+        .unwrap();
+    let until = support::unix_now() + 600;
+    store.deny_jti("jti-c", until).await.unwrap();
+    let key = "ts:deny:jti-c";
+    let master = cluster
+        .masters()
+        .into_iter()
+        .find(|port| cluster.cli(*port, &["EXISTS", key]).trim() == "1")
+        .expect("the master holding the denial");
+    let replica = cluster.replica_of(master);
+    // Revoking it again waits for that master's replica: pausing the replica fails the
+    // revocation (a WAIT sent to another master would have passed).
+    cluster.pause(replica, false);
+    let result = store.deny_jti("jti-c", until).await;
+    cluster.pause(replica, true);
+    expect_unacknowledged(result);
+    store.deny_jti("jti-c", until).await.unwrap();
+}
