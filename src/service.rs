@@ -215,11 +215,7 @@ fn read_redis_tls(
 
 /// Warns when a Redis URL is plaintext to another host (loopback is left quiet).
 fn warn_if_plaintext(url: &str) {
-    if crate::token::store::redis::plaintext_to_another_host(url) {
-        let host = url::Url::parse(url)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_owned))
-            .unwrap_or_default();
+    if let Some(host) = crate::token::store::redis::plaintext_remote_host(url) {
         tracing::warn!(
             %host,
             "the token store is reached without TLS: refresh-token hashes and revocations cross the network in clear and can be altered; use rediss:// and [tokens.redis_tls]"

@@ -9,7 +9,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::redis::{RedisCluster, RedisServer};
-use token_service::token::refresh::{FamilyId, RefreshToken};
+use token_service::token::refresh::RefreshToken;
 use token_service::token::store::redis::{RedisOptions, RedisStore};
 use token_service::token::store::{Rotation, Store, StoreError};
 
@@ -63,12 +63,7 @@ async fn a_revocation_is_done_once_the_replica_holds_it() {
     // call returns.
     store.deny_jti("jti-1", until).await.unwrap();
     assert_eq!(replica.cli(&["EXISTS", "ts:deny:jti-1"]).trim(), "1");
-    let family = FamilyId::generate().unwrap();
-    let hash = RefreshToken::generate(family.clone()).unwrap().hash();
-    store
-        .create_family(&family, support::family_record(hash, "web"))
-        .await
-        .unwrap();
+    let (family, _) = support::stored_family(&store).await;
     assert!(
         store
             .revoke_family(&family, support::unix_now())
@@ -79,13 +74,8 @@ async fn a_revocation_is_done_once_the_replica_holds_it() {
     assert_eq!(replica.cli(&["HGET", &key, "revoked"]).trim(), "1");
 
     // Reuse detection revokes too, and waits the same way.
-    let reused = FamilyId::generate().unwrap();
-    let first = RefreshToken::generate(reused.clone()).unwrap().hash();
+    let (reused, first) = support::stored_family(&store).await;
     let second = RefreshToken::generate(reused.clone()).unwrap().hash();
-    store
-        .create_family(&reused, support::family_record(first.clone(), "web"))
-        .await
-        .unwrap();
     let now = support::unix_now();
     assert_eq!(
         store.rotate(&reused, &first, second.clone(), now).await,

@@ -555,12 +555,7 @@ async fn a_stalled_redis_fails_calls_after_the_configured_response_timeout() {
     )
     .await
     .unwrap();
-    let family = FamilyId::generate().unwrap();
-    let hash = RefreshToken::generate(family.clone()).unwrap().hash();
-    store
-        .create_family(&family, support::family_record(hash, "web"))
-        .await
-        .unwrap();
+    let (family, _) = support::stored_family(&store).await;
 
     redis.pause();
     let started = std::time::Instant::now();

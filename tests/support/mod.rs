@@ -75,6 +75,24 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
+/// Creates a fresh family for client `web` in `store`; returns its id and the hash of its
+/// current refresh token.
+pub async fn stored_family(
+    store: &dyn token_service::token::store::Store,
+) -> (
+    token_service::token::refresh::FamilyId,
+    token_service::token::refresh::SecretHash,
+) {
+    use token_service::token::refresh::{FamilyId, RefreshToken};
+    let family = FamilyId::generate().unwrap();
+    let current = RefreshToken::generate(family.clone()).unwrap().hash();
+    store
+        .create_family(&family, family_record(current.clone(), "web"))
+        .await
+        .unwrap();
+    (family, current)
+}
+
 /// A fresh family record whose current refresh token hashes to `current`, for `client_id`,
 /// ending in an hour.
 pub fn family_record(

@@ -78,6 +78,11 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
         }
     }
 
+    /// The most entries the map holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Entries held, expired ones not yet removed included.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -130,7 +135,11 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
 
     /// Keeps the live entry under `key` until `expires_at` if that is later than its
     /// expiry. Returns whether a live entry was there.
-    pub fn extend(&mut self, key: &K, expires_at: u64, now: u64) -> bool {
+    pub fn extend<Q>(&mut self, key: &Q, expires_at: u64, now: u64) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let Some(entry) = self.entries.get_mut(key).filter(|e| e.expires_at > now) else {
             return false;
         };
@@ -138,7 +147,7 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
             entry.expires_at = expires_at;
             self.expiries.push(Mark {
                 expires_at,
-                key: key.clone(),
+                key: key.to_owned(),
             });
         }
         true

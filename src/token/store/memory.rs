@@ -36,7 +36,6 @@ impl From<Full> for StoreError {
 #[derive(Debug)]
 pub struct MemoryStore {
     state: Mutex<State>,
-    capacity: usize,
     clock: fn() -> u64,
 }
 
@@ -54,7 +53,6 @@ impl MemoryStore {
                 denied: ExpiringMap::new(capacity),
                 seen: ExpiringMap::new(capacity),
             }),
-            capacity,
             clock: system_now,
         }
     }
@@ -112,13 +110,16 @@ impl Collector for FillMetrics {
 
     fn collect(&self) -> Vec<MetricFamily> {
         if let Some(store) = self.store.upgrade() {
-            let counts = {
+            let (counts, capacity) = {
                 let state = store.lock();
-                [
-                    ("families", state.families.len()),
-                    ("denied_jtis", state.denied.len()),
-                    ("dpop_proofs", state.seen.len()),
-                ]
+                (
+                    [
+                        ("families", state.families.len()),
+                        ("denied_jtis", state.denied.len()),
+                        ("dpop_proofs", state.seen.len()),
+                    ],
+                    state.families.capacity(),
+                )
             };
             for (kind, count) in counts {
                 self.entries
@@ -126,7 +127,7 @@ impl Collector for FillMetrics {
                     .set(i64::try_from(count).unwrap_or(i64::MAX));
             }
             self.capacity
-                .set(i64::try_from(store.capacity).unwrap_or(i64::MAX));
+                .set(i64::try_from(capacity).unwrap_or(i64::MAX));
         }
         let mut families = self.entries.collect();
         families.extend(self.capacity.collect());
@@ -223,9 +224,8 @@ impl Store for MemoryStore {
     async fn deny_jti(&self, jti: &str, until: u64) -> Result<(), StoreError> {
         let now = (self.clock)();
         let mut state = self.lock();
-        let key = jti.to_owned();
-        if !state.denied.extend(&key, until, now) {
-            state.denied.insert(key, (), until, now)?;
+        if !state.denied.extend(jti, until, now) {
+            state.denied.insert(jti.to_owned(), (), until, now)?;
         }
         Ok(())
     }

@@ -1,11 +1,10 @@
 //! What a Redis URL says of the way to the server.
 
-/// Whether `url` is a plaintext `redis://` URL to a host other than loopback: the store's
-/// contents (refresh-token hashes, revocations) could be read and changed on the way.
-pub fn plaintext_to_another_host(url: &str) -> bool {
-    let Ok(parsed) = url::Url::parse(url) else {
-        return false;
-    };
+/// The host of `url` when it is a plaintext `redis://` URL to a host other than loopback:
+/// the store's contents (refresh-token hashes, revocations) could be read and changed on
+/// the way.
+pub fn plaintext_remote_host(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
     let loopback = match parsed.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
@@ -19,7 +18,8 @@ pub fn plaintext_to_another_host(url: &str) -> bool {
         }
         None => true,
     };
-    parsed.scheme() == "redis" && !loopback
+    (parsed.scheme() == "redis" && !loopback)
+        .then(|| parsed.host_str().unwrap_or_default().to_owned())
 }
 
 #[cfg(test)]
@@ -35,20 +35,23 @@ mod tests {
             "redis://[::1]:6379",
             "redis://:password@127.0.0.1:6379",
         ] {
-            assert!(!plaintext_to_another_host(url), "{url}");
+            assert_eq!(plaintext_remote_host(url), None, "{url}");
         }
     }
 
     #[test]
     fn another_host_in_clear_is_flagged_and_tls_is_not() {
-        for url in [
-            "redis://10.0.0.5:6379",
-            "redis://cache.internal:6379",
-            "redis://[2001:db8::1]:6379",
-            "redis://127.0.0.1.example.com:6379",
+        for (url, host) in [
+            ("redis://10.0.0.5:6379", "10.0.0.5"),
+            ("redis://cache.internal:6379", "cache.internal"),
+            ("redis://[2001:db8::1]:6379", "[2001:db8::1]"),
+            (
+                "redis://127.0.0.1.example.com:6379",
+                "127.0.0.1.example.com",
+            ),
         ] {
-            assert!(plaintext_to_another_host(url), "{url}");
+            assert_eq!(plaintext_remote_host(url).as_deref(), Some(host), "{url}");
         }
-        assert!(!plaintext_to_another_host("rediss://10.0.0.5:6379"));
+        assert_eq!(plaintext_remote_host("rediss://10.0.0.5:6379"), None);
     }
 }

@@ -25,7 +25,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 use zeroize::Zeroizing;
 
-pub use address::plaintext_to_another_host;
+pub use address::plaintext_remote_host;
 
 use super::{FamilyRecord, MAX_RETIRED, Rotation, Store, StoreError};
 use crate::token::refresh::{FamilyId, SecretHash};
