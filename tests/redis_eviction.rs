@@ -41,6 +41,36 @@ async fn a_redis_that_may_evict_is_refused_and_noeviction_is_accepted() {
     store.ping().await.unwrap();
 }
 
+/// A user whose ACL refuses INFO cannot be checked: the store connects (with a warning)
+/// rather than refuse every least-privilege deployment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_not_allowed_info_connects_unchecked() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    set(&redis, "maxmemory", "100mb");
+    set(&redis, "maxmemory-policy", "allkeys-lru");
+    let reply = redis.cli(&[
+        "ACL",
+        "SETUSER",
+        "app",
+        "on",
+        ">app-secret",
+        "~*",
+        "+@all",
+        "-info",
+    ]);
+    assert_eq!(reply.trim(), "OK", "{reply}");
+    let url = format!("redis://app:app-secret@127.0.0.1:{}", redis.port);
+    let store = RedisStore::connect(&url).await.unwrap();
+    store.ping().await.unwrap();
+    // The same server, checked: refused.
+    assert!(matches!(
+        RedisStore::connect(&redis.url()).await,
+        Err(StoreError::Unsafe(_))
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_with_one_evicting_master_is_refused() {
     let Some(cluster) = RedisCluster::start() else {

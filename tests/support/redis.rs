@@ -18,12 +18,33 @@ pub struct RedisServer {
     tls: Vec<String>,
 }
 
+/// Ports handed out in this process. A port is free only between our probe and the
+/// server's bind, so without this a test starting one server could take a port another
+/// test (running in parallel) just chose for a cluster node.
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// `n` distinct free loopback ports, none handed out before in this process.
+fn free_ports(n: usize) -> Vec<u16> {
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    // Held together, so the kernel gives `n` different ports.
+    let mut listeners = Vec::new();
+    while listeners.len() < n {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if !handed_out.contains(&port) {
+            listeners.push(listener);
+        }
+    }
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    handed_out.extend(&ports);
+    ports
+}
+
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports(1)[0]
 }
 
 fn pong(port: u16) -> bool {
@@ -215,14 +236,7 @@ impl RedisCluster {
         require_tool("redis-server")?;
         require_tool("redis-cli")?;
         let dir = tempfile::tempdir().unwrap();
-        let listeners: Vec<TcpListener> = (0..12)
-            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let ports: Vec<u16> = listeners
-            .iter()
-            .map(|l| l.local_addr().unwrap().port())
-            .collect();
-        drop(listeners);
+        let ports = free_ports(12);
         let mut nodes = Vec::new();
         for i in 0..6 {
             let (port, bus) = (ports[i], ports[i + 6]);
