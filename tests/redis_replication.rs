@@ -61,7 +61,7 @@ async fn a_revocation_is_done_once_the_replica_holds_it() {
 
     // Acknowledged: the replica holds the denial and the revoked family the moment the
     // call returns.
-    store.deny_jti("jti-1", until).await.unwrap();
+    denied_once_replicas_settle(&store, "jti-1", until).await;
     assert_eq!(replica.cli(&["EXISTS", "ts:deny:jti-1"]).trim(), "1");
     let (family, _) = support::stored_family(&store).await;
     assert!(
@@ -101,8 +101,24 @@ async fn a_revocation_is_done_once_the_replica_holds_it() {
     unwaiting.deny_jti("jti-3", until).await.unwrap();
     replica.resume();
     // Revoking again once the replica is back succeeds: the retry the error asks for.
-    store.deny_jti("jti-2", until).await.unwrap();
+    denied_once_replicas_settle(&store, "jti-2", until).await;
     assert_eq!(replica.cli(&["EXISTS", "ts:deny:jti-2"]).trim(), "1");
+}
+
+/// Denies `jti`, retrying (as the error asks) while the replicas settle: a replica just
+/// synced, or just resumed, can be "online" at offset 0 and acknowledge nothing for a
+/// second or so. Fails after 20 s.
+async fn denied_once_replicas_settle(store: &RedisStore, jti: &str, until: u64) {
+    let started = Instant::now();
+    loop {
+        match store.deny_jti(jti, until).await {
+            Ok(()) => return,
+            Err(error) => assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "never acknowledged: {error}"
+            ),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,11 +126,12 @@ async fn in_a_cluster_the_wait_goes_to_the_master_holding_the_revocation() {
     let Some(cluster) = RedisCluster::start() else {
         return;
     };
+    cluster.wait_for_online_replicas(Duration::from_secs(20));
     let store = RedisStore::connect_cluster_with(&cluster.seeds(), &options(1))
         .await
         .unwrap();
     let until = support::unix_now() + 600;
-    store.deny_jti("jti-c", until).await.unwrap();
+    denied_once_replicas_settle(&store, "jti-c", until).await;
     let key = "ts:deny:jti-c";
     let master = cluster
         .masters()
@@ -128,5 +145,5 @@ async fn in_a_cluster_the_wait_goes_to_the_master_holding_the_revocation() {
     let result = store.deny_jti("jti-c", until).await;
     cluster.pause(replica, true);
     expect_unacknowledged(result);
-    store.deny_jti("jti-c", until).await.unwrap();
+    denied_once_replicas_settle(&store, "jti-c", until).await;
 }

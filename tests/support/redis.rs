@@ -523,6 +523,25 @@ impl RedisCluster {
         send_signal(child, if resume { "-CONT" } else { "-STOP" });
     }
 
+    /// Waits until every master has a replica online (a cluster is whole before its
+    /// replicas have finished their first sync).
+    pub fn wait_for_online_replicas(&self, limit: Duration) {
+        let started = Instant::now();
+        for port in self.masters() {
+            while !self
+                .cli(port, &["info", "replication"])
+                .lines()
+                .any(|l| l.starts_with("slave0:") && l.contains("state=online"))
+            {
+                assert!(
+                    started.elapsed() < limit,
+                    "master {port} has no replica online"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
     /// The port of a replica of the master on `port`.
     pub fn replica_of(&self, port: u16) -> u16 {
         self.cli(port, &["info", "replication"])
