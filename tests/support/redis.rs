@@ -297,24 +297,6 @@ impl RedisCluster {
                 .expect("start redis-server");
             nodes.push((port, Some(child)));
         }
-        let started = Instant::now();
-        for (port, _) in &nodes {
-            let ready = |port: u16| match pki {
-                Some(_) => TcpStream::connect(("127.0.0.1", port)).is_ok(),
-                None => pong(port),
-            };
-            while !ready(*port) {
-                assert!(
-                    started.elapsed() < Duration::from_secs(20),
-                    "cluster node did not answer"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let addresses: Vec<String> = nodes
-            .iter()
-            .map(|(p, _)| format!("127.0.0.1:{p}"))
-            .collect();
         let cli_tls: Vec<String> = match pki {
             Some(pki) => [
                 "--tls".into(),
@@ -328,8 +310,33 @@ impl RedisCluster {
             .to_vec(),
             None => Vec::new(),
         };
+        // Owned from here on: a failure below drops it, and its Drop stops every node.
+        let cluster = Self {
+            nodes,
+            _dir: dir,
+            cli_tls,
+        };
+        let started = Instant::now();
+        for (port, _) in &cluster.nodes {
+            let ready = |port: u16| match pki {
+                Some(_) => TcpStream::connect(("127.0.0.1", port)).is_ok(),
+                None => pong(port),
+            };
+            while !ready(*port) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "cluster node did not answer"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let addresses: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .collect();
         let created = Command::new("redis-cli")
-            .args(&cli_tls)
+            .args(&cluster.cli_tls)
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -340,11 +347,6 @@ impl RedisCluster {
             "{}",
             String::from_utf8_lossy(&created.stdout)
         );
-        let cluster = Self {
-            nodes,
-            _dir: dir,
-            cli_tls,
-        };
         cluster.wait_until_whole(Duration::from_secs(30));
         Some(cluster)
     }
