@@ -9,7 +9,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::redis::{RedisCluster, RedisServer};
-use token_service::token::refresh::RefreshToken;
+use token_service::token::refresh::{FamilyId, RefreshToken};
 use token_service::token::store::redis::{RedisOptions, RedisStore};
 use token_service::token::store::{Rotation, Store, StoreError};
 
@@ -105,6 +105,65 @@ async fn a_revocation_is_done_once_the_replica_holds_it() {
     assert_eq!(replica.cli(&["EXISTS", "ts:deny:jti-2"]).trim(), "1");
 }
 
+/// The retry an unacknowledged revocation asks for waits for the replicas as the first
+/// attempt did, even when the first attempt left nothing to change and even through
+/// another instance (a connection that wrote nothing, whose WAIT alone would answer at
+/// once): the revocation is written again, in one pipeline with its WAIT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_revocation_waits_for_the_replicas_too() {
+    let (Some(master), Some(replica)) = (RedisServer::start(), RedisServer::start()) else {
+        return;
+    };
+    replicate(&master, &replica);
+    let first = RedisStore::connect_with(&master.url(), &options(1))
+        .await
+        .unwrap();
+    let until = support::unix_now() + 600;
+    denied_once_replicas_settle(&first, "jti-settled", until).await;
+    let (family, _) = support::stored_family(&first).await;
+    let revoked = |store: &RedisStore| {
+        let (store, family) = (store.clone(), family.clone());
+        async move {
+            store
+                .revoke_family(&family, support::unix_now())
+                .await
+                .map(|_| ())
+        }
+    };
+
+    replica.pause();
+    expect_unacknowledged(revoked(&first).await);
+    expect_unacknowledged(first.deny_jti("jti-r", until).await);
+    // Retried on the same connection, and through another instance.
+    let second = RedisStore::connect_with(&master.url(), &options(1))
+        .await
+        .unwrap();
+    for store in [&first, &second] {
+        expect_unacknowledged(revoked(store).await);
+        expect_unacknowledged(store.deny_jti("jti-r", until).await);
+    }
+    // No family under the id: nothing written, nothing to wait for.
+    let absent = FamilyId::generate().unwrap();
+    assert_eq!(
+        second.revoke_family(&absent, support::unix_now()).await,
+        Ok(false)
+    );
+    replica.resume();
+
+    // Once the replica answers, the retry is done (the family was revoked already).
+    let started = Instant::now();
+    while let Err(error) = second.revoke_family(&family, support::unix_now()).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never acknowledged: {error}"
+        );
+    }
+    denied_once_replicas_settle(&second, "jti-r", until).await;
+    let key = format!("ts:fam:{{{family}}}");
+    assert_eq!(replica.cli(&["HGET", &key, "revoked"]).trim(), "1");
+    assert_eq!(replica.cli(&["EXISTS", "ts:deny:jti-r"]).trim(), "1");
+}
+
 /// Denies `jti`, retrying (as the error asks) while the replicas settle: a replica just
 /// synced, or just resumed, can be "online" at offset 0 and acknowledge nothing for a
 /// second or so. Fails after 20 s.
@@ -146,4 +205,11 @@ async fn in_a_cluster_the_wait_goes_to_the_master_holding_the_revocation() {
     cluster.pause(replica, true);
     expect_unacknowledged(result);
     denied_once_replicas_settle(&store, "jti-c", until).await;
+
+    // Resharding moved the slot of the next denial since the store read the slot map: the
+    // denial and its WAIT are redirected together to the master that now holds it.
+    let moved = "jti-moved";
+    cluster.move_slot_of(&format!("ts:deny:{moved}"));
+    denied_once_replicas_settle(&store, moved, until).await;
+    assert!(store.is_denied(moved, support::unix_now()).await.unwrap());
 }

@@ -230,7 +230,7 @@ async fn resource_servers_introspect_and_operators_revoke_by_jti() {
     );
 
     // The last audit line written; every earlier one is in the log by then.
-    let log = service.wait_for_log("not an active access token");
+    let log = service.wait_for_log("inactive access token denied again");
     assert!(
         log.lines().any(|l| l.contains("caller_refused")
             && l.contains("operation=\"introspect\"")

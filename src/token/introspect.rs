@@ -61,48 +61,79 @@ impl TokenService {
         token: &str,
         audience: Option<&str>,
     ) -> Result<Introspection, TokenError> {
-        let Ok(jws) = CompactJws::parse(token) else {
-            return Ok(Introspection::inactive("not a JWS we accept"));
+        let claims = match self.verified_claims(ctx, token, audience).await? {
+            Ok(claims) => claims,
+            Err(why) => return Ok(Introspection::inactive(why)),
         };
-        if jws.header.typ.as_deref() != Some("at+jwt") {
-            return Ok(Introspection::inactive("typ is not at+jwt"));
-        }
-        let keys = self.chain.public_keys(ctx, &self.signing_key).await?;
-        match jws.verify(&self.chain, ctx, &keys).await {
-            Ok(()) => {}
-            Err(error) if error.class() == ErrorClass::Unavailable => return Err(error.into()),
-            Err(_) => return Ok(Introspection::inactive("signature")),
-        }
-        let Ok(claims) = serde_json::from_slice::<AccessClaims>(&jws.payload) else {
-            return Ok(Introspection::inactive("claims"));
-        };
-        let now = self.clock.now();
-        let skew = self.settings.clock_skew.as_secs();
-        if claims.exp.saturating_add(skew) <= now || claims.nbf > now.saturating_add(skew) {
-            return Ok(Introspection::inactive("time"));
-        }
-        if claims.iss != self.settings.issuer {
-            return Ok(Introspection::inactive("issuer"));
-        }
-        if audience.is_some_and(|wanted| !claims.aud.iter().any(|aud| aud == wanted)) {
-            return Ok(Introspection::inactive("audience"));
-        }
-        if self.store.is_denied(&claims.jti, now).await? {
-            return Ok(Introspection::inactive("revoked jti"));
-        }
-        // A token without a family (its client is issued access tokens only) is revoked by
-        // its jti alone.
-        if let Some(fid) = &claims.fid {
-            let Ok(family) = FamilyId::parse(fid) else {
-                return Ok(Introspection::inactive("family id"));
-            };
-            if !self.store.family_active(&family, now).await? {
-                return Ok(Introspection::inactive("family revoked"));
-            }
+        if let Some(why) = self.revoked(&claims).await? {
+            return Ok(Introspection::inactive(why));
         }
         Ok(Introspection {
             active: true,
             claims: Some(claims),
         })
+    }
+
+    /// The claims of a token this service issued and that is within its lifetime: the
+    /// signature against the published keys, `typ`, exp/nbf with the configured skew, the
+    /// issuer and (given) the audience. Anything wrong is the reason it is not (`Err`
+    /// inside); only outages are errors. Revocation is not looked at (see
+    /// [`TokenService::revoked`]).
+    pub(super) async fn verified_claims(
+        &self,
+        ctx: &CallContext,
+        token: &str,
+        audience: Option<&str>,
+    ) -> Result<Result<AccessClaims, &'static str>, TokenError> {
+        let Ok(jws) = CompactJws::parse(token) else {
+            return Ok(Err("not a JWS we accept"));
+        };
+        if jws.header.typ.as_deref() != Some("at+jwt") {
+            return Ok(Err("typ is not at+jwt"));
+        }
+        let keys = self.chain.public_keys(ctx, &self.signing_key).await?;
+        match jws.verify(&self.chain, ctx, &keys).await {
+            Ok(()) => {}
+            Err(error) if error.class() == ErrorClass::Unavailable => return Err(error.into()),
+            Err(_) => return Ok(Err("signature")),
+        }
+        let Ok(claims) = serde_json::from_slice::<AccessClaims>(&jws.payload) else {
+            return Ok(Err("claims"));
+        };
+        let now = self.clock.now();
+        let skew = self.settings.clock_skew.as_secs();
+        if claims.exp.saturating_add(skew) <= now || claims.nbf > now.saturating_add(skew) {
+            return Ok(Err("time"));
+        }
+        if claims.iss != self.settings.issuer {
+            return Ok(Err("issuer"));
+        }
+        if audience.is_some_and(|wanted| !claims.aud.iter().any(|aud| aud == wanted)) {
+            return Ok(Err("audience"));
+        }
+        Ok(Ok(claims))
+    }
+
+    /// Why the token carrying `claims` is revoked (its jti denied, or its family revoked or
+    /// gone), or `None` while it is not.
+    pub(super) async fn revoked(
+        &self,
+        claims: &AccessClaims,
+    ) -> Result<Option<&'static str>, TokenError> {
+        let now = self.clock.now();
+        if self.store.is_denied(&claims.jti, now).await? {
+            return Ok(Some("revoked jti"));
+        }
+        // A token without a family (its client is issued access tokens only) is revoked by
+        // its jti alone.
+        if let Some(fid) = &claims.fid {
+            let Ok(family) = FamilyId::parse(fid) else {
+                return Ok(Some("family id"));
+            };
+            if !self.store.family_active(&family, now).await? {
+                return Ok(Some("family revoked"));
+            }
+        }
+        Ok(None)
     }
 }

@@ -88,12 +88,30 @@ impl TokenService {
     }
 
     async fn deny(&self, caller: &Caller, jti: &str, exp: u64) -> Result<(), TokenError> {
+        self.deny_counted(caller, jti, exp, true).await
+    }
+
+    /// Denies `jti` until `exp`; `revoking` says whether this revokes a token that was
+    /// active (counted and audited as a revocation) or confirms an earlier one.
+    async fn deny_counted(
+        &self,
+        caller: &Caller,
+        jti: &str,
+        exp: u64,
+        revoking: bool,
+    ) -> Result<(), TokenError> {
         if jti.is_empty() || jti.len() > 64 {
             return Err(TokenError::InvalidArgument("malformed jti".into()));
         }
         self.store.deny_jti(jti, exp).await?;
-        self.events().count(Event::AccessRevoked);
-        tracing::info!(target: "audit", event = "revoke_access", jti, exp, caller = %caller);
+        if revoking {
+            self.events().count(Event::AccessRevoked);
+        }
+        if revoking {
+            tracing::info!(target: "audit", event = "revoke_access", jti, exp, revoked = true, caller = %caller, "access token revoked");
+        } else {
+            tracing::info!(target: "audit", event = "revoke_access", jti, exp, revoked = false, caller = %caller, "inactive access token denied again");
+        }
         Ok(())
     }
 
@@ -110,8 +128,8 @@ impl TokenService {
 
     /// RFC 7009 revocation of an access token presented whole, by a caller allowed to act
     /// for the client it was issued to, or an operator: its jti is denied until the token
-    /// expires. False when there is nothing to revoke: a token that does not verify, has
-    /// expired or is already inactive (not an error, RFC 7009 §2.2). The family and its
+    /// expires. False when there is nothing to revoke: a token that does not verify or has
+    /// expired (not an error, RFC 7009 §2.2), or one already inactive. The family and its
     /// refresh token are left alone.
     pub async fn revoke_access_token_as(
         &self,
@@ -119,19 +137,26 @@ impl TokenService {
         caller: &Caller,
         token: &str,
     ) -> Result<bool, TokenError> {
-        let seen = self.inspect(ctx, token, None).await?;
-        let Some(claims) = seen.claims.filter(|_| seen.active) else {
-            tracing::info!(target: "audit", event = "revoke_access", revoked = false, caller = %caller, "not an active access token");
-            return Ok(false);
+        let claims = match self.verified_claims(ctx, token, None).await? {
+            Ok(claims) => claims,
+            Err(why) => {
+                tracing::info!(target: "audit", event = "revoke_access", revoked = false, caller = %caller, reason = why, "not an access token within its lifetime");
+                return Ok(false);
+            }
         };
         if !self.is_operator(caller) {
             self.authorize(caller, &claims.client_id)?;
         }
-        // Introspection accepts a token up to the skew past its exp: deny it that long too.
+        let active = self.revoked(&claims).await?.is_none();
+        // An inactive token is denied all the same: it may have been revoked by an attempt
+        // reported unavailable (its replicas did not acknowledge it), and this retry must
+        // wait for them as the first attempt did. Denying twice changes nothing else.
+        // Introspection accepts a token up to the skew past its exp: denied that long too.
         let until = claims
             .exp
             .saturating_add(self.settings.clock_skew.as_secs());
-        self.deny(caller, &claims.jti, until).await?;
-        Ok(true)
+        self.deny_counted(caller, &claims.jti, until, active)
+            .await?;
+        Ok(active)
     }
 }

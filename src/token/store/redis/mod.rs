@@ -64,16 +64,24 @@ return 1
 /// The fields of a family hash (see the module documentation).
 const FAMILY_FIELDS: usize = 6;
 
+/// Denies a jti until ARGV[1], keeping the later expiry if it is denied twice. The last
+/// write re-asserts the denial even when nothing changed: a repeated denial (the retry an
+/// unacknowledged one asks for) then writes, and the WAIT after it covers the first.
 const DENY: &str = r#"
 redis.call('SET', KEYS[1], '1', 'NX', 'EXAT', ARGV[1])
 redis.call('EXPIREAT', KEYS[1], ARGV[1], 'GT')
+redis.call('SET', KEYS[1], '1', 'KEEPTTL')
 return 1
 "#;
 
+/// Revokes a live family: 1 when it was live, 0 when it was already revoked (re-asserted,
+/// as [`DENY`] does, so that a retry waits for the replicas), -1 when there is no live
+/// family (nothing written).
 const REVOKE: &str = r#"
 local f = redis.call('HMGET', KEYS[1], 'revoked', 'expires_at')
-if not f[2] or tonumber(f[2]) <= tonumber(ARGV[1]) or f[1] == '1' then return 0 end
+if not f[2] or tonumber(f[2]) <= tonumber(ARGV[1]) then return -1 end
 redis.call('HSET', KEYS[1], 'revoked', '1')
+if f[1] == '1' then return 0 end
 return 1
 "#;
 
@@ -196,8 +204,6 @@ pub struct RedisStore {
     replica_wait: Duration,
     rotate: Script,
     create: Script,
-    revoke: Script,
-    deny: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -364,8 +370,6 @@ impl RedisStore {
             replica_wait: options.response_timeout * 3 / 4,
             rotate: Script::new(ROTATE),
             create: Script::new(CREATE),
-            revoke: Script::new(REVOKE),
-            deny: Script::new(DENY),
         }
     }
 
@@ -374,6 +378,22 @@ impl RedisStore {
         replication::acknowledged(
             &self.connection,
             key,
+            self.revocation_replicas,
+            self.replica_wait,
+        )
+        .await
+    }
+
+    /// Runs `write`, a revocation script on one key answering an integer, with the wait for
+    /// the replicas asked for (see [`replication::write_acknowledged`]): its answer, and
+    /// whether they acknowledged it. The scripts go as EVAL with their text, not EVALSHA:
+    /// inside a pipeline a NOSCRIPT answer (from a restarted or newly promoted Redis) could
+    /// not be retried with the text as [`Script`] does, and revocations are rare enough that
+    /// the extra bytes cost nothing.
+    async fn revocation(&self, write: Cmd) -> Result<(i64, Result<(), StoreError>), StoreError> {
+        replication::write_acknowledged(
+            &self.connection,
+            write,
             self.revocation_replicas,
             self.replica_wait,
         )
@@ -486,17 +506,17 @@ impl Store for RedisStore {
 
     async fn revoke_family(&self, family: &FamilyId, now: u64) -> Result<bool, StoreError> {
         let key = family_key(family);
-        let revoked: i64 = self
-            .revoke
-            .key(&key)
-            .arg(now)
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(unavailable)?;
-        if revoked == 1 {
-            self.replicated(&key).await?;
+        let mut revoke = redis::cmd("EVAL");
+        revoke.arg(REVOKE).arg(1).arg(&key).arg(now);
+        let (outcome, acknowledged) = self.revocation(revoke).await?;
+        match outcome {
+            // No live family: nothing was written, so nothing is waited for.
+            -1 => Ok(false),
+            // Already revoked, perhaps by an attempt whose replicas did not answer: the
+            // retry is done only once they hold it.
+            0 => acknowledged.map(|()| false),
+            _ => acknowledged.map(|()| true),
         }
-        Ok(revoked == 1)
     }
 
     async fn family_active(&self, family: &FamilyId, now: u64) -> Result<bool, StoreError> {
@@ -514,13 +534,10 @@ impl Store for RedisStore {
     async fn deny_jti(&self, jti: &str, until: u64) -> Result<(), StoreError> {
         let key = format!("ts:deny:{jti}");
         // One script on one key: keeps the later expiry if the jti is denied twice.
-        self.deny
-            .key(&key)
-            .arg(until)
-            .invoke_async::<i64>(&mut self.connection.clone())
-            .await
-            .map_err(unavailable)?;
-        self.replicated(&key).await
+        let mut deny = redis::cmd("EVAL");
+        deny.arg(DENY).arg(1).arg(&key).arg(until);
+        let (_, acknowledged) = self.revocation(deny).await?;
+        acknowledged
     }
 
     async fn is_denied(&self, jti: &str, _now: u64) -> Result<bool, StoreError> {
