@@ -18,6 +18,9 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
+    if let Some(threads) = args.worker_threads() {
+        builder.worker_threads(threads);
+    }
     // Without the LIFO slot, a task woken by another (the HTTP/2 connection, woken by each
     // finished call) queues behind the calls already runnable instead of running next, so
     // one write carries several responses. Measured with `token-service bench` (c=32, 2

@@ -334,6 +334,8 @@ fn the_bench_subcommand_reports_rate_latency_and_cpu() {
             "--duration",
             "1s",
             "--refresh",
+            "--threads",
+            "2",
         ],
         None,
     );
@@ -347,13 +349,20 @@ fn the_bench_subcommand_reports_rate_latency_and_cpu() {
         out.contains("tokens/s") && out.contains("p99") && out.contains("errors 0"),
         "{out}"
     );
-    assert!(out.contains("at concurrency 4 over 2 connections"), "{out}");
+    assert!(
+        out.contains("at concurrency 4 over 2 connections (2 client threads)"),
+        "{out}"
+    );
     assert!(
         out.contains("server CPU: ") && out.contains("ms per token"),
         "{out}"
     );
     assert!(out.contains("bench client CPU (same machine): "), "{out}");
     assert!(out.contains("raw ES256 sign"), "{out}");
+    let refused = sandbox.run(&["bench", "--threads", "0"], None);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("--threads"), "{said}");
     assert_eq!(service.terminate().code(), Some(0));
 }
 

@@ -53,6 +53,16 @@ pub struct Cli {
     command: Option<Command>,
 }
 
+impl Cli {
+    /// The async runtime's worker threads the command asks for (`None`: one per core).
+    pub fn worker_threads(&self) -> Option<usize> {
+        match &self.command {
+            Some(Command::Bench(args)) => Some(args.threads()),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the service (the default): builds the chain, creates missing keys, serves the

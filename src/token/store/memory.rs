@@ -1,7 +1,7 @@
 //! The in-memory store: the embedded default, for one instance. Bounded (a full store
 //! refuses new families rather than evicting live ones) and expiring (expired entries are
 //! ignored when read and removed, earliest first, as new ones arrive: see
-//! [`ExpiringMap`]).
+//! `expiring::ExpiringMap`).
 
 use std::sync::{Arc, Mutex, Weak};
 

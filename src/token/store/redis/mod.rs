@@ -11,7 +11,7 @@
 //! Creating a family decides nothing and is a MULTI/EXEC transaction instead (cheaper for
 //! Redis; see `create_in_transaction`), or the `CREATE` script when a cluster's slot moved.
 //!
-//! A Redis that may evict keys is refused when the store connects (see [`eviction`]).
+//! A Redis that may evict keys is refused when the store connects (see the `eviction` module).
 
 mod address;
 mod eviction;
