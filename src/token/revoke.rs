@@ -106,8 +106,6 @@ impl TokenService {
         self.store.deny_jti(jti, exp).await?;
         if revoking {
             self.events().count(Event::AccessRevoked);
-        }
-        if revoking {
             tracing::info!(target: "audit", event = "revoke_access", jti, exp, revoked = true, caller = %caller, "access token revoked");
         } else {
             tracing::info!(target: "audit", event = "revoke_access", jti, exp, revoked = false, caller = %caller, "inactive access token denied again");
