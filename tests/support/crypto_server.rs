@@ -106,9 +106,12 @@ impl CryptoServerProcess {
                 }
             }
         }
+        let addr = addr.unwrap();
+        // Bound by the server itself (port 0), and bound again by `restart`.
+        super::ports::taken(addr.port());
         Self {
             child,
-            addr: addr.unwrap(),
+            addr,
             admin: admin.unwrap(),
             log,
             config,

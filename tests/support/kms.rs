@@ -4,7 +4,7 @@
 //! Self-contained, so the KMS benchmark includes it too.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,14 +34,6 @@ pub struct MotoKms {
     pub port: u16,
     flavour: Flavour,
     log: tempfile::NamedTempFile,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn launcher() -> PathBuf {
@@ -96,7 +88,7 @@ impl MotoKms {
         }
         let mut server = Self {
             child: None,
-            port: free_port(),
+            port: super::ports::free_port(),
             flavour,
             log: tempfile::NamedTempFile::new().unwrap(),
         };

@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod kms;
 pub mod pkcs11_backend;
 pub mod pki;
+pub mod ports;
 pub mod process;
 pub mod redis;
 pub mod softhsm;

@@ -2,7 +2,7 @@
 //! and restarted on the same port to test outages.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,35 +16,6 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     /// TLS settings of a server that speaks only TLS on `port`; empty for plaintext.
     tls: Vec<String>,
-}
-
-/// Ports handed out in this process. A port is free only between our probe and the
-/// server's bind, so without this a test starting one server could take a port another
-/// test (running in parallel) just chose for a cluster node.
-static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-
-/// `n` distinct free loopback ports, none handed out before in this process.
-fn free_ports(n: usize) -> Vec<u16> {
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
-    // Held together, so the kernel gives `n` different ports.
-    let mut listeners = Vec::new();
-    while listeners.len() < n {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        if !handed_out.contains(&port) {
-            listeners.push(listener);
-        }
-    }
-    let ports: Vec<u16> = listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect();
-    handed_out.extend(&ports);
-    ports
-}
-
-fn free_port() -> u16 {
-    free_ports(1)[0]
 }
 
 fn pong(port: u16) -> bool {
@@ -65,7 +36,7 @@ impl RedisServer {
         require_tool("redis-server")?;
         let mut server = Self {
             child: None,
-            port: free_port(),
+            port: super::ports::free_port(),
             dir: tempfile::tempdir().unwrap(),
             tls: Vec::new(),
         };
@@ -85,7 +56,7 @@ impl RedisServer {
         let path = |p: &Path| p.display().to_string();
         let mut server = Self {
             child: None,
-            port: free_port(),
+            port: super::ports::free_port(),
             dir: tempfile::tempdir().unwrap(),
             tls: vec![
                 "--tls-cert-file".into(),
@@ -236,7 +207,7 @@ impl RedisCluster {
         require_tool("redis-server")?;
         require_tool("redis-cli")?;
         let dir = tempfile::tempdir().unwrap();
-        let ports = free_ports(12);
+        let ports = super::ports::free_ports(12);
         let mut nodes = Vec::new();
         for i in 0..6 {
             let (port, bus) = (ports[i], ports[i + 6]);
