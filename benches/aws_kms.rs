@@ -10,6 +10,11 @@
 #[allow(dead_code)]
 mod kms;
 
+// The harness takes its port from the tests' registry (`super::ports`).
+#[path = "../tests/support/ports.rs"]
+#[allow(dead_code)]
+mod ports;
+
 #[path = "support/measure.rs"]
 mod measure;
 
